@@ -1,0 +1,80 @@
+"""Shared defaults of every experiment; an experiment config changes only what differs.
+
+Every field has a concrete type (no None) so that `--config.x=v` overrides are type-checked.
+Durations: `train.updates` counts optimizer updates; when it is 0, `train.epochs` is converted
+once into updates (see train.py). Batch sizes are global: all devices and accumulation steps together.
+"""
+import ml_collections
+
+
+def get_base_config():
+  c = ml_collections.ConfigDict()
+  c.experiment = ''           # name used in logs and reports
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = ''           # module in models/
+  c.model.pretrained = ''     # local weights file; '' trains from scratch
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = ''            # module in data/
+  c.data.root = ''            # where the dataset lives on disk
+  c.data.img_size = 32
+  # Normalisation runs on the device, on uint8 batches: 1/4 of the bytes of float32 to move.
+  c.data.mean = (0.5, 0.5, 0.5)
+  c.data.std = (0.5, 0.5, 0.5)
+  c.data.num_workers = 2      # DataLoader worker processes per device; 0 loads in the main process
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64     # global batch per optimizer update
+  c.train.accum_steps = 1     # micro-batches per update; micro-batch = batch_size / (accum_steps * devices)
+  c.train.updates = 0
+  c.train.epochs = 1.0
+  c.train.optimizer = 'momentum'   # momentum | adam | adamw
+  c.train.lr = 0.01
+  c.train.momentum = 0.9
+  c.train.weight_decay = 0.0
+  c.train.clip_grad_norm = 0.0     # global-norm clipping; 0 disables
+  c.train.schedule = 'cosine'      # constant | cosine | linear | polynomial | step
+  c.train.warmup_updates = 0
+  c.train.end_lr_ratio = 0.0       # final lr / lr for linear and polynomial
+  c.train.decay_updates = 0        # polynomial / step: updates of one decay period; 0 = whole run
+  c.train.poly_power = 1.0
+  c.train.step_gamma = 0.5
+  c.train.precision = 'fp32'       # fp32 | fp16 | bf16 (GPU only; a CPU runs fp32 and says so)
+  c.train.amp_level = 'O1'         # O1: per-op casts; O2: half weights with fp32 master copies
+  c.train.init_loss_scale = 2.0**15
+  c.train.max_skipped_updates = 50  # consecutive fp16 overflow skips before the run stops
+  c.train.log_every = 10
+  c.train.eval_every = 100         # updates; 0 evaluates once per epoch
+  c.train.checkpoint_every = 100   # updates; 0 checkpoints only at evaluations and at the end
+  c.train.keep_checkpoints = 2     # newest N, plus the best
+
+  c.rdrop = ml_collections.ConfigDict()
+  c.rdrop.alpha = 0.0          # 0 = plain training with one forward pass
+  c.rdrop.reduction = 'batchmean'  # batchmean: invariant to the batch split; sum: the authors' code
+  c.rdrop.form = 'concat'      # concat: one pass on [x; x]; twice: two model calls (authors' code)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = 'test'
+  c.eval.batch_size = 128
+
+  c.reference = ml_collections.ConfigDict()
+  c.reference.top1 = 0.0       # the source's reported test accuracy (%), 0 if none
+  c.reference.source = ''
+  return c
+
+
+def shrink_for_smoke(c):
+  """A few tiny updates of the same experiment: for tests and `run.sh smoke`, never for results."""
+  c.train.accum_steps = min(c.train.accum_steps, 2)
+  c.train.batch_size = 4 * c.train.accum_steps
+  c.train.updates = 2
+  c.train.warmup_updates = min(c.train.warmup_updates, 1)
+  c.train.log_every = 1
+  c.train.eval_every = 2
+  c.train.checkpoint_every = 2
+  c.eval.batch_size = 8
+  c.data.num_workers = 0
+  c.model.pretrained = ''
+  return c

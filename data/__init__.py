@@ -1,0 +1,20 @@
+"""Datasets by name: `config.data.name` is a module of this package exposing `build(data_config, split)`.
+
+A dataset returns uint8 images (C, H, W) already at the model's size and int64 labels (-1 when the
+split has none); normalisation happens on the device (see `data.pipeline.to_model_input`).
+"""
+import importlib
+import pkgutil
+
+_HELPERS = {'pipeline', 'images'}
+
+
+def available():
+  return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                if not m.name.startswith('_') and m.name not in _HELPERS)
+
+
+def build(data_config, split):
+  if data_config.name not in available():
+    raise ValueError(f'config.data.name={data_config.name!r} is not a dataset; choose one of {available()}')
+  return importlib.import_module(f'{__name__}.{data_config.name}').build(data_config, split)

@@ -1,0 +1,98 @@
+"""From a dataset to device batches, resumable to the exact sample.
+
+Why our own batch samplers rather than DataLoader(shuffle=True) or DistributedBatchSampler: those shuffle
+with the global NumPy RNG or with `RandomState(epoch)` (ignoring the seed), and neither can start in the
+middle of an epoch. Here the order of epoch e is a pure function of (seed, e), the position in the data is
+a pure function of the number of micro-steps done, and every sample's augmentation is seeded by
+(seed, epoch, index), so a resumed run sees exactly the batches, crops and flips of an uninterrupted
+one, with any number of workers and any number of devices.
+"""
+import random
+
+import numpy as np
+import paddle
+
+
+class SeededDataset(paddle.io.Dataset):
+  """Base of every dataset: `__getitem__((index, seed))` seeds the random transforms of one sample.
+
+  Subclasses implement `__len__` and `sample(index) -> (uint8 CHW image, label)`.
+  """
+  num_classes = 0
+  names = None      # one file name per sample, for predictions
+  labelled = True   # False for an unlabelled test folder (labels are -1)
+
+  def __getitem__(self, key):
+    index, seed = key
+    # paddle.vision.transforms draw from Python's and NumPy's global RNGs.
+    random.seed(seed)
+    np.random.seed(seed)
+    image, label = self.sample(index)
+    return image, np.int64(label)
+
+  def sample(self, index):
+    raise NotImplementedError
+
+
+def sample_seed(seed, epoch, index):
+  return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class TrainBatches(paddle.io.BatchSampler):
+  """Endless shuffled micro-batches of one rank, starting after `start_micro_step` global micro-batches.
+
+  A global micro-batch is `global_micro_batch` consecutive indices of the epoch's permutation; rank r
+  takes its r-th slice, so the union over ranks is the single-device micro-batch. The last incomplete
+  global micro-batch of an epoch is dropped.
+  """
+
+  def __init__(self, num_samples, global_micro_batch, seed, rank=0, world_size=1, start_micro_step=0):
+    if num_samples < global_micro_batch:
+      raise ValueError(f'the training set has {num_samples} samples, fewer than one micro-batch '
+                       f'of {global_micro_batch} (train.batch_size / train.accum_steps)')
+    self.num_samples = num_samples
+    self.global_micro_batch = global_micro_batch
+    self.per_rank = global_micro_batch // world_size
+    self.seed, self.rank = seed, rank
+    self.steps_per_epoch = num_samples // global_micro_batch
+    self.start_micro_step = start_micro_step
+
+  def __iter__(self):
+    epoch, step = divmod(self.start_micro_step, self.steps_per_epoch)
+    while True:
+      order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+      for s in range(step, self.steps_per_epoch):
+        start = s * self.global_micro_batch + self.rank * self.per_rank
+        yield [(int(i), sample_seed(self.seed, epoch, int(i))) for i in order[start:start + self.per_rank]]
+      epoch, step = epoch + 1, 0
+
+  def __len__(self):
+    raise TypeError('TrainBatches is endless; count micro-steps instead')
+
+
+class EvalBatches(paddle.io.BatchSampler):
+  """Rank r evaluates samples r, r+W, r+2W, ...: every sample exactly once, no padding duplicates."""
+
+  def __init__(self, num_samples, batch_size, rank=0, world_size=1):
+    self.indices = list(range(rank, num_samples, world_size))
+    self.batch_size = batch_size
+
+  def __iter__(self):
+    for start in range(0, len(self.indices), self.batch_size):
+      yield [(i, 0) for i in self.indices[start:start + self.batch_size]]
+
+  def __len__(self):
+    return (len(self.indices) + self.batch_size - 1) // self.batch_size
+
+
+def loader(dataset, batch_sampler, num_workers):
+  return paddle.io.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                              use_shared_memory=num_workers > 0, prefetch_factor=4 if num_workers else 2)
+
+
+def to_model_input(images, data_config):
+  """uint8 (N, C, H, W) on the device -> normalised float32."""
+  channels = images.shape[1]
+  mean = paddle.to_tensor(data_config.mean[:channels], dtype='float32').reshape([1, channels, 1, 1])
+  std = paddle.to_tensor(data_config.std[:channels], dtype='float32').reshape([1, channels, 1, 1])
+  return (images.astype('float32') / 255.0 - mean) / std

@@ -1,0 +1,71 @@
+"""Evaluation and prediction: top-1, top-5 and loss of a model on a split; `filename,label` CSVs.
+
+Under `paddle.distributed.launch` every rank evaluates its own shard without padding duplicates and
+the sums are all-reduced, so accuracy is exact for any dataset size and any number of processes.
+"""
+import csv
+import json
+import os
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from data import pipeline
+from utils import distributed
+
+
+@paddle.no_grad()
+def evaluate(model, dataset, config, rank=0, world_size=1):
+  """{'top1', 'top5', 'loss', 'count'} with accuracies in percent. Sums stay on the device until the end."""
+  if len(dataset) == 0:
+    raise ValueError(f'the {config.eval.split!r} split of {config.data.name} is empty: nothing to evaluate')
+  if not dataset.labelled:
+    raise ValueError(f'the {config.eval.split!r} split of {config.data.name} has no labels: use --mode predict')
+  was_training = model.training
+  model.eval()
+  sums = paddle.zeros([4], dtype='float64')  # correct@1, correct@5, summed loss, count
+  batches = pipeline.EvalBatches(len(dataset), config.eval.batch_size, rank, world_size)
+  for images, labels in pipeline.loader(dataset, batches, config.data.num_workers):
+    logits = model(pipeline.to_model_input(images, config.data)).astype('float32')
+    k = min(5, logits.shape[1])
+    top = paddle.topk(logits, k, axis=1)[1]
+    hits = (top == labels.unsqueeze(1)).astype('float64')
+    loss = F.cross_entropy(logits, labels, reduction='sum').astype('float64')
+    sums += paddle.stack([hits[:, 0].sum(), hits.sum(), loss, paddle.to_tensor(len(labels), dtype='float64')])
+  distributed.all_reduce_sum(sums, world_size)
+  model.train(was_training)
+  correct1, correct5, loss, count = sums.numpy().tolist()
+  return {'top1': 100.0 * correct1 / count, 'top5': 100.0 * correct5 / count, 'loss': loss / count,
+          'count': int(count)}
+
+
+@paddle.no_grad()
+def predict(model, dataset, config):
+  """(names, predicted labels, softmax confidence) for every sample, in dataset order."""
+  if len(dataset) == 0:
+    raise ValueError(f'{config.data.name}: the split to predict holds no images')
+  model.eval()
+  labels, confidence = [], []
+  batches = pipeline.EvalBatches(len(dataset), config.eval.batch_size)
+  for images, _ in pipeline.loader(dataset, batches, config.data.num_workers):
+    probs = F.softmax(model(pipeline.to_model_input(images, config.data)).astype('float32'), axis=1)
+    labels.append(probs.argmax(axis=1).numpy())
+    confidence.append(probs.max(axis=1).numpy())
+  names = dataset.names or [str(i) for i in range(len(dataset))]
+  return names, np.concatenate(labels), np.concatenate(confidence)
+
+
+def write_json(path, values):
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(values, f, indent=1)
+  os.replace(tmp, path)
+
+
+def write_predictions(path, names, labels):
+  """One `filename,label` line per image, no header (the Cat-12 submission format)."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w', newline='') as f:
+    csv.writer(f).writerows(zip(names, labels.tolist()))
+  os.replace(tmp, path)

@@ -1,0 +1,129 @@
+"""Command line: one config, one mode.
+
+  python main.py --config configs/digits_vit_rdrop.py --workdir runs/digits_rdrop [--config.train.lr=3e-3]
+  python main.py --mode resume  --workdir runs/digits_rdrop
+  python main.py --mode eval    --workdir runs/digits_rdrop [--checkpoint PATH] [--split test]
+  python main.py --mode predict --workdir runs/cat12 [--split test] [--output result.csv]
+
+Without --config, the modes that continue a run (resume, eval, predict) read the resolved config that
+training saved in the workdir (`config.py`), so `--config.x=v` overrides apply to it too.
+Under `python -m paddle.distributed.launch` the same command trains on every device.
+"""
+import os
+import sys
+
+from utils import threads
+
+threads.configure()
+
+from absl import app, flags  # noqa: E402  (after the thread settings, which Paddle reads at import)
+from ml_collections import config_flags  # noqa: E402
+
+from utils import checkpoint  # noqa: E402
+from utils import workdir as workdir_lib  # noqa: E402
+
+MODES = ('train', 'resume', 'eval', 'predict')
+CONTINUING = ('resume', 'eval', 'predict')
+
+flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
+flags.DEFINE_string('workdir', '', 'Run folder: config, checkpoints, metrics, VisualDL logs, predictions.')
+flags.DEFINE_string('checkpoint', '', 'A checkpoint folder; default: the newest valid one (resume), the best (eval, predict).')
+flags.DEFINE_string('split', '', 'Split to evaluate or predict; default: config.eval.split (eval), test (predict).')
+flags.DEFINE_string('output', '', 'Where predict writes its CSV (default <workdir>/result.csv).')
+config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).', lock_config=True)
+FLAGS = flags.FLAGS
+
+
+def _default_config_from_workdir(argv):
+  """Let continuing modes read `<workdir>/config.py` when --config is not given."""
+  if any(a == '--config' or a.startswith('--config=') for a in argv):
+    return argv
+  values = {}
+  for i, arg in enumerate(argv):
+    for name in ('mode', 'workdir'):
+      if arg.startswith(f'--{name}='):
+        values[name] = arg.split('=', 1)[1]
+      elif arg == f'--{name}' and i + 1 < len(argv):
+        values[name] = argv[i + 1]
+  if values.get('mode') in CONTINUING and values.get('workdir'):
+    saved = os.path.join(values['workdir'], 'config.py')
+    if not os.path.isfile(saved):
+      sys.exit(f'error: {os.path.abspath(saved)} does not exist: --workdir is not a training run '
+               f'(or pass --config)')
+    return argv[:1] + [f'--config={saved}'] + argv[1:]
+  return argv
+
+
+def train_mode(config, workdir, resume_from=''):
+  from train import TrainingStopped, train
+  rank = int(os.environ.get('PADDLE_TRAINER_ID', '0'))
+  if rank == 0:
+    workdir_lib.prepare(workdir)
+    previous = workdir_lib.saved_config(workdir)
+    if resume_from and previous is not None:
+      for change in workdir_lib.config_changes(previous, config.to_dict()):
+        print(f'resume: config differs from the saved run: {change}')
+    workdir_lib.save_config(workdir, config)
+    workdir_lib.record_run(workdir, 'resume' if resume_from else 'train', int(os.environ.get('PADDLE_TRAINERS_NUM', '1')))
+  try:
+    result = train(config, workdir, resume_from)
+  except TrainingStopped as stopped:
+    print(stopped, file=sys.stderr)
+    return stopped.exit_code
+  if rank == 0:
+    print(f'done: best {config.eval.split} top1 {result["best"]["top1"]:.2f}% at update {result["best"]["update"]}\n'
+          f'  checkpoints: {workdir_lib.checkpoints_dir(workdir)}\n'
+          f'  metrics:     {os.path.join(workdir, "metrics.jsonl")}\n'
+          f'  curves:      visualdl --logdir {os.path.join(workdir, "vdl")}')
+  return 0
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.config is None:
+    raise app.UsageError('--config is required (e.g. --config configs/digits_vit_rdrop.py)')
+  if not FLAGS.workdir:
+    raise app.UsageError('--workdir is required')
+  config, workdir = FLAGS.config, FLAGS.workdir
+  ckpt_dir = workdir_lib.checkpoints_dir(workdir)
+
+  if FLAGS.mode == 'train':
+    if checkpoint.committed(ckpt_dir):
+      raise app.UsageError(f'{os.path.abspath(ckpt_dir)} already holds checkpoints: continue with '
+                           f'--mode resume, or train into a new --workdir')
+    return train_mode(config, workdir)
+
+  if FLAGS.mode == 'resume':
+    resume_from = FLAGS.checkpoint or checkpoint.latest_valid(ckpt_dir)
+    if not resume_from:
+      raise app.UsageError(f'no valid checkpoint in {os.path.abspath(ckpt_dir)} to resume from')
+    print(f'resume: from {resume_from}')
+    return train_mode(config, workdir, resume_from)
+
+  # eval and predict: one checkpoint, one split
+  path = FLAGS.checkpoint or workdir_lib.best_checkpoint(workdir)
+  if not path:
+    raise app.UsageError(f'no valid checkpoint in {os.path.abspath(ckpt_dir)}; pass --checkpoint')
+  from evaluate import evaluate, predict, write_json, write_predictions
+  from train import load_for_inference
+  split = FLAGS.split or (config.eval.split if FLAGS.mode == 'eval' else 'test')
+  model, dataset, update = load_for_inference(config, path, split)
+  if FLAGS.mode == 'eval':
+    print(f'eval: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} samples)')
+    metrics = dict(evaluate(model, dataset, config), checkpoint=path, update=update, split=split)
+    out = os.path.join(workdir, f'eval_{split}.json')
+    write_json(out, metrics)
+    print(f'top1 {metrics["top1"]:.2f}%  top5 {metrics["top5"]:.2f}%  loss {metrics["loss"]:.4f}  '
+          f'({metrics["count"]} samples)\nwritten to {out}')
+  else:
+    out = FLAGS.output or os.path.join(workdir, 'result.csv')
+    print(f'predict: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} images)')
+    names, labels, _ = predict(model, dataset, config)
+    write_predictions(out, names, labels)
+    print(f'{len(names)} predictions written to {out}')
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main, argv=_default_config_from_workdir(sys.argv))

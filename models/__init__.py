@@ -1,0 +1,21 @@
+"""Models by name: `config.model.name` is a module of this package exposing `build(model_config, num_classes)`.
+
+Every model maps a float image batch (N, C, H, W) to logits (N, num_classes). Modules may also expose
+`load_pretrained(model, path, model_config)` for weights in a format other than Paddle's state dict.
+"""
+import importlib
+import pkgutil
+
+
+def available():
+  return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_'))
+
+
+def module(name):
+  if name not in available():
+    raise ValueError(f'config.model.name={name!r} is not a model; choose one of {available()}')
+  return importlib.import_module(f'{__name__}.{name}')
+
+
+def build(model_config, num_classes):
+  return module(model_config.name).build(model_config, num_classes)

@@ -1,0 +1,194 @@
+"""The training loop: build, maybe resume, then for each update: micro-batches, step, log, eval, checkpoint.
+
+Exact resume rests on one rule: every random stream is a pure function of (seed, update) — the data order
+and augmentations through data.pipeline, dropout through `paddle.seed` at the start of each update (per
+rank, so data-parallel replicas draw different masks). A checkpoint therefore needs only the model,
+optimizer (with its LR schedule), loss scaler, update count and best metric to continue bit for bit.
+"""
+import contextlib
+import math
+import os
+
+import paddle
+
+import data
+import models
+from data import pipeline
+from evaluate import evaluate
+from utils import checkpoint, distributed, optim
+from utils.precision import Precision
+from utils.preemption import StopRequest
+from utils.rdrop import rdrop_loss
+from utils.runlog import RunLog
+
+
+class TrainingStopped(Exception):
+  """The run stopped early on purpose (signal) after saving; carries the exit code."""
+
+  def __init__(self, message, exit_code):
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
+def micro_batch_size(train_config, world_size):
+  """Per-device micro-batch: the global batch split over accumulation steps and devices."""
+  tc = train_config
+  micro, rest = divmod(tc.batch_size, tc.accum_steps * world_size)
+  if rest or micro == 0:
+    raise ValueError(f'config.train.batch_size={tc.batch_size} cannot be split into {tc.accum_steps} '
+                     f'accumulation steps on {world_size} devices: make it a multiple of '
+                     f'{tc.accum_steps * world_size} or change config.train.accum_steps')
+  return micro
+
+
+def total_updates(train_config, num_samples):
+  tc = train_config
+  if tc.updates > 0:
+    return tc.updates
+  micro_steps_per_epoch = num_samples // (tc.batch_size // tc.accum_steps)
+  return max(1, math.ceil(tc.epochs * micro_steps_per_epoch / tc.accum_steps))
+
+
+def build_model(config, num_classes):
+  """The model of `config`, with its pretrained weights when the config names a file."""
+  paddle.seed(config.seed)  # identical initial weights on every rank
+  model = models.build(config.model, num_classes)
+  if config.model.pretrained:
+    path = config.model.pretrained
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'config.model.pretrained: weights file {os.path.abspath(path)} does not exist')
+    loader = getattr(models.module(config.model.name), 'load_pretrained', None)
+    if loader:
+      loader(model, path)
+    else:
+      checkpoint.load_state_strict(model, paddle.load(path), source=f'weights file {path}')
+  return model
+
+
+def _check_fits(manifest, config, num_classes, path):
+  if (manifest['model'], manifest['num_classes']) != (config.model.name, num_classes):
+    raise checkpoint.CheckpointError(
+        f'checkpoint {path} holds a {manifest["model"]!r} model with {manifest["num_classes"]} classes, '
+        f'but the config builds {config.model.name!r} with {num_classes}')
+
+
+def _seed_update(config, rank, update):
+  paddle.seed(pipeline.sample_seed(config.seed, 1_000_003 + rank, update))
+
+
+def train(config, workdir, resume_from=''):
+  """Train `config` into `workdir`; with `resume_from` (a checkpoint folder) continue from it."""
+  tc = config.train
+  rank, world_size = distributed.setup()
+  is_main = rank == 0
+  micro = micro_batch_size(tc, world_size)
+  train_set = data.build(config.data, 'train')
+  eval_set = data.build(config.data, config.eval.split)
+  updates = total_updates(tc, len(train_set))
+  eval_every = tc.eval_every or max(1, updates // max(1, round(tc.epochs)))
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+
+  model = build_model(config, train_set.num_classes)
+  optimizer, scheduler = optim.build(tc, model.parameters(), updates)
+  precision = Precision(tc, log=print if is_main else lambda _: None)
+  model, optimizer = precision.decorate(model, optimizer)
+  start, best = 0, {'top1': -1.0, 'update': 0}
+  if resume_from:
+    manifest, state = checkpoint.load(resume_from)
+    _check_fits(manifest, config, train_set.num_classes, resume_from)
+    checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {resume_from}')
+    optimizer.set_state_dict(state['optimizer.pdopt'])
+    precision.load_state_dict(state['trainer.pdstate']['precision'], log=print if is_main else lambda _: None)
+    start, best = manifest['update'], manifest['best']
+  net = model
+  if world_size > 1:
+    model = paddle.DataParallel(model)
+
+  batches = iter(pipeline.loader(
+      train_set, pipeline.TrainBatches(len(train_set), micro * world_size, config.seed, rank, world_size,
+                                       start_micro_step=start * tc.accum_steps), config.data.num_workers))
+  log = RunLog(workdir, is_main, start, updates)
+  log.info(f'train: {config.experiment} for {updates} updates of {tc.batch_size} samples '
+           f'({tc.accum_steps} x {micro} per device on {world_size} device(s)), '
+           f'R-Drop alpha={config.rdrop.alpha} ({config.rdrop.reduction}, {config.rdrop.form}), '
+           f'{"from update " + str(start) if start else "from scratch"}; writing to {workdir}')
+
+  def save(update):
+    if is_main:
+      pieces = {'model.pdparams': net.state_dict(), 'optimizer.pdopt': optimizer.state_dict(),
+                'trainer.pdstate': {'precision': precision.state_dict()}}
+      meta = {'best': best, 'experiment': config.experiment, 'model': config.model.name,
+              'num_classes': train_set.num_classes}
+      return checkpoint.save(ckpt_dir, update, pieces, meta, tc.keep_checkpoints, protect={best['update']})
+
+  stop = StopRequest()
+  sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl summed over micro-batches since the last log
+  skipped_in_a_row = skipped_total = 0
+  try:
+    for update in range(start + 1, updates + 1):
+      _seed_update(config, rank, update)
+      model.train()
+      update_loss = paddle.zeros([], dtype='float32')
+      for micro_step in range(tc.accum_steps):
+        images, labels = next(batches)
+        sync = micro_step == tc.accum_steps - 1 or world_size == 1
+        with model.no_sync() if not sync else contextlib.nullcontext():  # all-reduce gradients once per update
+          with precision.autocast():
+            loss, ce, kl = rdrop_loss(model, pipeline.to_model_input(images, config.data), labels, config.rdrop)
+          precision.backward(loss / tc.accum_steps)
+        update_loss += loss.detach() / tc.accum_steps
+        sums += paddle.stack([loss.detach(), ce.detach(), kl.detach()]) / tc.accum_steps
+
+      loss_value = float(update_loss)  # the one host sync of an update
+      if not math.isfinite(loss_value) and not precision.scaling:
+        last = checkpoint.latest_valid(ckpt_dir)
+        raise FloatingPointError(f'the training loss is {loss_value} at update {update}; nothing was saved '
+                                 f'after update {update - 1}. Last good checkpoint: {last or "none"}')
+      scheduler.step()
+      if precision.step(optimizer):
+        skipped_in_a_row, skipped_total = skipped_in_a_row + 1, skipped_total + 1
+        if skipped_in_a_row > tc.max_skipped_updates:
+          raise FloatingPointError(f'{skipped_in_a_row} updates in a row overflowed in fp16 (up to update {update}); '
+                                   f'loss scale is {precision.loss_scale():g}. Lower train.lr or use bf16/fp32.')
+      else:
+        skipped_in_a_row = 0
+      optimizer.clear_grad()
+
+      if update % tc.log_every == 0 or update == updates:
+        loss_avg, ce_avg, kl_avg = (sums.numpy() / ((update - 1) % tc.log_every + 1)).tolist()
+        sums.zero_()
+        log.scalars(update, 'train', {'loss': loss_avg, 'ce': ce_avg, 'kl': kl_avg, 'lr': optimizer.get_lr(),
+                                      'loss_scale': precision.loss_scale(), 'skipped_updates': skipped_total})
+      log.progress(update, loss=loss_value, lr=optimizer.get_lr())
+
+      evaluated = update % eval_every == 0 or update == updates
+      if evaluated:
+        metrics = evaluate(net, eval_set, config, rank, world_size)
+        if metrics['top1'] > best['top1']:
+          best = {'top1': metrics['top1'], 'update': update}
+        log.scalars(update, 'eval', {k: metrics[k] for k in ('top1', 'top5', 'loss')})
+        log.info(f'update {update}: {config.eval.split} top1 {metrics["top1"]:.2f}% top5 {metrics["top5"]:.2f}% '
+                 f'loss {metrics["loss"]:.4f} (best {best["top1"]:.2f}% at update {best["update"]})')
+      stopping = distributed.any_rank(bool(stop), world_size)
+      if (evaluated or stopping or update == updates
+          or (tc.checkpoint_every and update % tc.checkpoint_every == 0)):
+        save(update)
+      if stopping:
+        raise TrainingStopped(f'stopped by a signal after update {update}, checkpoint saved. Continue with:\n'
+                              f'  python main.py --mode resume --workdir {workdir}', 128 + (stop.signum or 15))
+  finally:
+    stop.restore()
+    log.close()
+  return {'updates': updates, 'best': best}
+
+
+
+def load_for_inference(config, path, split):
+  """(eval-mode model with the checkpoint's weights, dataset of `split`, update of the checkpoint)."""
+  dataset = data.build(config.data, split)
+  manifest, state = checkpoint.load(path)
+  _check_fits(manifest, config, dataset.num_classes, path)
+  model = models.build(config.model, dataset.num_classes)
+  checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {path}')
+  model.eval()
+  return model, dataset, manifest['update']

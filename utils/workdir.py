@@ -1,0 +1,86 @@
+"""The run folder: the resolved config as a loadable file, the run's provenance, checkpoint lookup."""
+import datetime
+import json
+import os
+import pprint
+import subprocess
+
+from utils import checkpoint
+
+CONFIG_FILE = 'config.py'
+
+
+def checkpoints_dir(workdir):
+  return os.path.join(workdir, 'checkpoints')
+
+
+def prepare(workdir):
+  """Create the workdir, failing early and clearly when it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write-test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as err:
+    raise PermissionError(f'cannot write to the workdir {os.path.abspath(workdir)}: {err}') from err
+  checkpoint.remove_partial(checkpoints_dir(workdir))
+
+
+def save_config(workdir, config):
+  """`config.py` (loadable with --config, so `--mode resume` can reapply overrides) and `config.json`."""
+  body = pprint.pformat(config.to_dict(), indent=1, width=100, sort_dicts=False)
+  text = ('"""Resolved config of the run in this folder, overrides included (written by main.py)."""\n'
+          'import ml_collections\n\n\ndef get_config():\n'
+          f'  return ml_collections.ConfigDict({body})\n')
+  for name, content in ((CONFIG_FILE, text), ('config.json', config.to_json_best_effort(indent=1))):
+    tmp = os.path.join(workdir, name + '.tmp')
+    with open(tmp, 'w') as f:
+      f.write(content)
+    os.replace(tmp, os.path.join(workdir, name))
+
+
+def saved_config(workdir):
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def config_changes(old, new, prefix=''):
+  """['key: old -> new', ...] between two config dicts."""
+  changes = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      changes += config_changes(a, b, f'{prefix}{key}.')
+    elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+      changes.append(f'{prefix}{key}: {a!r} -> {b!r}')
+  return changes
+
+
+def record_run(workdir, mode, world_size):
+  """Append this invocation's provenance (time, git revision, command, devices) to run.jsonl."""
+  try:
+    revision = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    revision = ''
+  import paddle
+  entry = {'time': datetime.datetime.now().isoformat(timespec='seconds'), 'mode': mode,
+           'git_revision': revision, 'world_size': world_size, 'device': paddle.device.get_device(),
+           'paddle': paddle.__version__}
+  with open(os.path.join(workdir, 'run.jsonl'), 'a') as f:
+    f.write(json.dumps(entry) + '\n')
+
+
+def best_checkpoint(workdir):
+  """The checkpoint with the best evaluation (falling back to the newest valid one), or None."""
+  directory = checkpoints_dir(workdir)
+  latest = checkpoint.latest_valid(directory)
+  if latest is None:
+    return None
+  best_update = checkpoint.read_manifest(latest)['best']['update']
+  best = checkpoint.folder(directory, best_update)
+  return best if best_update and os.path.isdir(best) else latest
