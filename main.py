@@ -4,6 +4,8 @@
   python main.py --mode resume  --workdir runs/digits_rdrop
   python main.py --mode eval    --workdir runs/digits_rdrop [--checkpoint PATH] [--split test]
   python main.py --mode predict --workdir runs/cat12 [--split test] [--output result.csv]
+  python main.py --mode export  --workdir runs/cat12 [--checkpoint PATH] [--output PREFIX]
+  python main.py --mode report  --workdir reports/all runs/*      (one table over many runs)
 
 Without --config, the modes that continue a run (resume, eval, predict) read the resolved config that
 training saved in the workdir (`config.py`), so `--config.x=v` overrides apply to it too.
@@ -22,14 +24,15 @@ from ml_collections import config_flags  # noqa: E402
 from utils import checkpoint  # noqa: E402
 from utils import workdir as workdir_lib  # noqa: E402
 
-MODES = ('train', 'resume', 'eval', 'predict')
-CONTINUING = ('resume', 'eval', 'predict')
+MODES = ('train', 'resume', 'eval', 'predict', 'export', 'report')
+CONTINUING = ('resume', 'eval', 'predict', 'export')
 
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.DEFINE_string('workdir', '', 'Run folder: config, checkpoints, metrics, VisualDL logs, predictions.')
 flags.DEFINE_string('checkpoint', '', 'A checkpoint folder; default: the newest valid one (resume), the best (eval, predict).')
 flags.DEFINE_string('split', '', 'Split to evaluate or predict; default: config.eval.split (eval), test (predict).')
-flags.DEFINE_string('output', '', 'Where predict writes its CSV (default <workdir>/result.csv).')
+flags.DEFINE_string('output', '', 'Where predict writes its CSV (default <workdir>/result.csv); '
+                    'export: path prefix of the inference model (default <workdir>/export/model).')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).', lock_config=True)
 FLAGS = flags.FLAGS
 
@@ -79,6 +82,12 @@ def train_mode(config, workdir, resume_from=''):
 
 
 def main(argv):
+  if FLAGS.mode == 'report':
+    if not FLAGS.workdir or len(argv) < 2:
+      raise app.UsageError('report: python main.py --mode report --workdir OUT_DIR RUN_DIR [RUN_DIR ...]')
+    from utils.report import write_report
+    print(f'report written to {write_report(argv[1:], FLAGS.workdir)}')
+    return 0
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if FLAGS.config is None:
@@ -101,10 +110,16 @@ def main(argv):
     print(f'resume: from {resume_from}')
     return train_mode(config, workdir, resume_from)
 
-  # eval and predict: one checkpoint, one split
+  # eval, predict, export: one checkpoint
   path = FLAGS.checkpoint or workdir_lib.best_checkpoint(workdir)
   if not path:
     raise app.UsageError(f'no valid checkpoint in {os.path.abspath(ckpt_dir)}; pass --checkpoint')
+  if FLAGS.mode == 'export':
+    from utils.export import export
+    prefix = FLAGS.output or os.path.join(workdir, 'export', 'model')
+    print(f'export: checkpoint {path} as a Paddle inference model')
+    print(f'written {export(config, path, prefix)}')
+    return 0
   from evaluate import evaluate, predict, write_json, write_predictions
   from train import load_for_inference
   split = FLAGS.split or (config.eval.split if FLAGS.mode == 'eval' else 'test')

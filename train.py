@@ -65,6 +65,13 @@ def build_model(config, num_classes):
   return model
 
 
+def _expected_first_loss(net, config, num_classes):
+  """With a zero head every class is equally likely: CE = ln C per pass and the KL term is 0."""
+  if not getattr(net, 'zero_head', False):
+    return None
+  return (2 if config.rdrop.alpha else 1) * math.log(num_classes)
+
+
 def _check_fits(manifest, config, num_classes, path):
   if (manifest['model'], manifest['num_classes']) != (config.model.name, num_classes):
     raise checkpoint.CheckpointError(
@@ -121,12 +128,20 @@ def train(config, workdir, resume_from=''):
               'num_classes': train_set.num_classes}
       return checkpoint.save(ckpt_dir, update, pieces, meta, tc.keep_checkpoints, protect={best['update']})
 
+  # Layers whose behaviour follows training progress (e.g. DropBlock's keep_prob ramp) get the update.
+  progress_layers = [layer for layer in net.sublayers(include_self=True) if hasattr(layer, 'on_update')]
+  expected_first_loss = _expected_first_loss(net, config, train_set.num_classes) if start == 0 else None
+  if expected_first_loss:
+    log.info(f'check: the head starts at zero, so the first loss must be {expected_first_loss:.4f} '
+             f'({"2 ln" if config.rdrop.alpha else "ln"} {train_set.num_classes})')
   stop = StopRequest()
   sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl summed over micro-batches since the last log
   skipped_in_a_row = skipped_total = 0
   try:
     for update in range(start + 1, updates + 1):
       _seed_update(config, rank, update)
+      for layer in progress_layers:
+        layer.on_update(update)
       model.train()
       update_loss = paddle.zeros([], dtype='float32')
       for micro_step in range(tc.accum_steps):
@@ -144,6 +159,9 @@ def train(config, workdir, resume_from=''):
         last = checkpoint.latest_valid(ckpt_dir)
         raise FloatingPointError(f'the training loss is {loss_value} at update {update}; nothing was saved '
                                  f'after update {update - 1}. Last good checkpoint: {last or "none"}')
+      if update == 1 and expected_first_loss and abs(loss_value - expected_first_loss) > 1e-3:
+        log.info(f'WARNING: the first loss is {loss_value:.4f}, not {expected_first_loss:.4f}: '
+                 'the head was not zero or the loss is not the one configured')
       scheduler.step()
       if precision.step(optimizer):
         skipped_in_a_row, skipped_total = skipped_in_a_row + 1, skipped_total + 1
