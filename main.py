@@ -12,6 +12,7 @@ training saved in the workdir (`config.py`), so `--config.x=v` overrides apply t
 Under `python -m paddle.distributed.launch` the same command trains on every device.
 """
 import os
+import re
 import sys
 
 from utils import threads
@@ -39,8 +40,12 @@ FLAGS = flags.FLAGS
 
 def _default_config_from_workdir(argv):
   """Let continuing modes read `<workdir>/config.py` when --config is not given."""
-  if any(a == '--config' or a.startswith('--config=') for a in argv):
-    return argv
+  for i, arg in enumerate(argv):
+    if arg == '--config' or arg.startswith('--config='):
+      path = (arg.split('=', 1)[1] if '=' in arg else argv[i + 1] if i + 1 < len(argv) else '').split(':')[0]
+      if not os.path.isfile(path):
+        sys.exit(f'error: config file {os.path.abspath(path)} does not exist')
+      return argv
   values = {}
   for i, arg in enumerate(argv):
     for name in ('mode', 'workdir'):
@@ -140,5 +145,33 @@ def main(argv):
   return 0
 
 
+def _parse_flags_or_exit(argv):
+  """Parse the command line; a bad flag, config file or override ends here with one clear line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as err:
+    sys.exit(f'error: {err}')
+  except (AttributeError, KeyError) as err:  # ml_collections: an override names a field that does not exist
+    text = str(err)
+    guess = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    field = guess.group(2) if guess else re.sub(r'\W', '', text.split('\\n')[0])
+    culprit = next((a.split('=')[0] for a in argv if re.match(rf'--config\.(\w+\.)*{field}\b', a)), '--config.')
+    hint = f'; did you mean {guess.group(1)!r}?' if guess else ''
+    sys.exit(f'error: {culprit}: the config has no field {field!r}{hint}')
+  except (OSError, SyntaxError, ImportError) as err:
+    sys.exit(f'error: cannot load the config file: {err}')
+
+
+def _run(argv):
+  """Errors we raise on bad input carry their explanation; a traceback would only bury it."""
+  from utils.checkpoint import CheckpointError
+  try:
+    sys.exit(main(_parse_flags_or_exit(argv)))
+  except app.UsageError as err:
+    sys.exit(f'error: {err}')
+  except (ValueError, OSError, CheckpointError, FloatingPointError) as err:
+    sys.exit(f'error: {err}')
+
+
 if __name__ == '__main__':
-  app.run(main, argv=_default_config_from_workdir(sys.argv))
+  _run(_default_config_from_workdir(sys.argv))

@@ -1,0 +1,111 @@
+"""R-Drop's loss against a float64 NumPy reference, and the two forward forms against each other."""
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+from ml_collections import ConfigDict
+
+from utils.rdrop import compute_kl_loss, rdrop_loss
+
+
+def _log_softmax(x):
+  x = x - x.max(axis=1, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def _symmetric_kl_reference(a, b):
+  """Per-sample KL(P||Q) + KL(Q||P) in float64."""
+  log_p, log_q = _log_softmax(a.astype(np.float64)), _log_softmax(b.astype(np.float64))
+  p, q = np.exp(log_p), np.exp(log_q)
+  return (p * (log_p - log_q)).sum(axis=1) + (q * (log_q - log_p)).sum(axis=1)
+
+
+@pytest.fixture
+def logits():
+  rng = np.random.default_rng(0)
+  return rng.normal(size=(6, 10)).astype(np.float32) * 3, rng.normal(size=(6, 10)).astype(np.float32) * 3
+
+
+def test_kl_sum_matches_float64_reference(logits):
+  a, b = logits
+  got = float(compute_kl_loss(paddle.to_tensor(a), paddle.to_tensor(b), 'sum'))
+  assert got == pytest.approx(_symmetric_kl_reference(a, b).sum(), rel=1e-5)
+
+
+def test_kl_batchmean_matches_float64_reference(logits):
+  a, b = logits
+  got = float(compute_kl_loss(paddle.to_tensor(a), paddle.to_tensor(b), 'batchmean'))
+  assert got == pytest.approx(_symmetric_kl_reference(a, b).mean(), rel=1e-5)
+
+
+def test_batchmean_does_not_depend_on_the_split_but_sum_does(logits):
+  a, b = map(paddle.to_tensor, logits)
+  whole = float(compute_kl_loss(a, b, 'batchmean'))
+  halves = [float(compute_kl_loss(a[i:i + 3], b[i:i + 3], 'batchmean')) for i in (0, 3)]
+  assert np.mean(halves) == pytest.approx(whole, rel=1e-5)
+  sum_halves = [float(compute_kl_loss(a[i:i + 3], b[i:i + 3], 'sum')) for i in (0, 3)]
+  assert np.mean(sum_halves) == pytest.approx(float(compute_kl_loss(a, b, 'sum')) / 2, rel=1e-5)
+
+
+def test_the_common_wrong_form_gives_a_different_value(logits):
+  """kl_div(softmax(a), softmax(b)) treats probabilities as log-probabilities."""
+  a, b = map(paddle.to_tensor, logits)
+  wrong = float(F.kl_div(F.softmax(a), F.softmax(b), reduction='sum') + F.kl_div(F.softmax(b), F.softmax(a),
+                                                                                 reduction='sum'))
+  right = float(compute_kl_loss(a, b, 'sum'))
+  assert abs(wrong - right) > 0.1 * right
+
+
+def test_kl_of_identical_logits_is_zero(logits):
+  a = paddle.to_tensor(logits[0])
+  assert float(compute_kl_loss(a, a, 'sum')) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unknown_reduction_is_named():
+  a = paddle.zeros([2, 3])
+  with pytest.raises(ValueError, match="reduction='mean'"):
+    compute_kl_loss(a, a, 'mean')
+
+
+class _CountingModel(paddle.nn.Layer):
+  def __init__(self, dropout):
+    super().__init__()
+    self.fc = paddle.nn.Linear(4, 5)
+    self.dropout = paddle.nn.Dropout(dropout)
+    self.calls = 0
+
+  def forward(self, x):
+    self.calls += 1
+    return self.fc(self.dropout(x))
+
+
+def _config(alpha, form='concat', reduction='batchmean'):
+  return ConfigDict(dict(alpha=alpha, form=form, reduction=reduction))
+
+
+def test_alpha_zero_is_one_plain_pass():
+  paddle.seed(0)
+  model, x, y = _CountingModel(0.0), paddle.randn([8, 4]), paddle.randint(0, 5, [8])
+  loss, ce, kl = rdrop_loss(model, x, y, _config(0.0))
+  assert model.calls == 1
+  assert float(loss) == pytest.approx(float(F.cross_entropy(model.fc(x), y)), rel=1e-6)
+  assert float(kl) == 0.0
+
+
+@pytest.mark.parametrize('form,calls', [('concat', 1), ('twice', 2)])
+def test_both_forms_compute_the_same_loss_without_dropout(form, calls):
+  paddle.seed(0)
+  model, x, y = _CountingModel(0.0), paddle.randn([8, 4]), paddle.randint(0, 5, [8])
+  loss, ce, kl = rdrop_loss(model, x, y, _config(0.7, form))
+  assert model.calls == calls
+  assert float(kl) == pytest.approx(0.0, abs=1e-6)
+  assert float(loss) == pytest.approx(2 * float(F.cross_entropy(model.fc(x), y)), rel=1e-6)
+
+
+def test_dropout_makes_the_two_passes_differ_and_alpha_weights_the_kl():
+  paddle.seed(0)
+  model, x, y = _CountingModel(0.5), paddle.randn([8, 4]), paddle.randint(0, 5, [8])
+  paddle.seed(1)
+  loss, ce, kl = rdrop_loss(model, x, y, _config(2.0, reduction='sum'))
+  assert float(kl) > 1e-3
+  assert float(loss) == pytest.approx(2 * float(ce) + 2.0 * float(kl), rel=1e-5)

@@ -1,0 +1,103 @@
+"""The training loop through the real command line: accumulation, exact resume, learning, config errors."""
+import json
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import run_main
+from utils import checkpoint
+
+DEMO = 'configs/digits_vit_rdrop.py'
+TINY = ['--config.train.batch_size=16', '--config.train.log_every=1', '--config.train.eval_every=100',
+        '--config.eval.batch_size=360']
+
+
+def _weights(workdir, update):
+  path = os.path.join(checkpoint.folder(os.path.join(workdir, 'checkpoints'), update), 'model.pdparams')
+  return {k: v.numpy() for k, v in paddle.load(path).items()}
+
+
+def _train_rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r for r in map(json.loads, f) if r['group'] == 'train']
+
+
+def _max_difference(a, b):
+  assert a.keys() == b.keys()
+  return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def test_accumulated_micro_batches_give_the_update_of_one_large_batch(tmp_path):
+  """4 micro-batches of 4 = one batch of 16, for a model without dropout or batch norm."""
+  # Momentum SGD: Adam divides tiny gradients by their tiny RMS and so magnifies float rounding.
+  common = [*TINY, '--config.train.updates=3', '--config.model.dropout_rate=0.0', '--config.rdrop.alpha=0',
+            '--config.train.optimizer=momentum', '--config.train.lr=0.05']
+  run_main('--config', DEMO, '--workdir', tmp_path / 'one', *common, '--config.train.accum_steps=1')
+  run_main('--config', DEMO, '--workdir', tmp_path / 'four', *common, '--config.train.accum_steps=4')
+  assert _max_difference(_weights(tmp_path / 'one', 3), _weights(tmp_path / 'four', 3)) < 1e-5
+  losses = [[r['loss'] for r in _train_rows(tmp_path / run)] for run in ('one', 'four')]
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_resume_in_a_new_process_matches_the_uninterrupted_run(tmp_path):
+  """With dropout and R-Drop on: 6 updates straight equal 3, a new process resuming, 3 more."""
+  common = [*TINY, '--config.train.updates=6', '--config.train.checkpoint_every=3', '--config.train.accum_steps=2']
+  run_main('--config', DEMO, '--workdir', tmp_path / 'straight', *common)
+  interrupted = tmp_path / 'interrupted'
+  run_main('--config', DEMO, '--workdir', interrupted, *common, '--config.train.updates=3')
+  run_main('--mode', 'resume', '--workdir', interrupted, '--config.train.updates=6')
+  assert _max_difference(_weights(tmp_path / 'straight', 6), _weights(interrupted, 6)) < 1e-6
+  straight, resumed = _train_rows(tmp_path / 'straight'), _train_rows(interrupted)
+  assert [r['update'] for r in resumed] == list(range(1, 7))
+  np.testing.assert_allclose([r['loss'] for r in resumed], [r['loss'] for r in straight], rtol=1e-6)
+
+
+def test_the_demo_really_learns(tmp_path):
+  """The baseline demo reaches 90% test accuracy on real digits within 300 updates (it ends at 600)."""
+  run_main('--config', 'configs/digits_vit.py', '--workdir', tmp_path, '--config.train.updates=300',
+           '--config.train.eval_every=300')
+  with open(tmp_path / 'metrics.jsonl') as f:
+    final = [r for r in map(json.loads, f) if r['group'] == 'eval'][-1]
+  assert final['update'] == 300 and final['top1'] >= 90.0
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path):
+  run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', tmp_path)
+  proc = run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', tmp_path, check=False)
+  assert proc.returncode != 0 and 'already holds checkpoints' in proc.stderr and '--mode resume' in proc.stderr
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config.train.lrr=0.1'], "--config.train.lrr: the config has no field 'lrr'; did you mean 'lr'?"),
+    (['--config.train.lr=fast'], "--config.train.lr=fast: could not convert string to float: 'fast'"),
+    (['--config.train.updates=2.5'], '--config.train.updates=2.5'),
+])
+def test_a_bad_override_fails_before_any_work_naming_the_key(tmp_path, args, message):
+  proc = run_main('--config', 'configs/digits_vit.py', '--workdir', tmp_path / 'run', *args, check=False)
+  assert proc.returncode != 0 and message in proc.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+  proc = run_main('--config', 'configs/no_such_experiment.py', '--workdir', tmp_path, check=False)
+  assert proc.returncode != 0 and 'no_such_experiment.py does not exist' in proc.stderr
+
+
+def test_a_config_file_with_a_syntax_error_is_named(tmp_path):
+  bad = tmp_path / 'broken.py'
+  bad.write_text('def get_config(:\n')
+  proc = run_main('--config', bad, '--workdir', tmp_path / 'run', check=False)
+  assert proc.returncode != 0 and 'broken.py, line 1' in proc.stderr
+
+
+def test_eval_and_predict_write_their_outputs(tmp_path):
+  run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', tmp_path)
+  proc = run_main('--mode', 'eval', '--workdir', tmp_path)
+  metrics = json.loads((tmp_path / 'eval_test.json').read_text())
+  assert metrics['count'] == 360 and 0 <= metrics['top1'] <= metrics['top5'] <= 100
+  assert f'top1 {metrics["top1"]:.2f}%' in proc.stdout
+  run_main('--mode', 'predict', '--workdir', tmp_path, '--output', tmp_path / 'pred.csv')
+  lines = (tmp_path / 'pred.csv').read_text().splitlines()
+  assert len(lines) == 360 and all(0 <= int(line.split(',')[1]) <= 9 for line in lines)
