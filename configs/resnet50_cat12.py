@@ -1,0 +1,13 @@
+"""Baseline of configs/resnet50_cat12_rdrop.py: the same ResNet50 recipe on Cat-12 without R-Drop.
+
+  python main.py --config configs/resnet50_cat12.py --workdir runs/resnet50_cat12
+  python main.py --mode predict --workdir runs/resnet50_cat12      # -> runs/resnet50_cat12/result.csv
+"""
+from configs import resnet50_cat12_rdrop
+
+
+def get_config(arg=''):
+  c = resnet50_cat12_rdrop.get_config(arg)
+  c.experiment = 'resnet50_cat12'
+  c.rdrop.alpha = 0.0
+  return c

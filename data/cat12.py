@@ -1,0 +1,117 @@
+"""Cat-12, the 12 cat breeds of the PaddlePaddle AI Studio challenge: 2160 labelled images listed in
+`train_list.txt` (lines `cat_12_train/<name>.jpg<TAB><label>`) and 240 unlabelled ones in `cat_12_test/`.
+
+Splits: 'train' and 'val' divide the list as the source notebook did (RECIPES.md): lines 1, 1 + val_every,
+1 + 2 val_every, ... are held out, so with the list sorted by label every class gives up a tenth; 'test' is
+the sorted test folder, for `--mode predict`. Every file is test-decoded once when a split is built
+(see data.images.decode_problem); the ones that fail are named, counted and left out.
+Transforms are the source's: train Resize(resize) -> ColorJitter(0.2, 0.2, 0.2, 0.2) -> CenterCrop(img_size)
+-> RandomHorizontalFlip(0.3) -> RandomRotation(15); eval Resize(img_size). Normalisation (config.data.mean,
+std = 0.5, i.e. (x - 127.5) / 127.5) runs on the device.
+"""
+import os
+
+from paddle.vision import transforms
+
+from data import images
+from data.pipeline import SeededDataset
+
+NUM_CLASSES = 12
+SPLITS = ('train', 'val', 'test')
+
+
+class Cat12(SeededDataset):
+  num_classes = NUM_CLASSES
+
+  def __init__(self, paths, labels, transform, decode_size, labelled=True):
+    self.paths, self.labels = paths, labels
+    self.names = [os.path.basename(p) for p in paths]
+    self.transform, self.decode_size, self.labelled = transform, decode_size, labelled
+
+  def __len__(self):
+    return len(self.paths)
+
+  def sample(self, index):
+    image = images.open_rgb(self.paths[index], min_size=self.decode_size)
+    return images.to_chw(self.transform(image)), self.labels[index]
+
+
+def read_list(list_path, num_classes=NUM_CLASSES):
+  """[(relative path, label)] of a Cat-12 list file, checked line by line."""
+  entries = []
+  with open(list_path, encoding='utf-8') as f:
+    for number, line in enumerate(f.read().splitlines(), start=1):
+      path, _, label_text = line.partition('\t')
+      try:
+        label = int(label_text)
+      except ValueError:
+        label = None
+      if not path or label is None:
+        raise ValueError(f'{list_path}, line {number}: {line!r} is not "<image path><TAB><label>"')
+      if not 0 <= label < num_classes:
+        raise ValueError(f'{list_path}, line {number}: label {label} is outside 0..{num_classes - 1}')
+      entries.append((path, label))
+  return entries
+
+
+def train_transform(data_config):
+  size = data_config.img_size
+  return transforms.Compose([
+      transforms.Resize((data_config.resize, data_config.resize)),
+      transforms.ColorJitter(0.2, 0.2, 0.2, 0.2),
+      transforms.CenterCrop(size),
+      transforms.RandomHorizontalFlip(0.3),
+      transforms.RandomRotation(15),
+  ])
+
+
+def eval_transform(data_config):
+  return transforms.Resize((data_config.img_size, data_config.img_size))
+
+
+def _existing(path, what):
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'cat12: {what} {os.path.abspath(path)} does not exist; set config.data.root to the '
+                            f'folder holding train_list.txt, cat_12_train/ and cat_12_test/')
+  return path
+
+
+def _split_entries(data_config, split):
+  """(paths, labels) of `split` before the decode check."""
+  dc = data_config
+  if split == 'test':
+    folder = _existing(os.path.join(dc.root, dc.test_dir), 'test folder (config.data.test_dir)')
+    names = sorted(n for n in os.listdir(folder) if not n.startswith('.'))
+    return [os.path.join(folder, n) for n in names], [-1] * len(names)
+  list_path = _existing(os.path.join(dc.root, dc.list_file), 'list file (config.data.list_file)')
+  entries = read_list(list_path)
+  if split == 'val' and dc.val_every <= 0:
+    raise ValueError(f'config.data.val_every={dc.val_every} holds no lines out, so there is no val split: '
+                     f'set it to e.g. 10 (the source) or evaluate on another split')
+  held_out = set(range(0, len(entries), dc.val_every)) if dc.val_every > 0 else set()
+  chosen = [entry for i, entry in enumerate(entries) if (i in held_out) == (split == 'val')]
+  missing = [rel for rel, _ in chosen if not os.path.isfile(os.path.join(dc.root, rel))]
+  if missing:
+    raise FileNotFoundError(f'{list_path} lists {len(missing)} file(s) that do not exist under '
+                            f'{os.path.abspath(dc.root)}: {", ".join(missing[:5])}' + (' ...' if len(missing) > 5 else ''))
+  return [os.path.join(dc.root, rel) for rel, _ in chosen], [label for _, label in chosen]
+
+
+def build(data_config, split):
+  dc = data_config
+  if split not in SPLITS:
+    raise ValueError(f'cat12 has splits {SPLITS}, not {split!r}')
+  if dc.resize < dc.img_size:
+    raise ValueError(f'config.data.resize={dc.resize} is smaller than config.data.img_size={dc.img_size}: '
+                     f'the train transform resizes to `resize`, then center-crops `img_size`')
+  _existing(dc.root, 'dataset root (config.data.root)')
+  paths, labels = _split_entries(dc, split)
+  broken = images.decode_problems(paths)
+  if broken:
+    print(f'cat12 {split}: {len(broken)} of {len(paths)} images cannot be decoded and are left out:\n' +
+          '\n'.join(f'  {path}: {reason}' for path, reason in broken.items()))
+    kept = [i for i, path in enumerate(paths) if path not in broken]
+    paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
+  if split == 'train':
+    return Cat12(paths, labels, train_transform(dc), (dc.resize, dc.resize))
+  return Cat12(paths, labels, eval_transform(dc), (dc.img_size, dc.img_size), labelled=split != 'test')

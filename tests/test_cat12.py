@@ -1,0 +1,210 @@
+"""Cat-12 loader, ResNet model and the ResNet50 + R-Drop config, on tiny generated data in the real layout."""
+import csv
+import os
+
+import ml_collections
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+from paddle.utils import download
+
+import models
+from configs import resnet50_cat12, resnet50_cat12_rdrop
+from conftest import run_main
+from data import cat12
+from models import resnet
+
+IMG = 32
+ODD_FILES = {'gif': 'odd_gif.jpg', 'rgba': 'odd_rgba.jpg', 'grey': 'odd_grey.jpg'}
+BROKEN = 'broken.jpg'
+
+
+def _photo(seed, size):
+  rng = np.random.default_rng(seed)
+  return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def make_cat12(root, n_plain=8, odd=True, broken=True, n_test=3):
+  """A Cat-12 folder: plain JPEGs, optionally a GIF, an RGBA PNG and a greyscale JPEG named .jpg and a
+  truncated JPEG; returns the list lines in order."""
+  train_dir, test_dir = root / 'cat_12_train', root / 'cat_12_test'
+  train_dir.mkdir(parents=True)
+  test_dir.mkdir()
+  names = []
+  for i in range(n_plain):
+    name = f'plain_{i:02d}.jpg'
+    _photo(i, (40 + i, 30)).save(train_dir / name, format='JPEG')
+    names.append(name)
+  if odd:
+    _photo(100, (20, 24)).convert('P').save(train_dir / ODD_FILES['gif'], format='GIF')
+    rgba = np.dstack([np.asarray(_photo(101, (25, 20))), np.full((20, 25), 128, np.uint8)])
+    Image.fromarray(rgba, 'RGBA').save(train_dir / ODD_FILES['rgba'], format='PNG')
+    _photo(102, (30, 22)).convert('L').save(train_dir / ODD_FILES['grey'], format='JPEG')
+    names += list(ODD_FILES.values())
+  if broken:
+    _photo(103, (64, 64)).save(train_dir / BROKEN, format='JPEG')
+    data = (train_dir / BROKEN).read_bytes()
+    (train_dir / BROKEN).write_bytes(data[:len(data) // 2])
+    names.append(BROKEN)
+  lines = [f'cat_12_train/{name}\t{i % 12}' for i, name in enumerate(names)]
+  (root / 'train_list.txt').write_text('\n'.join(lines) + '\n')
+  for i in range(n_test):
+    image = _photo(200 + i, (36, 28))
+    if i == 0:
+      image.convert('P').save(test_dir / f'test_{i}.jpg', format='GIF')
+    else:
+      image.save(test_dir / f'test_{i}.jpg', format='JPEG')
+  return lines
+
+
+def data_config(root, **changes):
+  c = resnet50_cat12_rdrop.get_config('smoke').data
+  c.root = str(root)
+  c.update(changes)
+  return c
+
+
+def test_odd_formats_load_as_rgb_and_the_broken_file_is_reported_and_left_out(tmp_path, capsys):
+  make_cat12(tmp_path)
+  dataset = cat12.build(data_config(tmp_path, val_every=1), 'val')  # every line: the eval transform only
+
+  report = capsys.readouterr().out
+  assert 'cat12 val: 1 of 12 images cannot be decoded and are left out' in report
+  assert BROKEN in report and 'truncated' in report
+  assert len(dataset) == 11 and BROKEN not in dataset.names
+  for kind, name in ODD_FILES.items():
+    image, _ = dataset[(dataset.names.index(name), 0)]
+    assert image.dtype == np.uint8 and image.shape == (3, IMG, IMG), (kind, image.dtype, image.shape)
+    with Image.open(tmp_path / 'cat_12_train' / name) as original:
+      expected = np.asarray(original.convert('RGB').resize((IMG, IMG), Image.BILINEAR)).transpose(2, 0, 1)
+    assert np.abs(image.astype(int) - expected).max() <= 1, kind
+  grey, _ = dataset[(dataset.names.index(ODD_FILES['grey']), 0)]
+  assert (grey[0] == grey[1]).all() and (grey[1] == grey[2]).all()
+
+
+def test_train_transform_is_seeded_per_sample(tmp_path):
+  make_cat12(tmp_path, odd=False, broken=False)
+  dataset = cat12.build(data_config(tmp_path), 'train')
+  first, again, other = dataset[(0, 7)][0], dataset[(0, 7)][0], dataset[(0, 8)][0]
+  assert first.shape == (3, IMG, IMG) and first.dtype == np.uint8
+  assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_val_split_takes_every_tenth_line_and_train_the_rest(tmp_path):
+  lines = make_cat12(tmp_path, n_plain=25, odd=False, broken=False)
+  names = [line.split('\t')[0].split('/')[1] for line in lines]
+  config = data_config(tmp_path, val_every=10)
+  val, train = cat12.build(config, 'val'), cat12.build(config, 'train')
+  assert val.names == [names[0], names[10], names[20]]
+  assert val.labels == [0, 10, 8]
+  assert train.names == [n for i, n in enumerate(names) if i % 10]
+  test = cat12.build(config, 'test')
+  assert test.names == ['test_0.jpg', 'test_1.jpg', 'test_2.jpg'] and not test.labelled
+  assert test[(0, 0)][1] == -1
+
+
+@pytest.mark.parametrize('bad_line, message', [
+    ('cat_12_train/plain_01.jpg 3', 'line 2: '),
+    ('cat_12_train/plain_01.jpg\tthree', 'line 2: '),
+    ('cat_12_train/plain_01.jpg\t12', 'line 2: label 12 is outside 0..11'),
+    ('cat_12_train/plain_01.jpg\t-1', 'line 2: label -1 is outside 0..11'),
+])
+def test_malformed_line_or_label_out_of_range_names_the_line(tmp_path, bad_line, message):
+  lines = make_cat12(tmp_path, n_plain=3, odd=False, broken=False)
+  lines[1] = bad_line
+  (tmp_path / 'train_list.txt').write_text('\n'.join(lines) + '\n')
+  with pytest.raises(ValueError) as error:
+    cat12.build(data_config(tmp_path), 'train')
+  assert str(tmp_path / 'train_list.txt') in str(error.value) and message in str(error.value)
+
+
+def test_missing_root_or_listed_file_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match=str(tmp_path / 'nowhere')):
+    cat12.build(data_config(tmp_path / 'nowhere'), 'train')
+  make_cat12(tmp_path, n_plain=3, odd=False, broken=False)
+  os.remove(tmp_path / 'cat_12_train' / 'plain_02.jpg')
+  with pytest.raises(FileNotFoundError, match='cat_12_train/plain_02.jpg'):
+    cat12.build(data_config(tmp_path), 'val')
+
+
+def _model_config(**changes):
+  c = ml_collections.ConfigDict(resnet50_cat12_rdrop.get_config('smoke').model.to_dict())
+  c.update(changes)
+  return c
+
+
+def test_head_dropout_makes_two_training_passes_differ_and_eval_deterministic():
+  paddle.seed(0)
+  model = models.build(_model_config(), 12)
+  x = paddle.randn([2, 3, IMG, IMG])
+  model.train()
+  first, second = model(x), model(x)
+  assert first.shape == [2, 12]
+  assert float((first - second).abs().max()) > 1e-3  # R-Drop's KL term acts on this difference
+  model.eval()
+  np.testing.assert_array_equal(model(x).numpy(), model(x).numpy())
+
+
+def test_backbone_weights_missing_path_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match=f'config.model.backbone_weights: {tmp_path}/none.pdparams does not'):
+    models.build(_model_config(backbone_weights=str(tmp_path / 'none.pdparams')), 12)
+
+
+def test_backbone_weights_from_a_local_file_load_into_the_backbone(tmp_path):
+  paddle.seed(1)
+  source = models.build(_model_config(), 12)
+  paddle.save(source.backbone.state_dict(), str(tmp_path / 'resnet18.pdparams'))
+  paddle.seed(2)
+  loaded = models.build(_model_config(backbone_weights=str(tmp_path / 'resnet18.pdparams')), 12)
+  for key, value in source.backbone.state_dict().items():
+    np.testing.assert_array_equal(loaded.backbone.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+
+
+def _no_network(url, path, md5sum=None, method='get'):
+  raise RuntimeError(f'Download from {url} failed. Retry limit reached')  # what Paddle raises offline
+
+
+def test_download_without_network_names_the_cache_path(tmp_path, monkeypatch):
+  monkeypatch.setattr(download, 'WEIGHTS_HOME', str(tmp_path / 'weights'))
+  monkeypatch.setattr(download, '_download', _no_network)
+  with pytest.raises(RuntimeError) as error:
+    models.build(_model_config(backbone_weights='download'), 12)
+  assert f'copy resnet18.pdparams to {tmp_path}/weights/resnet18.pdparams' in str(error.value)
+
+
+def test_download_uses_a_file_already_in_the_cache_without_network(tmp_path, monkeypatch):
+  monkeypatch.setattr(download, 'WEIGHTS_HOME', str(tmp_path))
+  monkeypatch.setattr(download, '_download', _no_network)
+  paddle.seed(3)
+  source = models.build(_model_config(), 12)
+  paddle.save(source.backbone.state_dict(), resnet.cached_weights_path(18))
+  loaded = models.build(_model_config(backbone_weights='download'), 12)
+  np.testing.assert_array_equal(loaded.backbone.conv1.weight.numpy(), source.backbone.conv1.weight.numpy())
+
+
+def test_baseline_is_the_rdrop_recipe_without_rdrop():
+  rdrop, baseline = resnet50_cat12_rdrop.get_config().to_dict(), resnet50_cat12.get_config().to_dict()
+  assert (rdrop['rdrop']['alpha'], baseline['rdrop']['alpha']) == (5.0, 0.0)
+  for config in (rdrop, baseline):
+    config.pop('experiment')
+    config['rdrop'].pop('alpha')
+  assert rdrop == baseline
+
+
+def test_smoke_train_then_predict_writes_one_result_line_per_test_image(tmp_path):
+  root = tmp_path / 'cat12'
+  make_cat12(root, n_test=5)
+  workdir = tmp_path / 'run'
+  trained = run_main('--config', 'configs/resnet50_cat12_rdrop.py:smoke', '--workdir', workdir,
+                     '--config.data.root=' + str(root))
+  output = trained.stdout + trained.stderr
+  assert 'cat12 train: 1 of 6 images cannot be decoded and are left out' in output and BROKEN in output
+  assert 'train: resnet50_cat12_rdrop for 2 updates' in output and 'done: best val top1' in output
+
+  run_main('--mode', 'predict', '--workdir', workdir)
+  with open(workdir / 'result.csv', newline='') as f:
+    rows = list(csv.reader(f))
+  assert sorted(name for name, _ in rows) == [f'test_{i}.jpg' for i in range(5)]
+  assert all(label.isdigit() and 0 <= int(label) < 12 for _, label in rows), rows
