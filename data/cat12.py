@@ -55,11 +55,10 @@ def read_list(list_path, num_classes=NUM_CLASSES):
 
 
 def train_transform(data_config):
-  size = data_config.img_size
   return transforms.Compose([
       transforms.Resize((data_config.resize, data_config.resize)),
       transforms.ColorJitter(0.2, 0.2, 0.2, 0.2),
-      transforms.CenterCrop(size),
+      transforms.CenterCrop(data_config.img_size),
       transforms.RandomHorizontalFlip(0.3),
       transforms.RandomRotation(15),
   ])
@@ -85,15 +84,15 @@ def _split_entries(data_config, split):
     return [os.path.join(folder, n) for n in names], [-1] * len(names)
   list_path = _existing(os.path.join(dc.root, dc.list_file), 'list file (config.data.list_file)')
   entries = read_list(list_path)
+  missing = [rel for rel, _ in entries if not os.path.isfile(os.path.join(dc.root, rel))]
+  if missing:
+    raise FileNotFoundError(f'{list_path} lists {len(missing)} file(s) that do not exist under '
+                            f'{os.path.abspath(dc.root)}: {", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}')
   if split == 'val' and dc.val_every <= 0:
     raise ValueError(f'config.data.val_every={dc.val_every} holds no lines out, so there is no val split: '
                      f'set it to e.g. 10 (the source) or evaluate on another split')
   held_out = set(range(0, len(entries), dc.val_every)) if dc.val_every > 0 else set()
   chosen = [entry for i, entry in enumerate(entries) if (i in held_out) == (split == 'val')]
-  missing = [rel for rel, _ in chosen if not os.path.isfile(os.path.join(dc.root, rel))]
-  if missing:
-    raise FileNotFoundError(f'{list_path} lists {len(missing)} file(s) that do not exist under '
-                            f'{os.path.abspath(dc.root)}: {", ".join(missing[:5])}' + (' ...' if len(missing) > 5 else ''))
   return [os.path.join(dc.root, rel) for rel, _ in chosen], [label for _, label in chosen]
 
 

@@ -124,9 +124,9 @@ def test_missing_root_or_listed_file_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=str(tmp_path / 'nowhere')):
     cat12.build(data_config(tmp_path / 'nowhere'), 'train')
   make_cat12(tmp_path, n_plain=3, odd=False, broken=False)
-  os.remove(tmp_path / 'cat_12_train' / 'plain_02.jpg')
-  with pytest.raises(FileNotFoundError, match='cat_12_train/plain_02.jpg'):
-    cat12.build(data_config(tmp_path), 'val')
+  os.remove(tmp_path / 'cat_12_train' / 'plain_01.jpg')
+  with pytest.raises(FileNotFoundError, match='lists 1 file.* cat_12_train/plain_01.jpg'):
+    cat12.build(data_config(tmp_path), 'val')  # plain_01 is a train line: every listed file is checked
 
 
 def _model_config(**changes):
