@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Reproduce the papers' runs in batch. Every run goes into $RUNS_DIR/<experiment>/<variant>; a run that
+# already has checkpoints is resumed, so after a preemption the same command carries on where it stopped.
+#
+#   bash run.sh demo                 offline demo: tiny ViT on scikit-learn digits, baseline vs R-Drop
+#   bash run.sh smoke                a few updates of every config on tiny generated data (CPU, minutes)
+#   bash run.sh vit_cifar100         ViT-B/16 on CIFAR-100, baseline and R-Drop (paper: 92.64 / 93.29)
+#   bash run.sh resnet50_cat12       ResNet50 on Cat-12, baseline and R-Drop, then result.csv
+#   bash run.sh dropblock_cifar10    4-conv CNN with and without DropBlock
+#   bash run.sh lenet5_cifar10       LeNet-5 networks A-D (dropout ablation)
+#   bash run.sh repconv_cifar10      RepConv network, trained then fused for evaluation
+#   bash run.sh all                  every paper run above
+#   bash run.sh bench                regenerate BENCHMARKS.md
+#
+# Where things are (environment variables, with defaults):
+#   DATA_DIR=./datasets      CIFAR100=$DATA_DIR/cifar-100-python.tar.gz  CIFAR10=$DATA_DIR/cifar-10-python.tar.gz
+#                            CAT12_DIR=$DATA_DIR/cat12 (train_list.txt, cat_12_train/, cat_12_test/)
+#   WEIGHTS_DIR=./weights    VIT_WEIGHTS=$WEIGHTS_DIR/ViT-B_16.npz  RESNET50_WEIGHTS=$WEIGHTS_DIR/resnet50.pdparams
+#   RUNS_DIR=./runs          GPUS=0,1,2,3 trains on those GPUs through paddle.distributed.launch (unset: one process)
+# Extra arguments after the experiment name are passed to every run, e.g. --config.train.accum_steps=4.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DATA_DIR=${DATA_DIR:-./datasets}
+WEIGHTS_DIR=${WEIGHTS_DIR:-./weights}
+RUNS_DIR=${RUNS_DIR:-./runs}
+CIFAR100=${CIFAR100:-$DATA_DIR/cifar-100-python.tar.gz}
+CIFAR10=${CIFAR10:-$DATA_DIR/cifar-10-python.tar.gz}
+CAT12_DIR=${CAT12_DIR:-$DATA_DIR/cat12}
+VIT_WEIGHTS=${VIT_WEIGHTS:-$WEIGHTS_DIR/ViT-B_16.npz}
+RESNET50_WEIGHTS=${RESNET50_WEIGHTS:-$WEIGHTS_DIR/resnet50.pdparams}
+
+launch() {
+  if [ -n "${GPUS:-}" ]; then
+    python -m paddle.distributed.launch --devices "$GPUS" --log_dir "$RUNS_DIR/launch_logs" main.py "$@"
+  else
+    python main.py "$@"
+  fi
+}
+
+# run WORKDIR CONFIG [overrides...]: train, or resume when WORKDIR already has checkpoints.
+run() {
+  local workdir=$1 config=$2
+  shift 2
+  if compgen -G "$workdir/checkpoints/update_*" > /dev/null; then
+    launch --mode resume --workdir "$workdir" "$@" "${EXTRA[@]}"
+  else
+    launch --config "$config" --workdir "$workdir" "$@" "${EXTRA[@]}"
+  fi
+}
+
+report() {  # report OUT_DIR RUN_DIR...
+  python main.py --mode report --workdir "$@"
+}
+
+vit_cifar100() {
+  local out=$RUNS_DIR/vit_b16_cifar100 data=(--config.data.root="$CIFAR100" --config.model.pretrained="$VIT_WEIGHTS")
+  run "$out/baseline" configs/vit_b16_cifar100.py "${data[@]}"
+  run "$out/rdrop" configs/vit_b16_cifar100_rdrop.py "${data[@]}"
+  report "$out" "$out/baseline" "$out/rdrop"
+}
+
+resnet50_cat12() {
+  local out=$RUNS_DIR/resnet50_cat12
+  local data=(--config.data.root="$CAT12_DIR" --config.model.backbone_weights="$RESNET50_WEIGHTS")
+  run "$out/baseline" configs/resnet50_cat12.py "${data[@]}"
+  run "$out/rdrop" configs/resnet50_cat12_rdrop.py "${data[@]}"
+  python main.py --mode predict --workdir "$out/rdrop" --config.data.root="$CAT12_DIR" --output "$out/result.csv"
+  report "$out" "$out/baseline" "$out/rdrop"
+}
+
+dropblock_cifar10() {
+  local out=$RUNS_DIR/dropblock_cnn_cifar10
+  run "$out/none" configs/dropblock_cnn_cifar10.py:none --config.data.root="$CIFAR10"
+  run "$out/dropblock" configs/dropblock_cnn_cifar10.py --config.data.root="$CIFAR10"
+  report "$out" "$out/none" "$out/dropblock"
+}
+
+lenet5_cifar10() {
+  local out=$RUNS_DIR/lenet5_cifar10 network
+  for network in A B C D; do
+    run "$out/$network" "configs/lenet5_cifar10.py:$network" --config.data.root="$CIFAR10"
+  done
+  report "$out" "$out"/[ABCD]
+}
+
+repconv_cifar10() {
+  local out=$RUNS_DIR/repconv_cifar10
+  run "$out/repconv" configs/repconv_cifar10.py --config.data.root="$CIFAR10"
+  python main.py --mode export --workdir "$out/repconv" --config.data.root="$CIFAR10"
+  report "$out" "$out/repconv"
+}
+
+demo() {
+  local out=$RUNS_DIR/demo
+  run "$out/baseline" configs/digits_vit.py
+  run "$out/rdrop" configs/digits_vit_rdrop.py
+  report "$out" "$out/baseline" "$out/rdrop"
+  echo
+  echo "Demo finished: checkpoints, metrics and VisualDL logs are in $out/baseline and $out/rdrop."
+  echo "Table and curves: $out/report.md   Curves in VisualDL: visualdl --logdir $out"
+}
+
+# Every config for a couple of updates on tiny data generated in the real formats.
+smoke() {
+  local tmp config variant data
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python -m tests.fakedata "$tmp/data"
+  local -A root=([digits]='' [cifar100]="$tmp/data/cifar-100-python.tar.gz"
+                 [cifar10]="$tmp/data/cifar-10-python.tar.gz" [cat12]="$tmp/data/cat12")
+  while read -r config variant data; do
+    [ "$variant" = - ] && variant=''
+    echo "== smoke: $config $variant"
+    local args=(--config "configs/$config.py:${variant:+$variant,}smoke" --workdir "$tmp/runs/$config$variant")
+    [ -n "${root[$data]}" ] && args+=(--config.data.root="${root[$data]}")
+    python main.py "${args[@]}" "${EXTRA[@]}"
+  done <<'LIST'
+digits_vit - digits
+digits_vit_rdrop - digits
+vit_b16_cifar100 - cifar100
+vit_b16_cifar100_rdrop - cifar100
+resnet50_cat12 - cat12
+resnet50_cat12_rdrop - cat12
+dropblock_cnn_cifar10 none cifar10
+dropblock_cnn_cifar10 - cifar10
+lenet5_cifar10 A cifar10
+lenet5_cifar10 B cifar10
+lenet5_cifar10 C cifar10
+lenet5_cifar10 D cifar10
+repconv_cifar10 - cifar10
+LIST
+  echo "smoke: every config trained, evaluated and checkpointed"
+}
+
+experiment=${1:-}
+[ $# -gt 0 ] && shift
+EXTRA=("$@")
+case "$experiment" in
+  demo) demo ;;
+  smoke) smoke ;;
+  vit_cifar100) vit_cifar100 ;;
+  resnet50_cat12) resnet50_cat12 ;;
+  dropblock_cifar10) dropblock_cifar10 ;;
+  lenet5_cifar10) lenet5_cifar10 ;;
+  repconv_cifar10) repconv_cifar10 ;;
+  all) vit_cifar100; resnet50_cat12; dropblock_cifar10; lenet5_cifar10; repconv_cifar10 ;;
+  bench) python bench/run_all.py --out BENCHMARKS.md ;;
+  *) sed -n '2,21p' "$0"; [ -z "$experiment" ] || { echo "unknown experiment: $experiment" >&2; exit 2; } ;;
+esac
