@@ -1,4 +1,4 @@
-"""What a run reports: a tqdm bar with ETA, VisualDL scalars and a `metrics.jsonl` for scripts.
+"""What a run reports: a tqdm bar with ETA, VisualDL scalars and hyper-parameters, and `metrics.jsonl`.
 
 Only the process of rank 0 writes; the others get a RunLog with `enabled=False` that stays silent.
 """
@@ -7,6 +7,13 @@ import os
 import sys
 
 from tqdm import tqdm
+
+# Config fields that name, locate or pace a run without changing what it learns.
+NOT_HYPERPARAMETERS = frozenset({
+    'reference.top1', 'reference.source', 'data.root', 'data.num_workers', 'eval.batch_size', 'train.log_every',
+    'train.eval_every', 'train.checkpoint_every', 'train.keep_checkpoints', 'train.max_skipped_updates'})
+# Scalars VisualDL's hyper-parameter view shows beside the hyper-parameters (their last logged value).
+HPARAM_METRICS = ['eval/top1', 'eval/top5', 'eval/loss', 'train/loss']
 
 
 class RunLog:
@@ -37,6 +44,11 @@ class RunLog:
     with open(self.metrics_path, 'a') as f:
       f.write(json.dumps({'update': update, 'group': group, **values}) + '\n')
 
+  def hyperparameters(self, config):
+    """Log the config's scalar fields once per invocation, for VisualDL's hyper-parameter view across runs."""
+    if self.enabled:
+      self.writer.add_hparams(flat_hyperparameters(config.to_dict()), HPARAM_METRICS)
+
   def progress(self, update, **postfix):
     if self.enabled:
       self.bar.set_postfix({k: f'{v:.4g}' for k, v in postfix.items()}, refresh=False)
@@ -46,6 +58,22 @@ class RunLog:
     if self.enabled:
       self.bar.close()
       self.writer.close()
+
+
+def flat_hyperparameters(config_dict, prefix=''):
+  """{'train.lr': 0.003, 'rdrop.alpha': 1.0, ...}: the scalar leaves VisualDL's add_hparams accepts.
+
+  Tuples (e.g. normalisation means) are left out: VisualDL stores only int, float and str values, and
+  booleans become ints because its protobuf record refuses a bool in the int field.
+  """
+  flat = {}
+  for key, value in config_dict.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      flat.update(flat_hyperparameters(value, f'{name}.'))
+    elif isinstance(value, (bool, int, float, str)) and name not in NOT_HYPERPARAMETERS:
+      flat[name] = int(value) if isinstance(value, bool) else value
+  return flat
 
 
 def _truncate_after(path, update):
