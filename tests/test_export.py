@@ -1,0 +1,61 @@
+"""`--mode export`: the saved inference model computes what the checkpoint's eval-mode model computes."""
+import json
+import os
+import re
+
+import numpy as np
+import paddle
+
+import train
+from conftest import run_main
+from configs import digits_vit, repconv_cifar10
+from utils import checkpoint
+from utils.export import export, load_model
+
+# RepConv on the offline digits (1 channel, 8x8): the network pools globally, so any size works.
+REPCONV_ON_DIGITS = {'data.name': 'digits', 'data.img_size': 8, 'data.mean': (0.5,), 'data.std': (0.5,),
+                     'model.in_channels': 1, 'model.widths': (4, 8)}
+
+
+def _latest(workdir):
+  return checkpoint.latest_valid(os.path.join(workdir, 'checkpoints'))
+
+
+def _random_images(channels, size, seed):
+  return paddle.to_tensor(np.random.default_rng(seed).normal(size=(5, channels, size, size)).astype('float32'))
+
+
+def test_cli_export_of_a_trained_vit_matches_the_eval_model(tmp_path):
+  workdir = tmp_path / 'run'
+  run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', workdir)
+  proc = run_main('--mode', 'export', '--workdir', workdir)
+  prefix = str(workdir / 'export' / 'model')
+  assert prefix in proc.stdout
+  assert os.path.isfile(prefix + '.pdiparams')
+  with open(prefix + '.preprocess.yml') as f:
+    preprocess = {key: json.loads(value) for key, value in (line.split(': ', 1) for line in f)}
+  assert (preprocess['channels'], preprocess['img_size'], preprocess['mean'], preprocess['num_classes']) == (1, 8, [0.5], 10)
+
+  exported = paddle.jit.load(prefix)
+  model, _ = load_model(digits_vit.get_config('smoke'), _latest(str(workdir)))
+  images = _random_images(1, 8, seed=0)
+  np.testing.assert_allclose(exported(images).numpy(), model(images).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_export_fuses_repconv_blocks_and_keeps_the_function(tmp_path):
+  config = repconv_cifar10.get_config('smoke')
+  config.update_from_flattened_dict(REPCONV_ON_DIGITS)
+  train.train(config, str(tmp_path))  # 2 updates: BatchNorm running statistics move off their defaults
+  path = _latest(str(tmp_path))
+  prefix = str(tmp_path / 'export' / 'model')
+  written = export(config, path, prefix)
+  assert prefix + '.pdiparams' in written and prefix + '.preprocess.yml' in written
+
+  model, _ = load_model(config, path)  # the unfused, multi-branch eval-mode network
+  exported = paddle.jit.load(prefix)
+  images = _random_images(1, 8, seed=1)
+  np.testing.assert_allclose(exported(images).numpy(), model(images).numpy(), rtol=1e-5, atol=1e-5)
+  # Fused: 4 blocks are 4 convs and no batch norm is left (unfused: 8 convs, 10 batch norms).
+  with open(prefix + '.json') as f:  # Paddle 3's PIR program: ops appear as "#":"<dialect>.<op name>"
+    ops = re.findall(r'"#":"\d+\.([a-z_0-9]+)"', f.read())
+  assert ops.count('conv2d') == 4 and not any(op.startswith('batch_norm') for op in ops)
