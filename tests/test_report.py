@@ -109,6 +109,30 @@ def test_a_folder_that_is_not_a_run_is_an_error_naming_it(runs, tmp_path):
   assert not (tmp_path / 'out' / 'report.md').exists()
 
 
+def _edit_json(path, edit):
+  with open(path) as f:
+    content = json.load(f)
+  edit(content)
+  with open(path, 'w') as f:
+    json.dump(content, f)
+
+
+def test_total_updates_and_time_recorded_in_the_checkpoint_come_before_estimates(runs, tmp_path):
+  """An epoch-based run (train.updates 0) can only be judged finished through the manifest's total_updates."""
+  for name in ('epochs_recorded', 'epochs_unrecorded'):
+    shutil.copytree(runs / 'base', tmp_path / name)
+    _edit_json(tmp_path / name / 'config.json', lambda c: c['train'].update(updates=0))
+  manifest = sorted(glob.glob(str(tmp_path / 'epochs_recorded' / 'checkpoints' / '*' / 'manifest.json')))[-1]
+  _edit_json(manifest, lambda m: m.update(total_updates=4, train_seconds=80.0))
+  report.write_report([str(tmp_path / 'epochs_recorded'), str(tmp_path / 'epochs_unrecorded')], str(tmp_path))
+  rows = {row['run']: row for row in _table((tmp_path / 'report.md').read_text())}
+  recorded, unrecorded = rows['epochs_recorded'], rows['epochs_unrecorded']
+  assert recorded['status'] == 'finished' and recorded['updates'] == '4 / 4'
+  assert recorded['wall time'] == '1m 20s' and recorded['samples/s'] == f'{4 * 4 / 80:.1f}'
+  assert unrecorded['status'].startswith('length unknown') and unrecorded['updates'] == '4 / ?'
+  assert unrecorded['best top1 (%)'] == '-'
+
+
 def test_variant_names_what_sets_a_run_apart_within_its_group():
   def config(alpha, reduction='batchmean', lr=0.003, root='/data'):
     return {'experiment': f'x{alpha}', 'data': {'name': 'digits', 'root': root},

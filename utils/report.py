@@ -31,6 +31,7 @@ PANELS = (('train', 'loss', 'training objective (R-Drop: 2 CE + alpha KL)'),
 COLUMNS = ('run', 'experiment', 'variant', 'status', 'best top1 (%)', 'best at update', 'final top1 (%)',
            'updates', 'wall time', 'samples/s', 'reference top1 (%)', 'best - reference', 'code')
 NOT_SHOWN = '-'
+ABSENT = '(absent)'  # a config field one run has and another lacks
 
 
 @dataclasses.dataclass
@@ -150,7 +151,7 @@ def differing_fields(configs):
   """Dotted config fields whose values are not the same in all `configs` (a missing field differs too)."""
   flats = [_flatten(c) for c in configs]
   keys = sorted(set().union(*flats))
-  return [k for k in keys if any(f.get(k, NOT_SHOWN) != flats[0].get(k, NOT_SHOWN) for f in flats)]
+  return [k for k in keys if any(f.get(k, ABSENT) != flats[0].get(k, ABSENT) for f in flats)]
 
 
 def variant(config, differing):
@@ -163,9 +164,9 @@ def variant(config, differing):
       continue
     if key.startswith('rdrop.'):
       if alpha:  # without R-Drop its reduction and form change nothing
-        parts.append(f'{key[len("rdrop."):]}={flat.get(key, NOT_SHOWN)}')
+        parts.append(f'{key[len("rdrop."):]}={flat.get(key, ABSENT)}')
     else:
-      parts.append(f'{key}={flat.get(key, NOT_SHOWN)}')
+      parts.append(f'{key}={flat.get(key, ABSENT)}')
   return parts[0] + (', ' + ', '.join(parts[1:]) if parts[1:] else '')
 
 
@@ -277,9 +278,10 @@ def write_report(run_dirs, out_dir):
       sections.append('The configs of these runs are identical: they are repeats.')
     else:
       sections.append('Config fields that differ between these runs:')
+      flats = [_flatten(runs[i].config) for i in members]
       sections += [''] + markdown_table(
           ['field'] + [names[i] for i in members],
-          [[key] + [repr(_flatten(runs[i].config).get(key, NOT_SHOWN)) for i in members] for key in differing])
+          [[key] + [repr(flat[key]) if key in flat else ABSENT for flat in flats] for key in differing])
     sections += ['', f'![{title}: training curves]({plot_name})']
 
   rows = [table_row(run, name, label) for run, name, label in zip(runs, names, labels)]
@@ -297,7 +299,8 @@ def write_report(run_dirs, out_dir):
             '- Wall time: as recorded by training when its checkpoints hold `train_seconds`; marked ~ when '
             'estimated instead from the first start in run.jsonl to the last write of metrics.jsonl or a '
             'checkpoint, which also counts any pause between a stop and its resume.',
-            '- samples/s: updates x train.batch_size / wall time, so start-up and evaluation are counted.',
+            '- samples/s: updates x train.batch_size / wall time, so start-up and evaluation are counted '
+            '(R-Drop runs pass each sample through the model twice).',
             '- best - reference: our best top-1 minus the source\'s number (config `reference.top1`).',
             '- code: git revision(s) and device(s) of the invocations in run.jsonl.']
   if references:
