@@ -4,11 +4,16 @@ Google's `.npz` checkpoints (e.g. ImageNet-21k `ViT-B_16.npz`) through `load_fro
 Differences from the port, both for speed with identical results: query/key/value are one fused
 projection, and attention runs through `F.scaled_dot_product_attention` (flash attention on GPUs).
 """
+import warnings
+
 import ml_collections
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from scipy import ndimage
+
+from utils.checkpoint import CheckpointError, load_state_strict
 
 
 def _config(patch, hidden, mlp, heads, layers, dropout=0.1):
@@ -133,54 +138,72 @@ class VisionTransformer(nn.Layer):
     x = self.transformer(x)
     return self.head(x[:, 0] if self.classifier == 'token' else x.mean(axis=1))
 
-  def load_from(self, weights):
+  def load_from(self, weights, source='ViT weights'):
     """Copy Google's checkpoint (a mapping of its key names to arrays, e.g. `np.load('ViT-B_16.npz')`).
 
-    The position-embedding grid is resized (order-1 zoom) when the image size differs; the head is
-    loaded only when its shape matches and `zero_head` is false; `pre_logits` is not used. Anything
-    else that does not fit raises, listing every mismatch.
+    As in the port: the position-embedding grid is resized (order-1 zoom, class token kept) when the
+    image size differs; `pre_logits` is not used; the head is zero with `zero_head`, else loaded when
+    its shape matches. A head of another class count (e.g. the 21k head) keeps its fresh initialisation,
+    with a warning. Anything else that does not fit raises, listing every mismatch.
     """
-    converted = convert_google_weights(weights, self.config.transformer.num_layers)
+    converted, problems = convert_google_weights(weights, self.config.transformer.num_layers,
+                                                 self.config.transformer.num_heads)
+    if problems:
+      raise CheckpointError(f'{source} does not fit the model ({len(problems)} problems):\n  '
+                            + '\n  '.join(problems[:12]) + ('\n  ...' if len(problems) > 12 else ''))
     own = self.state_dict()
     head_keys = ('head.weight', 'head.bias')
     head_fits = all(k in converted and tuple(converted[k].shape) == tuple(own[k].shape) for k in head_keys)
-    if self.zero_head or not head_fits:
-      for k in head_keys:
-        converted.pop(k, None)
-        converted[k] = own[k].numpy() if not self.zero_head else np.zeros(own[k].shape, np.float32)
+    if not self.zero_head and not head_fits:
+      found = list(converted['head.weight'].shape) if 'head.weight' in converted else 'none'
+      warnings.warn(f'{source}: head {found} does not fit {list(own["head.weight"].shape)}; '
+                    'the head keeps its random initialisation')
+    for k in head_keys:
+      if self.zero_head:
+        converted[k] = np.zeros(own[k].shape, np.float32)
+      elif not head_fits:
+        converted[k] = own[k].numpy()
     pos_key = 'transformer.embeddings.position_embeddings'
-    if pos_key in converted and converted[pos_key].shape != tuple(own[pos_key].shape):
-      converted[pos_key] = resize_position_embedding(converted[pos_key], own[pos_key].shape[1] - 1)
-    from utils.checkpoint import load_state_strict
-    load_state_strict(self, converted, source='ViT weights')
+    file_pos, own_shape = converted[pos_key], tuple(own[pos_key].shape)
+    if file_pos.shape[2] == own_shape[2] and file_pos.shape[1] != own_shape[1]:
+      converted[pos_key] = resize_position_embedding(file_pos, own_shape[1] - 1)
+    load_state_strict(self, converted, source=source)
 
 
 def resize_position_embedding(posemb, new_patches):
-  """(1, 1 + g*g, D) -> (1, 1 + n*n, D): keep the class token, zoom the grid with order 1."""
-  from scipy import ndimage
+  """(1, 1 + g*g, D) -> (1, 1 + n*n, D): keep the class token, zoom the grid with order 1 (as the port)."""
   cls, grid = posemb[:, :1], posemb[0, 1:]
-  old_side, new_side = int(np.sqrt(len(grid))), int(np.sqrt(new_patches))
+  old_side, new_side = int(round(np.sqrt(len(grid)))), int(round(np.sqrt(new_patches)))
+  if old_side ** 2 != len(grid) or new_side ** 2 != new_patches:
+    raise ValueError(f'position embeddings of {len(grid)} patches cannot be resized to {new_patches}: '
+                     'both must be square grids')
   grid = grid.reshape(old_side, old_side, -1)
   grid = ndimage.zoom(grid, (new_side / old_side, new_side / old_side, 1), order=1)
   return np.concatenate([cls, grid.reshape(1, new_side * new_side, -1)], axis=1).astype(posemb.dtype)
 
 
-def convert_google_weights(weights, num_layers):
-  """Google's key layout -> this model's state-dict names. Kernels are input-major like Paddle's Linear:
-  reshape, never transpose (except the HWIO patch kernel, which Paddle stores OIHW)."""
+def convert_google_weights(weights, num_layers, num_heads):
+  """Google's key layout -> (this model's state dict as arrays, list of problems with the file).
+
+  Kernels are input-major like Paddle's Linear: reshape, never transpose (except the HWIO patch kernel,
+  which Paddle's Conv2D stores OIHW). Problems are keys the model needs but the file lacks, keys the
+  model has no place for (e.g. blocks of a deeper model), and per-block head counts that differ.
+  """
+  used = set()
+  missing, problems = [], []
+  out = {}
+
   def get(key):
     if key not in weights:
-      raise KeyError(key)
+      missing.append(key)
+      return None
+    used.add(key)
     return np.asarray(weights[key], dtype=np.float32)
 
-  out = {}
-  missing = []
-
-  def put(name, key, fn=lambda a: a):
-    try:
-      out[name] = fn(get(key))
-    except KeyError as err:
-      missing.append(str(err.args[0]))
+  def put(name, key, reshape=lambda a: a):
+    array = get(key)
+    if array is not None:
+      out[name] = reshape(array)
 
   put('transformer.embeddings.patch_embeddings.weight', 'embedding/kernel', lambda a: a.transpose(3, 2, 0, 1))
   put('transformer.embeddings.patch_embeddings.bias', 'embedding/bias')
@@ -188,32 +211,35 @@ def convert_google_weights(weights, num_layers):
   put('transformer.embeddings.position_embeddings', 'Transformer/posembed_input/pos_embedding')
   put('transformer.encoder.encoder_norm.weight', 'Transformer/encoder_norm/scale')
   put('transformer.encoder.encoder_norm.bias', 'Transformer/encoder_norm/bias')
-  if 'head/kernel' in weights:
+  if 'head/kernel' in weights or 'head/bias' in weights:
     put('head.weight', 'head/kernel')
     put('head.bias', 'head/bias')
   for i in range(num_layers):
     src, dst = f'Transformer/encoderblock_{i}/', f'transformer.encoder.layer.{i}.'
     att = src + 'MultiHeadDotProductAttention_1/'
-    try:
-      kernels = [get(att + f'{n}/kernel') for n in ('query', 'key', 'value')]
-      biases = [get(att + f'{n}/bias') for n in ('query', 'key', 'value')]
-      hidden = kernels[0].shape[0]
-      out[dst + 'attn.qkv.weight'] = np.concatenate([k.reshape(hidden, -1) for k in kernels], axis=1)
+    kernels = [get(att + f'{n}/kernel') for n in ('query', 'key', 'value')]
+    biases = [get(att + f'{n}/bias') for n in ('query', 'key', 'value')]
+    if all(k is not None for k in kernels + biases):
+      if kernels[0].ndim == 3 and kernels[0].shape[1] != num_heads:
+        problems.append(f'{att}query/kernel: {kernels[0].shape[1]} heads in the file, {num_heads} in the model')
+      # The model splits the fused output as (q|k|v, head, head_dim): concatenate q, k, v in that order.
+      out[dst + 'attn.qkv.weight'] = np.concatenate([k.reshape(k.shape[0], -1) for k in kernels], axis=1)
       out[dst + 'attn.qkv.bias'] = np.concatenate([b.reshape(-1) for b in biases])
-    except KeyError as err:
-      missing.append(str(err.args[0]))
     put(dst + 'attn.out.weight', att + 'out/kernel', lambda a: a.reshape(-1, a.shape[-1]))
     put(dst + 'attn.out.bias', att + 'out/bias')
     for j, name in ((0, 'fc1'), (1, 'fc2')):
       put(dst + f'ffn.{name}.weight', src + f'MlpBlock_3/Dense_{j}/kernel')
       put(dst + f'ffn.{name}.bias', src + f'MlpBlock_3/Dense_{j}/bias')
-    for ln, name in (('LayerNorm_0', 'attention_norm'), ('LayerNorm_2', 'ffn_norm')):
-      put(dst + f'{name}.weight', src + f'{ln}/scale')
-      put(dst + f'{name}.bias', src + f'{ln}/bias')
+    for norm, name in (('LayerNorm_0', 'attention_norm'), ('LayerNorm_2', 'ffn_norm')):
+      put(dst + f'{name}.weight', src + f'{norm}/scale')
+      put(dst + f'{name}.bias', src + f'{norm}/bias')
+  unused = sorted(k for k in weights if k not in used and not k.startswith('pre_logits/'))
   if missing:
-    raise ValueError(f'the ViT weights file lacks {len(missing)} keys the model needs: {missing[:10]}'
-                     + (' ...' if len(missing) > 10 else ''))
-  return out
+    problems.insert(0, f'missing from the file ({len(missing)}): {", ".join(missing[:8])}'
+                    + (' ...' if len(missing) > 8 else ''))
+  if unused:
+    problems.append(f'not in the model ({len(unused)}): {", ".join(unused[:8])}' + (' ...' if len(unused) > 8 else ''))
+  return out, problems
 
 
 def build(model_config, num_classes):
@@ -227,5 +253,6 @@ def build(model_config, num_classes):
 
 
 def load_pretrained(model, path):
+  """Google's `.npz` (train.py calls this when config.model.pretrained names a file)."""
   with np.load(path) as weights:
-    model.load_from(weights)
+    model.load_from(weights, source=f'ViT weights {path}')
