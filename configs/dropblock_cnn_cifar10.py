@@ -7,6 +7,7 @@
 
 Arguments (comma-separated): '' with DropBlock, 'none' without it, 'smoke' a few tiny updates.
 Source article (one run each, 3 epochs): test accuracy about 65.6% with DropBlock, 64.4% without.
+About 0.35 s per update on 2 busy CPU cores (DropBlock adds ~6%): 2343 updates, about 14 min.
 Ours: not measured yet. `--config.rdrop.alpha=1.0` adds R-Drop; DropBlock is then its only randomness.
 """
 import ml_collections

@@ -34,7 +34,8 @@ def test_cli_export_of_a_trained_vit_matches_the_eval_model(tmp_path):
   assert os.path.isfile(prefix + '.pdiparams')
   with open(prefix + '.preprocess.yml') as f:
     preprocess = {key: json.loads(value) for key, value in (line.split(': ', 1) for line in f)}
-  assert (preprocess['channels'], preprocess['img_size'], preprocess['mean'], preprocess['num_classes']) == (1, 8, [0.5], 10)
+  assert ([preprocess[k] for k in ('channels', 'img_size', 'mean', 'std', 'num_classes')]
+          == [1, 8, [0.5], [0.5], 10])
 
   exported = paddle.jit.load(prefix)
   model, _ = load_model(digits_vit.get_config('smoke'), _latest(str(workdir)))
