@@ -63,8 +63,9 @@ def _default_config_from_workdir(argv):
 
 
 def train_mode(config, workdir, resume_from=''):
-  from train import TrainingStopped, train
+  from train import TrainingStopped, check_config, train
   rank = int(os.environ.get('PADDLE_TRAINER_ID', '0'))
+  check_config(config, int(os.environ.get('PADDLE_TRAINERS_NUM', '1')))
   if rank == 0:
     workdir_lib.prepare(workdir)
     previous = workdir_lib.saved_config(workdir)

@@ -18,7 +18,7 @@ from evaluate import evaluate
 from utils import checkpoint, distributed, optim
 from utils.precision import Precision
 from utils.preemption import StopRequest
-from utils.rdrop import rdrop_loss
+from utils.rdrop import FORMS, REDUCTIONS, rdrop_loss
 from utils.runlog import RunLog
 
 
@@ -39,6 +39,20 @@ def micro_batch_size(train_config, world_size):
                      f'accumulation steps on {world_size} devices: make it a multiple of '
                      f'{tc.accum_steps * world_size} or change config.train.accum_steps')
   return micro
+
+
+def check_config(config, world_size):
+  """Fail before any work on values that would only break later (names of choices, the batch split)."""
+  choices = {'train.optimizer': optim.OPTIMIZERS, 'train.schedule': optim.SCHEDULES,
+             'train.precision': ('fp32', 'fp16', 'bf16'), 'train.amp_level': ('O1', 'O2'),
+             'rdrop.reduction': REDUCTIONS, 'rdrop.form': FORMS}
+  for key, allowed in choices.items():
+    group, field = key.split('.')
+    if config[group][field] not in allowed:
+      raise ValueError(f'config.{key}={config[group][field]!r}: choose one of {", ".join(allowed)}')
+  if config.rdrop.alpha < 0:
+    raise ValueError(f'config.rdrop.alpha={config.rdrop.alpha} must be >= 0')
+  micro_batch_size(config.train, world_size)
 
 
 def total_updates(train_config, num_samples):
@@ -173,7 +187,8 @@ def train(config, workdir, resume_from=''):
       optimizer.clear_grad()
 
       if update % tc.log_every == 0 or update == updates:
-        loss_avg, ce_avg, kl_avg = (sums.numpy() / ((update - 1) % tc.log_every + 1)).tolist()
+        distributed.all_reduce_sum(sums, world_size)  # each rank saw its own shard: log the global mean
+        loss_avg, ce_avg, kl_avg = (sums.numpy() / (world_size * ((update - 1) % tc.log_every + 1))).tolist()
         sums.zero_()
         log.scalars(update, 'train', {'loss': loss_avg, 'ce': ce_avg, 'kl': kl_avg, 'lr': optimizer.get_lr(),
                                       'loss_scale': precision.loss_scale(), 'skipped_updates': skipped_total})

@@ -1,7 +1,7 @@
 """Models by name: `config.model.name` is a module of this package exposing `build(model_config, num_classes)`.
 
 Every model maps a float image batch (N, C, H, W) to logits (N, num_classes). Modules may also expose
-`load_pretrained(model, path, model_config)` for weights in a format other than Paddle's state dict.
+`load_pretrained(model, path)` for weights in a format other than Paddle's state dict.
 """
 import importlib
 import pkgutil

@@ -73,6 +73,8 @@ def test_train_refuses_to_overwrite_a_run(tmp_path):
     (['--config.train.lrr=0.1'], "--config.train.lrr: the config has no field 'lrr'; did you mean 'lr'?"),
     (['--config.train.lr=fast'], "--config.train.lr=fast: could not convert string to float: 'fast'"),
     (['--config.train.updates=2.5'], '--config.train.updates=2.5'),
+    (['--config.train.batch_size=10', '--config.train.accum_steps=4'],
+     'config.train.batch_size=10 cannot be split into 4 accumulation steps on 1 devices'),
 ])
 def test_a_bad_override_fails_before_any_work_naming_the_key(tmp_path, args, message):
   proc = run_main('--config', 'configs/digits_vit.py', '--workdir', tmp_path / 'run', *args, check=False)
