@@ -59,10 +59,11 @@ class DropBlock(nn.Layer):
     seeds = (paddle.rand([batch, channels, height - b + 1, width - b + 1]) < self.gamma(height, width))
     # A seed at (i, j) drops rows i..i+b-1 and columns j..j+b-1: max-pooling the seeds, padded by b - 1
     # on every side (padding never wins a max), marks exactly those units and restores H x W.
-    dropped = F.max_pool2d(seeds.astype(x.dtype), b, stride=1, padding=b - 1)
+    dropped = F.max_pool2d(seeds.astype('float32'), b, stride=1, padding=b - 1)
     keep = 1.0 - dropped
-    kept = keep.sum().clip(min=1.0)  # an all-dropped mask would divide by zero
-    return x * keep * (keep.numel().astype(x.dtype) / kept)
+    # In float32: under fp16 the unit count overflows past 65504. An all-dropped mask would divide by 0.
+    scale = keep.numel().astype('float32') / keep.sum().clip(min=1.0)
+    return x * (keep * scale).astype(x.dtype)
 
   def extra_repr(self):
     return (f'block_size={self.block_size}, keep_prob={self.target_keep_prob}, '
