@@ -22,6 +22,7 @@ threads.configure()
 from absl import app, flags  # noqa: E402  (after the thread settings, which Paddle reads at import)
 from ml_collections import config_flags  # noqa: E402
 
+import data  # noqa: E402
 from utils import checkpoint  # noqa: E402
 from utils import workdir as workdir_lib  # noqa: E402
 
@@ -127,9 +128,13 @@ def main(argv):
     print(f'written {export(config, path, prefix)}')
     return 0
   from evaluate import evaluate, predict, write_json, write_predictions
-  from train import load_for_inference
+  from train import load_trained_model
   split = FLAGS.split or (config.eval.split if FLAGS.mode == 'eval' else 'test')
-  model, dataset, update = load_for_inference(config, path, split)
+  model, manifest = load_trained_model(config, path)
+  dataset, update = data.build(config.data, split), manifest['update']
+  if dataset.num_classes != manifest['num_classes']:
+    raise checkpoint.CheckpointError(f'checkpoint {path} predicts {manifest["num_classes"]} classes, but '
+                                     f'{config.data.name} has {dataset.num_classes}')
   if FLAGS.mode == 'eval':
     print(f'eval: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} samples)')
     metrics = dict(evaluate(model, dataset, config), checkpoint=path, update=update, split=split)

@@ -216,12 +216,13 @@ def train(config, workdir, resume_from=''):
 
 
 
-def load_for_inference(config, path, split):
-  """(eval-mode model with the checkpoint's weights, dataset of `split`, update of the checkpoint)."""
-  dataset = data.build(config.data, split)
+def load_trained_model(config, path):
+  """(eval-mode model with the weights of checkpoint `path`, its manifest); no dataset needed."""
   manifest, state = checkpoint.load(path)
-  _check_fits(manifest, config, dataset.num_classes, path)
-  model = models.build(config.model, dataset.num_classes)
+  if manifest['model'] != config.model.name:
+    raise checkpoint.CheckpointError(f'checkpoint {path} holds a {manifest["model"]!r} model, but '
+                                     f'config.model.name is {config.model.name!r}')
+  model = models.build(config.model, manifest['num_classes'], initial_weights=False)
   checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {path}')
   model.eval()
-  return model, dataset, manifest['update']
+  return model, manifest

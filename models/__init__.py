@@ -6,6 +6,8 @@ Every model maps a float image batch (N, C, H, W) to logits (N, num_classes). Mo
 import importlib
 import pkgutil
 
+import ml_collections
+
 
 def available():
   return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_'))
@@ -17,5 +19,12 @@ def module(name):
   return importlib.import_module(f'{__name__}.{name}')
 
 
-def build(model_config, num_classes):
+def build(model_config, num_classes, initial_weights=True):
+  """The model of `model_config`. Fields named `*_weights` (e.g. a ResNet's ImageNet backbone) only
+  initialise training; `initial_weights=False` skips them when a checkpoint will overwrite every weight."""
+  if not initial_weights:
+    model_config = ml_collections.ConfigDict(model_config.to_dict())
+    for field in model_config:
+      if field.endswith('_weights'):
+        model_config[field] = ''
   return module(model_config.name).build(model_config, num_classes)

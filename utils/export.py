@@ -11,25 +11,13 @@ import os
 
 import paddle
 
-import models
-from utils import checkpoint
-
-
-def load_model(config, checkpoint_path):
-  """(eval-mode model with the checkpoint's weights, number of classes)."""
-  manifest, pieces = checkpoint.load(checkpoint_path)
-  if manifest['model'] != config.model.name:
-    raise checkpoint.CheckpointError(f'checkpoint {checkpoint_path} holds a {manifest["model"]!r} model, but '
-                                     f'config.model.name is {config.model.name!r}')
-  model = models.build(config.model, manifest['num_classes'])
-  checkpoint.load_state_strict(model, pieces['model.pdparams'], source=f'checkpoint {checkpoint_path}')
-  model.eval()
-  return model, manifest['num_classes']
+from train import load_trained_model
 
 
 def export(config, checkpoint_path, prefix):
   """Write the inference model of `checkpoint_path` under the path prefix `prefix`; return the files written."""
-  model, num_classes = load_model(config, checkpoint_path)
+  model, manifest = load_trained_model(config, checkpoint_path)
+  num_classes = manifest['num_classes']
   if hasattr(model, 'fuse'):
     model = model.fuse()
     model.eval()
