@@ -248,7 +248,11 @@ def plot_group(runs, labels, title, path):
     ax.set_xlabel('update')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize='small')
+  # One legend under all panels: variant labels can be long, and every panel shows the same runs.
+  legend = {}
+  for ax in axes:
+    legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+  figure.legend(legend.values(), legend.keys(), loc='outside lower center', fontsize='small')
   figure.suptitle(title)
   figure.savefig(path, dpi=100)
 
