@@ -125,7 +125,7 @@ def main(argv):
     from utils.export import export
     prefix = FLAGS.output or os.path.join(workdir, 'export', 'model')
     print(f'export: checkpoint {path} as a Paddle inference model')
-    print(f'written {export(config, path, prefix)}')
+    print('written ' + ', '.join(export(config, path, prefix)))
     return 0
   from evaluate import evaluate, predict, write_json, write_predictions
   from train import load_trained_model

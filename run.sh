@@ -103,9 +103,10 @@ demo() {
 
 # Every config for a couple of updates on tiny data generated in the real formats.
 smoke() {
-  local tmp config variant data
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
+  local config variant data
+  SMOKE_TMP=$(mktemp -d)
+  trap 'rm -rf "$SMOKE_TMP"' EXIT
+  local tmp=$SMOKE_TMP
   python -m tests.fakedata "$tmp/data"
   local -A root=([digits]='' [cifar100]="$tmp/data/cifar-100-python.tar.gz"
                  [cifar10]="$tmp/data/cifar-10-python.tar.gz" [cat12]="$tmp/data/cat12")

@@ -8,6 +8,7 @@ optimizer (with its LR schedule), loss scaler, update count and best metric to c
 import contextlib
 import math
 import os
+import time
 
 import paddle
 
@@ -113,14 +114,14 @@ def train(config, workdir, resume_from=''):
   optimizer, scheduler = optim.build(tc, model.parameters(), updates)
   precision = Precision(tc, log=print if is_main else lambda _: None)
   model, optimizer = precision.decorate(model, optimizer)
-  start, best = 0, {'top1': -1.0, 'update': 0}
+  start, best, seconds_before = 0, {'top1': -1.0, 'update': 0}, 0.0
   if resume_from:
     manifest, state = checkpoint.load(resume_from)
     _check_fits(manifest, config, train_set.num_classes, resume_from)
     checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {resume_from}')
     optimizer.set_state_dict(state['optimizer.pdopt'])
     precision.load_state_dict(state['trainer.pdstate']['precision'], log=print if is_main else lambda _: None)
-    start, best = manifest['update'], manifest['best']
+    start, best, seconds_before = manifest['update'], manifest['best'], manifest.get('train_seconds', 0.0)
   net = model
   if world_size > 1:
     model = paddle.DataParallel(model)
@@ -129,6 +130,7 @@ def train(config, workdir, resume_from=''):
       train_set, pipeline.TrainBatches(len(train_set), micro * world_size, config.seed, rank, world_size,
                                        start_micro_step=start * tc.accum_steps), config.data.num_workers))
   log = RunLog(workdir, is_main, start, updates)
+  log.hyperparameters(config)
   log.info(f'train: {config.experiment} for {updates} updates of {tc.batch_size} samples '
            f'({tc.accum_steps} x {micro} per device on {world_size} device(s)), '
            f'R-Drop alpha={config.rdrop.alpha} ({config.rdrop.reduction}, {config.rdrop.form}), '
@@ -139,7 +141,8 @@ def train(config, workdir, resume_from=''):
       pieces = {'model.pdparams': net.state_dict(), 'optimizer.pdopt': optimizer.state_dict(),
                 'trainer.pdstate': {'precision': precision.state_dict()}}
       meta = {'best': best, 'experiment': config.experiment, 'model': config.model.name,
-              'num_classes': train_set.num_classes}
+              'num_classes': train_set.num_classes, 'total_updates': updates,
+              'train_seconds': seconds_before + time.monotonic() - started}
       return checkpoint.save(ckpt_dir, update, pieces, meta, tc.keep_checkpoints, protect={best['update']})
 
   # Layers whose behaviour follows training progress (e.g. DropBlock's keep_prob ramp) get the update.
@@ -149,6 +152,7 @@ def train(config, workdir, resume_from=''):
     log.info(f'check: the head starts at zero, so the first loss must be {expected_first_loss:.4f} '
              f'({"2 ln" if config.rdrop.alpha else "ln"} {train_set.num_classes})')
   stop = StopRequest()
+  started = time.monotonic()
   sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl summed over micro-batches since the last log
   skipped_in_a_row = skipped_total = 0
   try:
@@ -199,7 +203,7 @@ def train(config, workdir, resume_from=''):
         metrics = evaluate(net, eval_set, config, rank, world_size)
         if metrics['top1'] > best['top1']:
           best = {'top1': metrics['top1'], 'update': update}
-        log.scalars(update, 'eval', {k: metrics[k] for k in ('top1', 'top5', 'loss')})
+        log.scalars(update, 'eval', {**{k: metrics[k] for k in ('top1', 'top5', 'loss')}, 'best_top1': best['top1']})
         log.info(f'update {update}: {config.eval.split} top1 {metrics["top1"]:.2f}% top5 {metrics["top5"]:.2f}% '
                  f'loss {metrics["loss"]:.4f} (best {best["top1"]:.2f}% at update {best["update"]})')
       stopping = distributed.any_rank(bool(stop), world_size)
@@ -213,7 +217,6 @@ def train(config, workdir, resume_from=''):
     stop.restore()
     log.close()
   return {'updates': updates, 'best': best}
-
 
 
 def load_trained_model(config, path):

@@ -9,8 +9,11 @@ import pkgutil
 import ml_collections
 
 
+_LAYERS = {'dropblock'}  # building blocks of other models, not models
+
+
 def available():
-  return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_'))
+  return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_') and m.name not in _LAYERS)
 
 
 def module(name):

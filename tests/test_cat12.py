@@ -13,50 +13,11 @@ from paddle.utils import download
 import models
 from configs import resnet50_cat12, resnet50_cat12_rdrop
 from conftest import run_main
+from fakedata import BROKEN, ODD_FILES, make_cat12
 from data import cat12
 from models import resnet
 
 IMG = 32
-ODD_FILES = {'gif': 'odd_gif.jpg', 'rgba': 'odd_rgba.jpg', 'grey': 'odd_grey.jpg'}
-BROKEN = 'broken.jpg'
-
-
-def _photo(seed, size):
-  rng = np.random.default_rng(seed)
-  return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def make_cat12(root, n_plain=8, odd=True, broken=True, n_test=3):
-  """A Cat-12 folder: plain JPEGs, optionally a GIF, an RGBA PNG and a greyscale JPEG named .jpg and a
-  truncated JPEG; returns the list lines in order."""
-  train_dir, test_dir = root / 'cat_12_train', root / 'cat_12_test'
-  train_dir.mkdir(parents=True)
-  test_dir.mkdir()
-  names = []
-  for i in range(n_plain):
-    name = f'plain_{i:02d}.jpg'
-    _photo(i, (40 + i, 30)).save(train_dir / name, format='JPEG')
-    names.append(name)
-  if odd:
-    _photo(100, (20, 24)).convert('P').save(train_dir / ODD_FILES['gif'], format='GIF')
-    rgba = np.dstack([np.asarray(_photo(101, (25, 20))), np.full((20, 25), 128, np.uint8)])
-    Image.fromarray(rgba, 'RGBA').save(train_dir / ODD_FILES['rgba'], format='PNG')
-    _photo(102, (30, 22)).convert('L').save(train_dir / ODD_FILES['grey'], format='JPEG')
-    names += list(ODD_FILES.values())
-  if broken:
-    _photo(103, (64, 64)).save(train_dir / BROKEN, format='JPEG')
-    data = (train_dir / BROKEN).read_bytes()
-    (train_dir / BROKEN).write_bytes(data[:len(data) // 2])
-    names.append(BROKEN)
-  lines = [f'cat_12_train/{name}\t{i % 12}' for i, name in enumerate(names)]
-  (root / 'train_list.txt').write_text('\n'.join(lines) + '\n')
-  for i in range(n_test):
-    image = _photo(200 + i, (36, 28))
-    if i == 0:
-      image.convert('P').save(test_dir / f'test_{i}.jpg', format='GIF')
-    else:
-      image.save(test_dir / f'test_{i}.jpg', format='JPEG')
-  return lines
 
 
 def data_config(root, **changes):

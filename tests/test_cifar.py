@@ -1,11 +1,8 @@
 """CIFAR from the official python-pickle tarballs: same images and labels as Paddle's own reader,
 the ViT transforms, clear errors for a missing or wrong file, and one update of both ViT configs."""
-import io
 import json
 import math
 import os
-import pickle
-import tarfile
 
 import ml_collections
 import numpy as np
@@ -14,46 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_main
+from fakedata import make_cifar10, make_cifar100
 from data import cifar
-
-
-def _add_pickle(archive, name, obj):
-  payload = pickle.dumps(obj, protocol=2)
-  info = tarfile.TarInfo(name)
-  info.size = len(payload)
-  archive.addfile(info, io.BytesIO(payload))
-
-
-def _batch(rng, count, label_key, classes, tag):
-  """One batch in the official layout (the Python 2 pickles load with bytes keys under encoding='bytes')."""
-  batch = {b'batch_label': tag.encode(), b'data': rng.integers(0, 256, (count, 3072), dtype=np.uint8),
-           label_key: rng.integers(0, classes, count).tolist(),
-           b'filenames': [f'{tag}_{i}.png'.encode() for i in range(count)]}
-  if label_key == b'fine_labels':
-    batch[b'coarse_labels'] = rng.integers(0, 20, count).tolist()
-  return batch
-
-
-def make_cifar100(path, train=24, test=12, seed=0):
-  rng = np.random.default_rng(seed)
-  with tarfile.open(path, 'w:gz') as archive:
-    _add_pickle(archive, 'cifar-100-python/meta', {b'fine_label_names': [b'c%d' % i for i in range(100)],
-                                                   b'coarse_label_names': [b'g%d' % i for i in range(20)]})
-    _add_pickle(archive, 'cifar-100-python/train', _batch(rng, train, b'fine_labels', 100, 'training batch'))
-    _add_pickle(archive, 'cifar-100-python/test', _batch(rng, test, b'fine_labels', 100, 'testing batch'))
-  return path
-
-
-def make_cifar10(path, per_batch=3, test=5, seed=1):
-  rng = np.random.default_rng(seed)
-  with tarfile.open(path, 'w:gz') as archive:
-    _add_pickle(archive, 'cifar-10-batches-py/batches.meta',
-                {b'label_names': [b'n%d' % i for i in range(10)], b'num_cases_per_batch': per_batch})
-    for i in range(1, 6):
-      _add_pickle(archive, f'cifar-10-batches-py/data_batch_{i}',
-                  _batch(rng, per_batch, b'labels', 10, f'training batch {i} of 5'))
-    _add_pickle(archive, 'cifar-10-batches-py/test_batch', _batch(rng, test, b'labels', 10, 'testing batch 1 of 1'))
-  return path
 
 
 def data_config(root, classes=100, augment='none', img_size=32, download=False):

@@ -1,10 +1,7 @@
 """Every CIFAR-10 config of the DropBlock, LeNet-5 and RepConv experiments: the source's recipe, and one real
 training run of its smoke shrink on a generated tiny `cifar-10-python.tar.gz` in the official layout."""
-import io
 import json
 import math
-import pickle
-import tarfile
 
 import numpy as np
 import paddle
@@ -14,6 +11,7 @@ import data
 import models
 import train
 from configs import dropblock_cnn_cifar10, lenet5_cifar10, repconv_cifar10
+from fakedata import make_cifar10
 from models.dropblock import DropBlock
 from utils import checkpoint, optim
 
@@ -26,24 +24,7 @@ RUNS = [(dropblock_cnn_cifar10, ''), (dropblock_cnn_cifar10, 'none'), (lenet5_ci
 
 @pytest.fixture(scope='module')
 def cifar10_tarball(tmp_path_factory):
-  """5 training batches of 8 random images and a test batch of 16, pickled as the official archive is."""
-  path = tmp_path_factory.mktemp('cifar') / 'cifar-10-python.tar.gz'
-  rng = np.random.default_rng(0)
-  members = {f'data_batch_{i}': 8 for i in range(1, 6)}
-  members['test_batch'] = 16
-  with tarfile.open(path, 'w:gz') as archive:
-    def add(name, obj):
-      payload = pickle.dumps(obj)
-      info = tarfile.TarInfo(f'cifar-10-batches-py/{name}')
-      info.size = len(payload)
-      archive.addfile(info, io.BytesIO(payload))
-    for name, count in members.items():
-      add(name, {b'batch_label': name.encode(), b'labels': rng.integers(0, 10, count).tolist(),
-                 b'data': rng.integers(0, 256, (count, 3072), dtype=np.uint8),
-                 b'filenames': [f'{name}_{i}.png'.encode() for i in range(count)]})
-    add('batches.meta', {b'label_names': [f'class_{i}'.encode() for i in range(10)], b'num_cases_per_batch': 8,
-                         b'num_vis': 3072})
-  return str(path)
+  return str(make_cifar10(tmp_path_factory.mktemp('cifar') / 'cifar-10-python.tar.gz', per_batch=8, test=16))
 
 
 def _config(module, variant, root=''):
