@@ -65,6 +65,17 @@ def get_base_config():
   return c
 
 
+def use_cifar(c, classes, augment='none', img_size=32):
+  """CIFAR-10 or CIFAR-100 from the official python tarball (data/cifar.py), by default under datasets/."""
+  c.data.name = 'cifar'
+  c.data.classes = classes
+  c.data.root = f'datasets/cifar-{classes}-python.tar.gz'  # run.sh: $CIFAR10 / $CIFAR100
+  c.data.download = False     # True lets Paddle fetch a missing tarball into its cache
+  c.data.augment = augment    # 'rrc': RandomResizedCrop(scale 0.05..1) for training, Resize for test; 'none'
+  c.data.img_size = img_size
+  return c
+
+
 def shrink_for_smoke(c):
   """A few tiny updates of the same experiment: for tests and `run.sh smoke`, never for results."""
   c.train.accum_steps = min(c.train.accum_steps, 2)

@@ -27,12 +27,8 @@ def get_config(arg=''):
   c = base.get_base_config()
   c.experiment = 'dropblock_cnn_cifar10' if with_dropblock else 'cnn_cifar10'
 
-  c.data.name = 'cifar'
-  c.data.classes = 10
-  c.data.root = ''            # path of cifar-10-python.tar.gz
-  c.data.download = False
-  c.data.augment = 'none'     # the article trains on the plain 32x32 images
-  c.data.img_size = 32
+  # the article trains on the plain 32x32 images
+  base.use_cifar(c, classes=10)
   c.data.mean = (0.0, 0.0, 0.0)  # the article's ToTensor() alone: pixels in [0, 1], no normalisation
   c.data.std = (1.0, 1.0, 1.0)
 

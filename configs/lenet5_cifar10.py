@@ -34,12 +34,7 @@ def get_config(arg=''):
   c = base.get_base_config()
   c.experiment = f'lenet5_cifar10_{network}'
 
-  c.data.name = 'cifar'
-  c.data.classes = 10
-  c.data.root = ''            # path of cifar-10-python.tar.gz
-  c.data.download = False
-  c.data.augment = 'none'
-  c.data.img_size = 32
+  base.use_cifar(c, classes=10)
 
   c.model.name = 'lenet'
   c.model.in_channels = 3
