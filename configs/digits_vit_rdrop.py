@@ -23,6 +23,7 @@ def get_config(arg=''):
   c.model.in_channels = 1
   c.model.dropout_rate = 0.1
   c.model.attention_dropout_rate = 0.0
+  c.model.recompute = False   # True: recompute block activations in backward (less memory, ~1/3 more compute)
   c.model.zero_head = False
 
   c.train.batch_size = 64

@@ -40,7 +40,7 @@ def google_weights(img_size=16, num_classes=10, hidden=HIDDEN, layers=LAYERS, se
 
 def build(img_size=16, num_classes=10, zero_head=False, dropout=0.0):
   config = ml_collections.ConfigDict(dict(variant='testing', img_size=img_size, in_channels=3, dropout_rate=dropout,
-                                          attention_dropout_rate=0.0, zero_head=zero_head))
+                                          attention_dropout_rate=0.0, zero_head=zero_head, recompute=False))
   return vit.build(config, num_classes)
 
 
@@ -197,3 +197,19 @@ def test_unknown_variant_names_the_choices():
                                           attention_dropout_rate=0.0, zero_head=False))
   with pytest.raises(ValueError, match=r"config.model.variant='ViT-X' is not a ViT; choose one of \["):
     vit.build(config, 10)
+
+
+def test_activation_recompute_gives_the_same_gradients_with_dropout_on():
+  """Recompute replays each block's forward in backward with the same dropout masks."""
+  grads = []
+  for recompute in (False, True):
+    paddle.seed(0)
+    model = build(dropout=0.3)
+    model.transformer.encoder.recompute = recompute
+    model.train()
+    paddle.seed(1)
+    images = paddle.randn([4, 3, 16, 16])
+    model(images).square().mean().backward()
+    grads.append({name: p.grad.numpy() for name, p in model.named_parameters()})
+  assert max(float(np.abs(grads[0][k] - grads[1][k]).max()) for k in grads[0]) < 1e-6
+  assert any(np.abs(g).max() > 0 for g in grads[0].values())
