@@ -161,7 +161,7 @@ def train(config, workdir, resume_from=''):
       for layer in progress_layers:
         layer.on_update(update)
       model.train()
-      update_loss = paddle.zeros([], dtype='float32')
+      update_sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl of this update
       for micro_step in range(tc.accum_steps):
         images, labels = next(batches)
         sync = micro_step == tc.accum_steps - 1 or world_size == 1
@@ -169,10 +169,10 @@ def train(config, workdir, resume_from=''):
           with precision.autocast():
             loss, ce, kl = rdrop_loss(model, pipeline.to_model_input(images, config.data), labels, config.rdrop)
           precision.backward(loss / tc.accum_steps)
-        update_loss += loss.detach() / tc.accum_steps
-        sums += paddle.stack([loss.detach(), ce.detach(), kl.detach()]) / tc.accum_steps
+        update_sums += paddle.stack([loss.detach(), ce.detach(), kl.detach()]) / tc.accum_steps
 
-      loss_value = float(update_loss)  # the one host sync of an update
+      sums += update_sums
+      loss_value = float(update_sums[0])  # the one host sync of an update
       if not math.isfinite(loss_value) and not precision.scaling:
         last = checkpoint.latest_valid(ckpt_dir)
         raise FloatingPointError(f'the training loss is {loss_value} at update {update}; nothing was saved '
