@@ -142,7 +142,7 @@ def train(config, workdir, resume_from=''):
                 'trainer.pdstate': {'precision': precision.state_dict()}}
       meta = {'best': best, 'experiment': config.experiment, 'model': config.model.name,
               'num_classes': train_set.num_classes, 'total_updates': updates,
-              'train_seconds': seconds_before + time.monotonic() - started}
+              'train_seconds': seconds_before + time.monotonic() - started, 'config': config.to_dict()}
       return checkpoint.save(ckpt_dir, update, pieces, meta, tc.keep_checkpoints, protect={best['update']})
 
   # Layers whose behaviour follows training progress (e.g. DropBlock's keep_prob ramp) get the update.

@@ -30,7 +30,7 @@ def get_base_config():
   c.train.accum_steps = 1     # micro-batches per update; micro-batch = batch_size / (accum_steps * devices)
   c.train.updates = 0
   c.train.epochs = 1.0
-  c.train.optimizer = 'momentum'   # momentum | adam | adamw
+  c.train.optimizer = 'momentum'   # sgd | momentum | adam | adamw
   c.train.lr = 0.01
   c.train.momentum = 0.9
   c.train.weight_decay = 0.0

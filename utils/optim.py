@@ -9,7 +9,7 @@ import math
 import paddle
 
 SCHEDULES = ('constant', 'cosine', 'linear', 'polynomial', 'step')
-OPTIMIZERS = ('momentum', 'adam', 'adamw')
+OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
 
 
 def lr_factor(update, train_config, total_updates):
@@ -38,7 +38,10 @@ def build(train_config, parameters, total_updates):
   clip = paddle.nn.ClipGradByGlobalNorm(tc.clip_grad_norm) if tc.clip_grad_norm > 0 else None
   # fp32 master weights when the model is cast to half precision (AMP O2).
   master = tc.precision != 'fp32' and tc.amp_level == 'O2'
-  if tc.optimizer == 'momentum':
+  if tc.optimizer == 'sgd':
+    optimizer = paddle.optimizer.SGD(scheduler, parameters, weight_decay=tc.weight_decay or None, grad_clip=clip,
+                                     multi_precision=master)
+  elif tc.optimizer == 'momentum':
     optimizer = paddle.optimizer.Momentum(scheduler, tc.momentum, parameters, weight_decay=tc.weight_decay or None,
                                           grad_clip=clip, multi_precision=master)
   elif tc.optimizer == 'adam':
