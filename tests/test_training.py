@@ -7,6 +7,7 @@ import paddle
 import pytest
 
 from conftest import run_main
+from fakedata import make_cat12
 from utils import checkpoint
 
 DEMO = 'configs/digits_vit_rdrop.py'
@@ -103,3 +104,12 @@ def test_eval_and_predict_write_their_outputs(tmp_path):
   run_main('--mode', 'predict', '--workdir', tmp_path, '--output', tmp_path / 'pred.csv')
   lines = (tmp_path / 'pred.csv').read_text().splitlines()
   assert len(lines) == 360 and all(0 <= int(line.split(',')[1]) <= 9 for line in lines)
+
+
+def test_worker_processes_do_not_change_the_result(tmp_path):
+  """Augmentations are seeded per sample, so 0 and 2 DataLoader workers train the same weights."""
+  make_cat12(tmp_path / 'cat12', n_plain=12, broken=False)
+  for workers in (0, 2):
+    run_main('--config', 'configs/resnet50_cat12_rdrop.py:smoke', '--workdir', tmp_path / f'w{workers}',
+             f'--config.data.root={tmp_path / "cat12"}', f'--config.data.num_workers={workers}')
+  assert _max_difference(_weights(tmp_path / 'w0', 2), _weights(tmp_path / 'w2', 2)) < 1e-6
