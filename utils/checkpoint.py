@@ -47,10 +47,17 @@ def save(directory, update, pieces, meta, keep, protect=()):
 
   `meta` (JSON) goes into the manifest. Afterwards only the newest `keep` checkpoints and those in
   `protect` (e.g. the best) remain. On failure the partial folder is removed, earlier checkpoints are
-  untouched, and CheckpointError says so.
+  untouched, and CheckpointError says so. Weights or optimizer state holding NaN or Inf are refused
+  with FloatingPointError: a resume from them could only fail again, and the loss check of the
+  training loop sees a step that blew up the weights only one update later.
   """
   os.makedirs(directory, exist_ok=True)
   final = folder(directory, update)
+  non_finite = [f'{name}:{key}' for name, obj in pieces.items() for key in _non_finite(obj)]
+  if non_finite:
+    raise FloatingPointError(
+        f'update {update} left NaN or Inf in {len(non_finite)} tensor(s) ({", ".join(non_finite[:4])}'
+        f'{" ..." if len(non_finite) > 4 else ""}): its checkpoint is not written; {_kept(directory, final)}')
   tmp = os.path.join(directory, f'.tmp-{PREFIX}{update:08d}-{os.getpid()}')
   try:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -74,11 +81,24 @@ def save(directory, update, pieces, meta, keep, protect=()):
     _fsync_dir(directory)
   except OSError as err:
     shutil.rmtree(tmp, ignore_errors=True)
-    previous = [p for p in committed(directory) if p != final]
-    kept = f'the previous checkpoint {previous[-1]} is intact' if previous else 'no earlier checkpoint exists'
-    raise CheckpointError(f'could not write the checkpoint of update {update} to {final}: {err}; {kept}') from err
+    raise CheckpointError(f'could not write the checkpoint of update {update} to {final}: {err}; '
+                          f'{_kept(directory, final)}') from err
   _retain(directory, keep, set(protect) | {update})
   return final
+
+
+def _kept(directory, final):
+  previous = [p for p in committed(directory) if p != final]
+  return f'the previous checkpoint {previous[-1]} is intact' if previous else 'no earlier checkpoint exists'
+
+
+def _non_finite(obj, prefix=''):
+  """Keys of the floating-point tensors in `obj` (nested dicts) that hold NaN or Inf."""
+  if isinstance(obj, dict):
+    return [bad for key, value in obj.items() for bad in _non_finite(value, f'{prefix}{key}.')]
+  if isinstance(obj, paddle.Tensor) and paddle.is_floating_point(obj) and not bool(paddle.isfinite(obj).all()):
+    return [prefix[:-1]]
+  return []
 
 
 def _retain(directory, keep, protect):
@@ -118,6 +138,8 @@ def read_manifest(path):
       manifest = json.load(f)
   except (OSError, ValueError) as err:
     raise CheckpointError(f'checkpoint {path} has no readable {MANIFEST} ({err}): it is incomplete') from err
+  if not isinstance(manifest, dict) or not isinstance(manifest.get('files'), dict):
+    raise CheckpointError(f'checkpoint {path}: {MANIFEST} lists no files: it is damaged')
   for name, digest in manifest['files'].items():
     file_path = os.path.join(path, name)
     if not os.path.exists(file_path):

@@ -12,6 +12,31 @@ import paddle
 DTYPES = {'fp16': 'float16', 'bf16': 'bfloat16'}
 
 
+class GradScaler(paddle.amp.GradScaler):
+  """Paddle's dynamic loss scaler, minus the print of each overflow that crashes it under NumPy >= 2.4.
+
+  Paddle 3.3's `_update` prints `float(self._scale)` of a 1-element tensor, which NumPy 2.4 refuses
+  (TypeError): the first skipped fp16 step would end the run. This is the same update without the print;
+  the training loop logs skipped updates itself.
+  """
+
+  def _update(self):
+    if not self._enable:
+      return
+    if self._cache_found_inf:
+      self._incr_count = 0
+      self._decr_count += 1
+      if self._decr_count == self._decr_every_n_nan_or_inf:
+        self._scale = self._scale * self._decr_ratio
+        self._decr_count = 0
+    else:
+      self._decr_count = 0
+      self._incr_count += 1
+      if self._incr_count == self._incr_every_n_steps:
+        self._scale = self._scale * self._incr_ratio
+        self._incr_count = 0
+
+
 class Precision:
 
   def __init__(self, train_config, log=print):
@@ -26,8 +51,8 @@ class Precision:
       log(f'precision: {tc.precision} needs a GPU; Paddle disables AMP on the CPU, so this run is fp32')
     self.dtype = DTYPES.get(tc.precision, 'float32')
     self.level = tc.amp_level
-    self.scaler = paddle.amp.GradScaler(enable=self.enabled and self.dtype == 'float16',
-                                        init_loss_scaling=tc.init_loss_scale, decr_every_n_nan_or_inf=1)
+    self.scaler = GradScaler(enable=self.enabled and self.dtype == 'float16',
+                             init_loss_scaling=tc.init_loss_scale, decr_every_n_nan_or_inf=1)
 
   @property
   def scaling(self):
@@ -60,7 +85,8 @@ class Precision:
     return skipped
 
   def loss_scale(self):
-    return float(self.scaler.get_loss_scaling()) if self.scaling else 1.0
+    # GradScaler has no getter of the current scale (`get_loss_scaling` was the static-graph API).
+    return float(self.scaler.state_dict()['scale'][0]) if self.scaling else 1.0
 
   def state_dict(self):
     return {'scaling': self.scaling, 'scaler': self.scaler.state_dict() if self.scaling else {}}
