@@ -1,0 +1,125 @@
+"""Shared by every benchmark: threads set up as main.py does, interleaved timing, markdown tables.
+
+Import this module before Paddle: it applies utils.threads (all cores, MKL's AVX2 path on AMD), so a
+benchmark times the same kernels as a training run.
+"""
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from utils import threads  # noqa: E402
+
+# Read before Paddle loads: importing Paddle sets OMP_NUM_THREADS=1 in os.environ itself, which
+# utils/threads.py in a child process would then take for the user's choice.
+_USER_THREADS = os.environ.get('OMP_NUM_THREADS')
+KERNEL_THREADS = _USER_THREADS or str(len(os.sched_getaffinity(0)))
+threads.configure()
+
+
+def child_env():
+  """This process's environment without the OMP_NUM_THREADS=1 Paddle put there, for subprocesses."""
+  env = dict(os.environ)
+  if _USER_THREADS is None:
+    env.pop('OMP_NUM_THREADS', None)
+  else:
+    env['OMP_NUM_THREADS'] = _USER_THREADS
+  return env
+
+
+def interleaved(candidates, repeats, warmup=1):
+  """{name: median seconds per call} of callables run in turn A, B, A, B, ...
+
+  Other processes share this machine, so two things compared are timed alternately in one process
+  and the median of each is kept: a slow spell hits both rather than one of them.
+  """
+  for fn in candidates.values():
+    for _ in range(warmup):
+      fn()
+  times = {name: [] for name in candidates}
+  for _ in range(repeats):
+    for name, fn in candidates.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(values) for name, values in times.items()}
+
+
+def per_call(fn, calls):
+  """A callable that runs `fn` `calls` times; the timing of it divided by `calls` is per call."""
+  def run():
+    for _ in range(calls):
+      fn()
+  return run
+
+
+def table(headers, rows):
+  """A markdown table; floats with 3 significant digits."""
+  def cell(value):
+    return f'{value:.3g}' if isinstance(value, float) else str(value)
+  lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
+  lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def machine():
+  """One line: CPU model, cores used, memory, Python and Paddle versions."""
+  import paddle
+  import psutil
+  model = platform.processor() or 'unknown CPU'
+  try:
+    with open('/proc/cpuinfo') as f:
+      model = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  return (f'{model}, {len(os.sched_getaffinity(0))} cores, {psutil.virtual_memory().total / 2**30:.0f} GB RAM, '
+          f'Python {platform.python_version()}, Paddle {paddle.__version__} '
+          f'({paddle.device.get_device()}, {KERNEL_THREADS} '
+          'kernel threads as utils/threads.py sets them'
+          f'{", MKL_DEBUG_CPU_TYPE=" + os.environ["MKL_DEBUG_CPU_TYPE"] if "MKL_DEBUG_CPU_TYPE" in os.environ else ""})')
+
+
+def scratch_dir(prefix):
+  return tempfile.mkdtemp(prefix=f'bench_{prefix}_')
+
+
+def small_vit_config():
+  """A ViT-B/16-shaped model cut to Ti width and 4 blocks: 224 px, 197 tokens, fast enough on a CPU."""
+  from models import vit
+  return vit._config(16, 192, 768, 3, 4)
+
+
+def fake_cifar100(directory, train=512, test=256, seed=0):
+  """A `cifar-100-python.tar.gz` in the official pickle layout with random images; returns its path."""
+  import io
+  import pickle
+  import tarfile
+
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  path = os.path.join(directory, 'cifar-100-python.tar.gz')
+  with tarfile.open(path, 'w:gz') as archive:
+    for split, count in (('train', train), ('test', test)):
+      batch = {b'data': rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+               b'fine_labels': rng.integers(0, 100, count).tolist(),
+               b'coarse_labels': rng.integers(0, 20, count).tolist(),
+               b'filenames': [f'{split}_{i}.png'.encode() for i in range(count)]}
+      payload = pickle.dumps(batch)
+      info = tarfile.TarInfo(f'cifar-100-python/{split}')
+      info.size = len(payload)
+      archive.addfile(info, io.BytesIO(payload))
+  return path
+
+
+def save_results(results):
+  """With `--results PATH` on the command line, also write `results` (numbers) as JSON for run_all.py."""
+  import json
+  if '--results' in sys.argv:
+    with open(sys.argv[sys.argv.index('--results') + 1], 'w') as f:
+      json.dump(results, f)

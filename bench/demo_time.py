@@ -1,0 +1,67 @@
+"""Demo time-to-accuracy: seconds until configs/digits_vit_rdrop.py first reaches 95% test top-1.
+
+Runs the real command line (`python main.py --config configs/digits_vit_rdrop.py`) with evaluation every
+25 updates, watches `metrics.jsonl`, notes when the first evaluation row at or above the target appears,
+then stops the run with SIGTERM (it saves a checkpoint and exits). Times are from the launch of the
+process (imports and start-up included) and from the modification time of `run.jsonl`, which main.py
+writes just before training starts.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import common
+
+TARGET = 95.0
+EVAL_EVERY = 25
+
+
+def read_evals(path):
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.endswith('\n') and line.strip()]
+  return [(row['update'], row['top1']) for row in rows if row['group'] == 'eval']
+
+
+def main():
+  workdir = common.scratch_dir('demo')
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  launched = time.time()
+  process = subprocess.Popen([sys.executable, 'main.py', '--config', 'configs/digits_vit_rdrop.py',
+                              '--workdir', workdir, f'--config.train.eval_every={EVAL_EVERY}'],
+                             cwd=common.ROOT, env=common.child_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  reached = None
+  try:
+    while process.poll() is None and reached is None:
+      time.sleep(0.05)
+      reached = next(((update, top1) for update, top1 in read_evals(metrics) if top1 >= TARGET), None)
+    seen = time.time()
+    if process.poll() is None:
+      process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)
+    evals = read_evals(metrics)
+    started = os.path.getmtime(os.path.join(workdir, 'run.jsonl'))
+  finally:
+    if process.poll() is None:
+      process.kill()
+    shutil.rmtree(workdir, ignore_errors=True)
+  print(f'### 6. Demo time to {TARGET:.0f}% test accuracy (configs/digits_vit_rdrop.py, eval every {EVAL_EVERY})\n')
+  if reached is None:
+    best = max(evals, key=lambda e: e[1]) if evals else (0, 0.0)
+    print(f'Not reached: best {best[1]:.2f}% at update {best[0]} of the full run.')
+    return
+  print(common.table(['reached at update', 'top-1 there', 's from launch', 's from run start (run.jsonl)'],
+                     [(reached[0], f'{reached[1]:.2f}%', f'{seen - launched:.1f}', f'{seen - started:.1f}')]))
+  print('\nTest top-1 at each evaluation until then: '
+        + ', '.join(f'{update}: {top1:.1f}%' for update, top1 in evals if update <= reached[0])
+        + '. One run, seed 0; the time includes the evaluations.')
+
+
+if __name__ == '__main__':
+  main()
