@@ -95,7 +95,7 @@ def _check_fits(manifest, config, num_classes, path):
 
 
 def _seed_update(config, rank, update):
-  paddle.seed(pipeline.sample_seed(config.seed, 1_000_003 + rank, update))
+  paddle.seed(pipeline.derived_seed(config.seed, 1_000_003 + rank, update))
 
 
 def train(config, workdir, resume_from=''):
@@ -155,12 +155,12 @@ def train(config, workdir, resume_from=''):
   started = time.monotonic()
   sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl summed over micro-batches since the last log
   skipped_in_a_row = skipped_total = 0
+  model.train()  # evaluate() puts it back after each evaluation
   try:
     for update in range(start + 1, updates + 1):
       _seed_update(config, rank, update)
       for layer in progress_layers:
         layer.on_update(update)
-      model.train()
       update_sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl of this update
       for micro_step in range(tc.accum_steps):
         images, labels = next(batches)

@@ -7,10 +7,12 @@ a pure function of the number of micro-steps done, and every sample's augmentati
 (seed, epoch, index), so a resumed run sees exactly the batches, crops and flips of an uninterrupted
 one, with any number of workers and any number of devices.
 """
+import functools
 import random
 
 import numpy as np
 import paddle
+import paddle.nn.functional as F
 
 
 class SeededDataset(paddle.io.Dataset):
@@ -34,8 +36,9 @@ class SeededDataset(paddle.io.Dataset):
     raise NotImplementedError
 
 
-def sample_seed(seed, epoch, index):
-  return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+def derived_seed(*keys):
+  """A well-mixed 32-bit seed from integers, e.g. (seed, rank, update)."""
+  return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 class TrainBatches(paddle.io.BatchSampler):
@@ -61,9 +64,10 @@ class TrainBatches(paddle.io.BatchSampler):
     epoch, step = divmod(self.start_micro_step, self.steps_per_epoch)
     while True:
       order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+      seeds = np.random.SeedSequence([self.seed, epoch]).generate_state(self.num_samples)  # one per sample
       for s in range(step, self.steps_per_epoch):
         start = s * self.global_micro_batch + self.rank * self.per_rank
-        yield [(int(i), sample_seed(self.seed, epoch, int(i))) for i in order[start:start + self.per_rank]]
+        yield [(int(i), int(seeds[i])) for i in order[start:start + self.per_rank]]
       epoch, step = epoch + 1, 0
 
   def __len__(self):
@@ -90,9 +94,19 @@ def loader(dataset, batch_sampler, num_workers):
                               use_shared_memory=num_workers > 0, prefetch_factor=4 if num_workers else 2)
 
 
+@functools.lru_cache(maxsize=8)
+def _normalisation(mean, std):
+  """Running statistics for which batch_norm computes (x / 255 - mean) / std, built once per device."""
+  return (paddle.to_tensor([255.0 * m for m in mean], dtype='float32'),
+          paddle.to_tensor([(255.0 * s) ** 2 for s in std], dtype='float32'))
+
+
 def to_model_input(images, data_config):
-  """uint8 (N, C, H, W) on the device -> normalised float32."""
+  """uint8 (N, C, H, W) on the device -> normalised float32.
+
+  One fused batch_norm kernel instead of a broadcast subtract and divide: 5x faster on 224 px batches
+  (bench/evaluation.py).
+  """
   channels = images.shape[1]
-  mean = paddle.to_tensor(data_config.mean[:channels], dtype='float32').reshape([1, channels, 1, 1])
-  std = paddle.to_tensor(data_config.std[:channels], dtype='float32').reshape([1, channels, 1, 1])
-  return (images.astype('float32') / 255.0 - mean) / std
+  mean, var = _normalisation(tuple(data_config.mean[:channels]), tuple(data_config.std[:channels]))
+  return F.batch_norm(images.astype('float32'), mean, var, training=False, epsilon=0.0)

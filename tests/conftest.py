@@ -6,6 +6,16 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Importing Paddle (as test modules do) sets OMP_NUM_THREADS=1 in this process's environment; children
+# should choose their threads as a user's command would.
+_OMP_AT_START = os.environ.get('OMP_NUM_THREADS')
+
+
+def child_env(**extra):
+  env = {**os.environ, **extra}
+  if _OMP_AT_START is None:
+    env.pop('OMP_NUM_THREADS', None)
+  return env
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
@@ -13,7 +23,7 @@ if ROOT not in sys.path:
 def run_main(*args, check=True, timeout=300, env=None):
   """`python main.py ARGS` from the project root; returns the CompletedProcess (stdout+stderr text)."""
   proc = subprocess.run([sys.executable, 'main.py', *map(str, args)], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                        text=True, timeout=timeout, env=child_env(**(env or {})))
   if check and proc.returncode != 0:
     raise AssertionError(f'main.py {" ".join(map(str, args))} exited {proc.returncode}:\n'
                          f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, child_env
 from test_training import DEMO, TINY, _max_difference, _train_rows, _weights
 
 NO_DROPOUT = ['--config.model.dropout_rate=0.0', '--config.train.optimizer=momentum', '--config.train.lr=0.05']
@@ -21,7 +21,8 @@ def _launch_cmd(nproc, log_dir, *args):
 
 
 def launch(nproc, log_dir, *args):
-  proc = subprocess.run(_launch_cmd(nproc, log_dir, *args), cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(_launch_cmd(nproc, log_dir, *args), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        env=child_env())
   if proc.returncode != 0:
     logs = ''.join(open(os.path.join(log_dir, f)).read()[-3000:] for f in sorted(os.listdir(log_dir))
                    if f.startswith('workerlog'))
@@ -32,7 +33,7 @@ def launch(nproc, log_dir, *args):
 def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
   common = [*TINY, *NO_DROPOUT, '--config.train.updates=4', '--config.train.accum_steps=2', '--config.rdrop.alpha=0.5']
   subprocess.run([sys.executable, 'main.py', '--config', DEMO, '--workdir', tmp_path / 'one', *common],
-                 cwd=ROOT, check=True, capture_output=True)
+                 cwd=ROOT, check=True, capture_output=True, env=child_env())
   proc = launch(2, tmp_path / 'logs', '--config', DEMO, '--workdir', tmp_path / 'two', *common)
   assert '2 x 4 per device on 2 device(s)' in proc.stdout + proc.stderr + open(tmp_path / 'logs/workerlog.0').read()
   assert _max_difference(_weights(tmp_path / 'one', 4), _weights(tmp_path / 'two', 4)) < 1e-5
@@ -64,9 +65,11 @@ metrics = evaluate(model, dataset, config, rank, world)
 if rank == 0:
   print('METRICS', json.dumps(metrics))
 ''')
-  single = subprocess.run([sys.executable, script], capture_output=True, text=True, check=True).stdout
+  single = subprocess.run([sys.executable, script], capture_output=True, text=True, check=True,
+                          env=child_env()).stdout
   proc = subprocess.run([sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2', '--log_dir',
-                         str(tmp_path / 'logs2'), str(script)], capture_output=True, text=True, timeout=300)
+                         str(tmp_path / 'logs2'), str(script)], capture_output=True, text=True, timeout=300,
+                        env=child_env())
   assert proc.returncode == 0, proc.stderr[-2000:]
   two = open(tmp_path / 'logs2/workerlog.0').read()
   parse = lambda text: json.loads(text.split('METRICS ')[1].splitlines()[0])
@@ -82,7 +85,8 @@ def test_kill_and_resume_under_the_launcher_matches_the_uninterrupted_run(tmp_pa
   launch(2, tmp_path / 'logs_a', '--config', DEMO, '--workdir', tmp_path / 'straight', *common)
   killed = tmp_path / 'killed'
   runner = subprocess.Popen(_launch_cmd(2, tmp_path / 'logs_b', '--config', DEMO, '--workdir', killed, *common),
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=child_env())
   deadline = time.time() + 240
   while not os.path.isdir(killed / 'checkpoints' / 'update_00000003') and time.time() < deadline:
     time.sleep(0.05)
@@ -102,5 +106,5 @@ def test_resume_on_another_number_of_processes_continues_the_same_data(tmp_path)
   launch(2, tmp_path / 'logs_a', '--config', DEMO, '--workdir', tmp_path / 'straight', *common)
   launch(2, tmp_path / 'logs_b', '--config', DEMO, '--workdir', tmp_path / 'moved', *common, '--config.train.updates=3')
   subprocess.run([sys.executable, 'main.py', '--mode', 'resume', '--workdir', tmp_path / 'moved',
-                  '--config.train.updates=6'], cwd=ROOT, check=True, capture_output=True)
+                  '--config.train.updates=6'], cwd=ROOT, check=True, capture_output=True, env=child_env())
   assert _max_difference(_weights(tmp_path / 'straight', 6), _weights(tmp_path / 'moved', 6)) < 1e-5

@@ -19,7 +19,11 @@ def configure():
   except OSError:
     pass
   warnings.filterwarnings('ignore', message='No ccache found')  # Paddle's C++-extension builder, unused here
+  users_choice = os.environ.get('OMP_NUM_THREADS')
   import paddle
-  if 'OMP_NUM_THREADS' not in os.environ:
+  if users_choice is None:
+    # Importing Paddle writes OMP_NUM_THREADS=1 into the environment, which every child process
+    # (a launcher's workers, a test's subprocess) would take for the user's choice.
+    os.environ.pop('OMP_NUM_THREADS', None)
     local_processes = int(os.environ.get('PADDLE_LOCAL_SIZE', os.environ.get('PADDLE_TRAINERS_NUM', '1')))
     paddle.base.core.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_processes))
