@@ -1,7 +1,8 @@
 """Shared by every benchmark: threads set up as main.py does, interleaved timing, markdown tables.
 
 Import this module before Paddle: it applies utils.threads (all cores, MKL's AVX2 path on AMD), so a
-benchmark times the same kernels as a training run.
+benchmark times the same kernels as a training run, and subprocesses it starts (run_all.py's, the
+demo's, memory.py's children) get the thread setup of an ordinary launch.
 """
 import os
 import platform
@@ -16,21 +17,9 @@ if ROOT not in sys.path:
 
 from utils import threads  # noqa: E402
 
-# Read before Paddle loads: importing Paddle sets OMP_NUM_THREADS=1 in os.environ itself, which
-# utils/threads.py in a child process would then take for the user's choice.
-_USER_THREADS = os.environ.get('OMP_NUM_THREADS')
-KERNEL_THREADS = _USER_THREADS or str(len(os.sched_getaffinity(0)))
-threads.configure()
-
-
-def child_env():
-  """This process's environment without the OMP_NUM_THREADS=1 Paddle put there, for subprocesses."""
-  env = dict(os.environ)
-  if _USER_THREADS is None:
-    env.pop('OMP_NUM_THREADS', None)
-  else:
-    env['OMP_NUM_THREADS'] = _USER_THREADS
-  return env
+threads.configure()  # also drops the OMP_NUM_THREADS=1 Paddle sets, so subprocesses inherit a clean environment
+# What configure() chose: the user's OMP_NUM_THREADS, else every core this process may run on.
+KERNEL_THREADS = os.environ.get('OMP_NUM_THREADS') or str(len(os.sched_getaffinity(0)))
 
 
 def interleaved(candidates, repeats, warmup=1):

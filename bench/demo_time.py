@@ -34,8 +34,7 @@ def main():
   launched = time.time()
   process = subprocess.Popen([sys.executable, 'main.py', '--config', 'configs/digits_vit_rdrop.py',
                               '--workdir', workdir, f'--config.train.eval_every={EVAL_EVERY}'],
-                             cwd=common.ROOT, env=common.child_env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   reached = None
   try:
     while process.poll() is None and reached is None:

@@ -89,25 +89,15 @@ def bare_chunk(step):
   return (time.perf_counter() - start) / (UPDATES - SKIP)
 
 
-def to_model_input_cached(data_config):
-  """Prototype fix: mean and std as device tensors made once, not on every call."""
-  channels = len(data_config.mean)
-  mean = paddle.to_tensor(data_config.mean, dtype='float32').reshape([1, channels, 1, 1])
-  scale = paddle.to_tensor([1.0 / (255.0 * s) for s in data_config.std], dtype='float32').reshape([1, channels, 1, 1])
-  offset = mean / paddle.to_tensor(data_config.std, dtype='float32').reshape([1, channels, 1, 1])
-  return lambda images: images.astype('float32') * scale - offset
-
-
 def pieces(config, model, optimizer, scheduler, train_set):
   """{name: (callable doing that piece once, calls per update)} of the work the loop adds to a bare step."""
   tc = config.train
   batches = iter(pipeline.loader(train_set, pipeline.TrainBatches(len(train_set), tc.batch_size, config.seed), 0))
   sampler = iter(pipeline.TrainBatches(len(train_set), tc.batch_size, config.seed))
-  images, labels = next(batches)
-  cached = to_model_input_cached(config.data)
+  images = next(batches)[0]
   loss = paddle.to_tensor(1.0)
   sums = paddle.zeros([3])
-  update_loss = paddle.zeros([])
+  update_sums = paddle.zeros([3])
   workdir = common.scratch_dir('pieces')
   log = runlog.RunLog(workdir, True, 0, 10**9)
   ckpt_dir = f'{workdir}/checkpoints'
@@ -115,21 +105,21 @@ def pieces(config, model, optimizer, scheduler, train_set):
   state = {'model.pdparams': model.state_dict(), 'optimizer.pdopt': optimizer.state_dict(), 'trainer.pdstate': {}}
 
   def bookkeeping():
-    nonlocal update_loss, sums
-    update_loss = paddle.zeros([])
-    update_loss += loss.detach() / tc.accum_steps
-    sums += paddle.stack([loss.detach(), loss.detach(), loss.detach()]) / tc.accum_steps
+    """train.py's per-update loss sums: a fresh update_sums, one stack per micro-batch, added to sums."""
+    nonlocal update_sums, sums
+    update_sums = paddle.zeros([3], dtype='float32')
+    for _ in range(tc.accum_steps):
+      update_sums += paddle.stack([loss.detach(), loss.detach(), loss.detach()]) / tc.accum_steps
+    sums += update_sums
 
   result = {
       'DataLoader next() (sampler + 64 x __getitem__ + collate)': (lambda: next(batches), tc.accum_steps),
-      '  of which: sampler (SeedSequence per sample)': (lambda: next(sampler), tc.accum_steps),
-      'to_model_input (mean/std tensors made per call)': (
+      '  of which: sampler (one seed table per epoch)': (lambda: next(sampler), tc.accum_steps),
+      'to_model_input (batch_norm, cached statistics)': (
           lambda: pipeline.to_model_input(images, config.data), tc.accum_steps),
-      'to_model_input with cached mean/std (prototype)': (lambda: cached(images), tc.accum_steps),
       'paddle.seed per update (_seed_update)': (lambda: train._seed_update(config, 0, 7), 1),
-      'model.train() per update': (model.train, 1),
-      'loss bookkeeping (zeros, +=, stack)': (bookkeeping, tc.accum_steps),
-      'float(loss) host sync': (lambda: float(update_loss), 1),
+      'loss bookkeeping (zeros, stack, +=)': (bookkeeping, 1),
+      'float(update_sums[0]) host sync': (lambda: float(update_sums[0]), 1),
       'scheduler.step + get_lr': (lambda: (scheduler.step(), optimizer.get_lr()), 1),
       'tqdm progress': (lambda: log.progress(next(counter), loss=0.5, lr=1e-3), 1),
       'log.scalars (VisualDL + metrics.jsonl)': (

@@ -1,12 +1,16 @@
 """Peak host memory of one ViT-B/16 training micro-batch, with and without activation recompute.
 
 Each measurement runs in a fresh subprocess (peak RSS only grows). The child builds the recipe's model
-(configs/vit_b16_cifar100_rdrop.py: ViT-B/16 at 224, 100 classes, R-Drop 'twice' with alpha 0.3 and
-KL summed, Momentum), runs one update to allocate gradients and optimizer state, then a
-second update and reports the peak RSS (getrusage). The RSS before any update plus the gradient and momentum bytes (2 x parameters x 4 B)
-is the static part; peak minus that is the activation peak. Recompute is prototyped by wrapping each transformer block's forward in
-`paddle.distributed.fleet.utils.recompute`, which keeps only block inputs and reruns each block's
-forward (with its dropout masks, preserve_rng_state) during backward.
+through models.build (configs/vit_b16_cifar100_rdrop.py: ViT-B/16 at 224, 100 classes, R-Drop 'twice' with
+alpha 0.3 and KL summed, Momentum), runs one update to allocate gradients and optimizer state, then a second
+update and reports the peak RSS (getrusage). The RSS before any update plus the gradient and momentum bytes
+(2 x parameters x 4 B) is the static part; peak minus that is the activation peak.
+
+Recompute is the model's own switch, `config.model.recompute`: models/vit.py then wraps each encoder block
+in `paddle.distributed.fleet.utils.recompute` while training, keeping only block inputs and rerunning each
+block's forward (with its dropout masks) during backward. The timing child builds one model and flips
+`model.transformer.encoder.recompute` between updates, so both variants share weights, optimizer state and
+the machine's load.
 """
 import json
 import os
@@ -26,25 +30,18 @@ def child(mode):
   import numpy as np
   import paddle
   import psutil
-  from paddle.distributed.fleet.utils import recompute
 
+  import models
   from configs import vit_b16_cifar100_rdrop
-  from models import vit
   from utils import optim
   from utils.rdrop import rdrop_loss
 
   config = vit_b16_cifar100_rdrop.get_config()
   config.model.pretrained = ''
-  model = vit.build(config.model, 100)
+  config.model.recompute = mode == 'recompute'
+  model = models.build(config.model, 100)
   optimizer, _ = optim.build(config.train, model.parameters(), config.train.updates)
   static = psutil.Process().memory_info().rss + 2 * 4 * sum(p.size for p in model.parameters())
-  blocks = list(model.transformer.encoder.layer)
-  plain_forwards = [block.forward for block in blocks]
-
-  def use_recompute(on):
-    for block, forward in zip(blocks, plain_forwards):
-      block.forward = (lambda x, f=forward: recompute(f, x)) if on else forward
-
   rng = np.random.default_rng(0)
   images = paddle.to_tensor(rng.standard_normal((MICRO_BATCH, 3, 224, 224)).astype('float32'))
   labels = paddle.to_tensor(rng.integers(0, 100, MICRO_BATCH))
@@ -62,10 +59,9 @@ def child(mode):
     times = {False: [], True: []}
     update()
     for on in (False, True) * 2:
-      use_recompute(on)
+      model.transformer.encoder.recompute = on
       times[on].append(update())
     return {'plain_s': statistics.median(times[False]), 'recompute_s': statistics.median(times[True])}
-  use_recompute(mode == 'recompute')
   update()
   update()
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -74,7 +70,7 @@ def child(mode):
 
 def run_child(mode):
   out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', mode], capture_output=True,
-                       text=True, check=True, timeout=900, env=common.child_env())
+                       text=True, check=True, timeout=900)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

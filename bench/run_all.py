@@ -29,7 +29,7 @@ def run(name, results_dir):
   path = os.path.join(results_dir, f'{name}.json')
   start = time.time()
   proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), f'{name}.py'), '--results', path],
-                        cwd=common.ROOT, capture_output=True, text=True, env=common.child_env())
+                        cwd=common.ROOT, capture_output=True, text=True)
   if proc.returncode:
     raise SystemExit(f'bench/{name}.py failed:\n{proc.stderr[-3000:]}')
   results = {}
