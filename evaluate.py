@@ -16,12 +16,13 @@ from utils import distributed
 
 
 @paddle.no_grad()
-def evaluate(model, dataset, config, rank=0, world_size=1):
+def evaluate(model, dataset, config, rank=0, world_size=1, split=''):
   """{'top1', 'top5', 'loss', 'count'} with accuracies in percent. Sums stay on the device until the end."""
+  split = split or config.eval.split
   if len(dataset) == 0:
-    raise ValueError(f'the {config.eval.split!r} split of {config.data.name} is empty: nothing to evaluate')
+    raise ValueError(f'the {split!r} split of {config.data.name} is empty: nothing to evaluate')
   if not dataset.labelled:
-    raise ValueError(f'the {config.eval.split!r} split of {config.data.name} has no labels: use --mode predict')
+    raise ValueError(f'the {split!r} split of {config.data.name} has no labels: use --mode predict')
   was_training = model.training
   model.eval()
   sums = paddle.zeros([4], dtype='float64')  # correct@1, correct@5, summed loss, count

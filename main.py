@@ -65,22 +65,14 @@ def _default_config_from_workdir(argv):
 
 def train_mode(config, workdir, resume_from=''):
   from train import TrainingStopped, check_config, train
-  rank = int(os.environ.get('PADDLE_TRAINER_ID', '0'))
   check_config(config, int(os.environ.get('PADDLE_TRAINERS_NUM', '1')))
-  if rank == 0:
-    workdir_lib.prepare(workdir)
-    previous = workdir_lib.saved_config(workdir)
-    if resume_from and previous is not None:
-      for change in workdir_lib.config_changes(previous, config.to_dict()):
-        print(f'resume: config differs from the saved run: {change}')
-    workdir_lib.save_config(workdir, config)
-    workdir_lib.record_run(workdir, 'resume' if resume_from else 'train', int(os.environ.get('PADDLE_TRAINERS_NUM', '1')))
+  workdir_lib.check_writable(workdir)
   try:
     result = train(config, workdir, resume_from)
   except TrainingStopped as stopped:
     print(stopped, file=sys.stderr)
     return stopped.exit_code
-  if rank == 0:
+  if int(os.environ.get('PADDLE_TRAINER_ID', '0')) == 0:
     print(f'done: best {config.eval.split} top1 {result["best"]["top1"]:.2f}% at update {result["best"]["update"]}\n'
           f'  checkpoints: {workdir_lib.checkpoints_dir(workdir)}\n'
           f'  metrics:     {os.path.join(workdir, "metrics.jsonl")}\n'
@@ -137,7 +129,7 @@ def main(argv):
                                      f'{config.data.name} has {dataset.num_classes}')
   if FLAGS.mode == 'eval':
     print(f'eval: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} samples)')
-    metrics = dict(evaluate(model, dataset, config), checkpoint=path, update=update, split=split)
+    metrics = dict(evaluate(model, dataset, config, split=split), checkpoint=path, update=update, split=split)
     out = os.path.join(workdir, f'eval_{split}.json')
     write_json(out, metrics)
     print(f'top1 {metrics["top1"]:.2f}%  top5 {metrics["top5"]:.2f}%  loss {metrics["loss"]:.4f}  '

@@ -17,6 +17,7 @@ import models
 from data import pipeline
 from evaluate import evaluate
 from utils import checkpoint, distributed, optim
+from utils import workdir as workdir_lib
 from utils.precision import Precision
 from utils.preemption import StopRequest
 from utils.rdrop import FORMS, REDUCTIONS, rdrop_loss
@@ -108,7 +109,7 @@ def train(config, workdir, resume_from=''):
   eval_set = data.build(config.data, config.eval.split)
   updates = total_updates(tc, len(train_set))
   eval_every = tc.eval_every or max(1, updates // max(1, round(tc.epochs)))
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  ckpt_dir = workdir_lib.checkpoints_dir(workdir)
 
   model = build_model(config, train_set.num_classes)
   optimizer, scheduler = optim.build(tc, model.parameters(), updates)
@@ -122,6 +123,8 @@ def train(config, workdir, resume_from=''):
     optimizer.set_state_dict(state['optimizer.pdopt'])
     precision.load_state_dict(state['trainer.pdstate']['precision'], log=print if is_main else lambda _: None)
     start, best, seconds_before = manifest['update'], manifest['best'], manifest.get('train_seconds', 0.0)
+  if is_main:  # only now that data, weights and checkpoint have loaded: a failed start leaves no trace
+    workdir_lib.start_run(workdir, config, 'resume' if resume_from else 'train', world_size)
   net = model
   if world_size > 1:
     model = paddle.DataParallel(model)

@@ -81,6 +81,8 @@ def _split_entries(data_config, split):
   if split == 'test':
     folder = _existing(os.path.join(dc.root, dc.test_dir), 'test folder (config.data.test_dir)')
     names = sorted(n for n in os.listdir(folder) if not n.startswith('.'))
+    if not names:
+      raise FileNotFoundError(f'cat12: the test folder {os.path.abspath(folder)} (config.data.test_dir) holds no images')
     return [os.path.join(folder, n) for n in names], [-1] * len(names)
   list_path = _existing(os.path.join(dc.root, dc.list_file), 'list file (config.data.list_file)')
   entries = read_list(list_path)

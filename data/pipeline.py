@@ -104,8 +104,8 @@ def _normalisation(mean, std):
 def to_model_input(images, data_config):
   """uint8 (N, C, H, W) on the device -> normalised float32.
 
-  One fused batch_norm kernel instead of a broadcast subtract and divide: 5x faster on 224 px batches
-  (bench/evaluation.py).
+  One fused batch_norm kernel instead of a broadcast subtract and divide: measured 232 -> 44 ms on a
+  uint8 64x3x224x224 batch on the CPU (bench/evaluation.py before this change).
   """
   channels = images.shape[1]
   mean, var = _normalisation(tuple(data_config.mean[:channels]), tuple(data_config.std[:channels]))

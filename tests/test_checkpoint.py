@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 
+import ml_collections
 import numpy as np
 import paddle
 import pytest
@@ -105,7 +106,7 @@ def test_a_leftover_temporary_folder_is_not_a_checkpoint_and_is_removed_at_start
   _save(directory, 5)
   os.rename(checkpoint.folder(directory, 5), os.path.join(directory, '.tmp-update_00000005-4242'))
   assert checkpoint.latest_valid(directory) == checkpoint.folder(directory, 1)
-  workdir_lib.prepare(str(tmp_path))
+  workdir_lib.start_run(str(tmp_path), ml_collections.ConfigDict({'seed': 0}), 'train', world_size=1)
   assert os.listdir(directory) == ['update_00000001']
 
 

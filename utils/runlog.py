@@ -81,7 +81,17 @@ def _truncate_after(path, update):
   if not os.path.exists(path):
     return
   with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)['update'] <= update]
+    lines = [line for line in f if line.strip()]
+  rows = []
+  for number, line in enumerate(lines, 1):
+    try:
+      row = json.loads(line)
+    except ValueError as err:
+      if number == len(lines):  # the last line of a process killed while writing it
+        break
+      raise ValueError(f'{path}, line {number}: not a JSON record ({err})') from err
+    if row['update'] <= update:
+      rows.append(line if line.endswith('\n') else line + '\n')
   with open(path + '.tmp', 'w') as f:
     f.writelines(rows)
   os.replace(path + '.tmp', path)

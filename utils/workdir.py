@@ -14,17 +14,26 @@ def checkpoints_dir(workdir):
   return os.path.join(workdir, 'checkpoints')
 
 
-def prepare(workdir):
-  """Create the workdir, failing early and clearly when it cannot be written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write-test')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as err:
-    raise PermissionError(f'cannot write to the workdir {os.path.abspath(workdir)}: {err}') from err
+def check_writable(workdir):
+  """Fail early and clearly when the workdir could not be created or written, creating nothing."""
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    raise PermissionError(f'cannot write to the workdir {os.path.abspath(workdir)}: {existing} is not a '
+                          f'writable folder')
+
+
+def start_run(workdir, config, mode, world_size):
+  """Create the workdir, clean interrupted checkpoint writes, save the config and record this run."""
+  os.makedirs(workdir, exist_ok=True)
   checkpoint.remove_partial(checkpoints_dir(workdir))
+  previous = saved_config(workdir)
+  if mode == 'resume' and previous is not None:
+    for change in config_changes(previous, config.to_dict()):
+      print(f'resume: config differs from the saved run: {change}')
+  save_config(workdir, config)
+  record_run(workdir, mode, world_size)
 
 
 def save_config(workdir, config):
