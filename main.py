@@ -7,7 +7,7 @@
   python main.py --mode export  --workdir runs/cat12 [--checkpoint PATH] [--output PREFIX]
   python main.py --mode report  --workdir reports/all runs/*      (one table over many runs)
 
-Without --config, the modes that continue a run (resume, eval, predict) read the resolved config that
+Without --config, the modes that continue a run (resume, eval, predict, export) read the resolved config that
 training saved in the workdir (`config.py`), so `--config.x=v` overrides apply to it too.
 Under `python -m paddle.distributed.launch` the same command trains on every device.
 """

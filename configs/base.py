@@ -23,7 +23,7 @@ def get_base_config():
   # Normalisation runs on the device, on uint8 batches: 1/4 of the bytes of float32 to move.
   c.data.mean = (0.5, 0.5, 0.5)
   c.data.std = (0.5, 0.5, 0.5)
-  c.data.num_workers = 2      # DataLoader worker processes per device; 0 loads in the main process
+  c.data.num_workers = -1     # DataLoader processes per device: -1 one per core (shared among devices), 0 none
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64     # global batch per optimizer update

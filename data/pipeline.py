@@ -14,6 +14,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from utils import threads
+
 
 class SeededDataset(paddle.io.Dataset):
   """Base of every dataset: `__getitem__((index, seed))` seeds the random transforms of one sample.
@@ -90,6 +92,9 @@ class EvalBatches(paddle.io.BatchSampler):
 
 
 def loader(dataset, batch_sampler, num_workers):
+  """A DataLoader over `batch_sampler`; num_workers -1 means one worker per core of this process's share."""
+  if num_workers < 0:
+    num_workers = threads.cores_per_process()
   return paddle.io.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
                               use_shared_memory=num_workers > 0, prefetch_factor=4 if num_workers else 2)
 

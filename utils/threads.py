@@ -25,5 +25,10 @@ def configure():
     # Importing Paddle writes OMP_NUM_THREADS=1 into the environment, which every child process
     # (a launcher's workers, a test's subprocess) would take for the user's choice.
     os.environ.pop('OMP_NUM_THREADS', None)
-    local_processes = int(os.environ.get('PADDLE_LOCAL_SIZE', os.environ.get('PADDLE_TRAINERS_NUM', '1')))
-    paddle.base.core.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_processes))
+    paddle.base.core.set_num_threads(cores_per_process())
+
+
+def cores_per_process():
+  """This machine's cores (that this process may use), shared among the local processes of a launch."""
+  local_processes = int(os.environ.get('PADDLE_LOCAL_SIZE', os.environ.get('PADDLE_TRAINERS_NUM', '1')))
+  return max(1, len(os.sched_getaffinity(0)) // local_processes)
