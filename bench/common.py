@@ -84,6 +84,18 @@ def small_vit_config():
   return vit._config(16, 192, 768, 3, 4)
 
 
+def small_recipe_config(root):
+  """The ViT-B/16 CIFAR-100 recipe with the small ViT above, reading the tarball at `root`."""
+  from configs import vit_b16_cifar100_rdrop
+  from models import vit
+  c = vit_b16_cifar100_rdrop.get_config()
+  c.data.root = root
+  c.model.pretrained = ''
+  vit.CONFIGS['bench_ti16x4'] = small_vit_config
+  c.model.variant = 'bench_ti16x4'
+  return c
+
+
 def fake_cifar100(directory, train=512, test=256, seed=0):
   """A `cifar-100-python.tar.gz` in the official pickle layout with random images; returns its path."""
   import io

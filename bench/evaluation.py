@@ -16,9 +16,8 @@ import paddle
 import data
 import evaluate
 import train
-from configs import digits_vit_rdrop, vit_b16_cifar100_rdrop
+from configs import digits_vit_rdrop
 from data import pipeline
-from models import vit
 
 
 def compare(config, repeats):
@@ -60,22 +59,13 @@ def normalisation(data_config, shape=(64, 3, 224, 224)):
   return 1000 * seconds['to_model_input'], 1000 * seconds['cast'], difference
 
 
-def cifar_config(root):
-  c = vit_b16_cifar100_rdrop.get_config()
-  c.data.root = root
-  c.model.pretrained = ''
-  vit.CONFIGS['bench_ti16x4'] = common.small_vit_config
-  c.model.variant = 'bench_ti16x4'
-  return c
-
-
 def main():
   rows = []
   demo = digits_vit_rdrop.get_config()
   rows.append(('digits_vit_rdrop: ViT-Ti_2, 360 test images, batch 360, 0 workers', compare(demo, repeats=15)))
   directory = common.scratch_dir('eval')
   try:
-    cifar = cifar_config(common.fake_cifar100(directory, train=64, test=128))
+    cifar = common.small_recipe_config(common.fake_cifar100(directory, train=64, test=128))
     rows.append((f'CIFAR-100 recipe, 4-block ViT-Ti/16 at 224, 128 test images, batch {cifar.eval.batch_size}, '
                  f'{cifar.data.num_workers} workers (Resize in the workers)', compare(cifar, repeats=2)))
   finally:

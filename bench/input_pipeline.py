@@ -24,20 +24,14 @@ from PIL import Image
 
 import data
 import train
-from configs import vit_b16_cifar100_rdrop
 from data import pipeline
-from models import vit
 
 UPDATES = 8
 SKIP = 2
 
 
 def recipe_config(root):
-  c = vit_b16_cifar100_rdrop.get_config()
-  c.data.root = root
-  c.model.pretrained = ''
-  vit.CONFIGS['bench_ti16x4'] = common.small_vit_config
-  c.model.variant = 'bench_ti16x4'
+  c = common.small_recipe_config(root)
   c.train.batch_size = 8
   c.train.accum_steps = 1
   c.train.updates = UPDATES
