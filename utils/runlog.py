@@ -28,7 +28,7 @@ class RunLog:
     from visualdl import LogWriter
     self.writer = LogWriter(logdir=self.vdl_dir)
     self.bar = tqdm(total=total_updates, initial=start_update, unit='update', dynamic_ncols=True,
-                    file=sys.stderr, mininterval=1.0)
+                    file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
 
   def info(self, message):
     if self.enabled:
