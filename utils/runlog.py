@@ -27,8 +27,9 @@ class RunLog:
     _truncate_after(self.metrics_path, start_update)
     from visualdl import LogWriter
     self.writer = LogWriter(logdir=self.vdl_dir)
+    # A terminal redraws the bar every second; a log file gets a line every 30 s.
     self.bar = tqdm(total=total_updates, initial=start_update, unit='update', dynamic_ncols=True,
-                    file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
+                    file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
 
   def info(self, message):
     if self.enabled:
