@@ -31,7 +31,8 @@ CONTINUING = ('resume', 'eval', 'predict', 'export')
 
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.DEFINE_string('workdir', '', 'Run folder: config, checkpoints, metrics, VisualDL logs, predictions.')
-flags.DEFINE_string('checkpoint', '', 'A checkpoint folder; default: the newest valid one (resume), the best (eval, predict).')
+flags.DEFINE_string('checkpoint', '', 'A checkpoint folder; default: the newest valid one (resume), '
+                    'the best (eval, predict, export).')
 flags.DEFINE_string('split', '', 'Split to evaluate or predict; default: config.eval.split (eval), test (predict).')
 flags.DEFINE_string('output', '', 'Where predict writes its CSV (default <workdir>/result.csv); '
                     'export: path prefix of the inference model (default <workdir>/export/model).')
