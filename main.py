@@ -38,6 +38,7 @@ flags.DEFINE_string('output', '', 'Where predict writes its CSV (default <workdi
                     'export: path prefix of the inference model (default <workdir>/export/model).')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).', lock_config=True)
 FLAGS = flags.FLAGS
+app.define_help_flags()  # --help, --helpshort: we parse the flags ourselves, without app.run
 
 
 def _default_config_from_workdir(argv):

@@ -113,3 +113,8 @@ def test_worker_processes_do_not_change_the_result(tmp_path):
     run_main('--config', 'configs/resnet50_cat12_rdrop.py:smoke', '--workdir', tmp_path / f'w{workers}',
              f'--config.data.root={tmp_path / "cat12"}', f'--config.data.num_workers={workers}')
   assert _max_difference(_weights(tmp_path / 'w0', 2), _weights(tmp_path / 'w2', 2)) < 1e-6
+
+
+def test_help_lists_the_modes():
+  proc = run_main('--help')
+  assert '<train|resume|eval|predict|export|report>' in proc.stdout and 'python main.py --mode resume' in proc.stdout
