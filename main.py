@@ -108,6 +108,14 @@ def main(argv):
     resume_from = FLAGS.checkpoint or checkpoint.latest_valid(ckpt_dir)
     if not resume_from:
       raise app.UsageError(f'no valid checkpoint in {os.path.abspath(ckpt_dir)} to resume from')
+    manifest = checkpoint.read_manifest(resume_from, files=())
+    saved_length = {k: manifest.get('config', {}).get('train', {}).get(k) for k in ('updates', 'epochs')}
+    same_length = saved_length == {'updates': config.train.updates, 'epochs': config.train.epochs}
+    if same_length and manifest['update'] >= manifest.get('total_updates', float('inf')) and not FLAGS.checkpoint:
+      best = manifest['best']
+      print(f'{workdir} finished at update {manifest["update"]} (best {config.eval.split} top1 '
+            f'{best["top1"]:.2f}% at update {best["update"]}): nothing to resume')
+      return 0
     print(f'resume: from {resume_from}')
     return train_mode(config, workdir, resume_from)
 
@@ -122,13 +130,11 @@ def main(argv):
     print('written ' + ', '.join(export(config, path, prefix)))
     return 0
   from evaluate import evaluate, predict, write_json, write_predictions
-  from train import load_trained_model
+  from train import check_fits, load_trained_model
   split = FLAGS.split or (config.eval.split if FLAGS.mode == 'eval' else 'test')
   model, manifest = load_trained_model(config, path)
   dataset, update = data.build(config.data, split), manifest['update']
-  if dataset.num_classes != manifest['num_classes']:
-    raise checkpoint.CheckpointError(f'checkpoint {path} predicts {manifest["num_classes"]} classes, but '
-                                     f'{config.data.name} has {dataset.num_classes}')
+  check_fits(manifest, config, path, dataset.num_classes)
   if FLAGS.mode == 'eval':
     print(f'eval: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} samples)')
     metrics = dict(evaluate(model, dataset, config, split=split), checkpoint=path, update=update, split=split)
@@ -139,7 +145,7 @@ def main(argv):
   else:
     out = FLAGS.output or os.path.join(workdir, 'result.csv')
     print(f'predict: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} images)')
-    names, labels, _ = predict(model, dataset, config)
+    names, labels = predict(model, dataset, config)
     write_predictions(out, names, labels)
     print(f'{len(names)} predictions written to {out}')
   return 0
@@ -171,6 +177,9 @@ def _run(argv):
     sys.exit(f'error: {err}')
   except (ValueError, OSError, CheckpointError, FloatingPointError) as err:
     sys.exit(f'error: {err}')
+  except (AttributeError, KeyError) as err:  # a saved config of an older version lacks a newer field
+    sys.exit(f'error: the config has no field {err}; a run saved by an older version may need '
+             f'--config configs/<experiment>.py (its current defaults) with overrides')
 
 
 if __name__ == '__main__':

@@ -54,22 +54,40 @@ def check_config(config, world_size):
       raise ValueError(f'config.{key}={config[group][field]!r}: choose one of {", ".join(allowed)}')
   if config.rdrop.alpha < 0:
     raise ValueError(f'config.rdrop.alpha={config.rdrop.alpha} must be >= 0')
+  minimum = {'accum_steps': 1, 'log_every': 1, 'keep_checkpoints': 1, 'eval_every': 0, 'checkpoint_every': 0}
+  for field, low in minimum.items():
+    if config.train[field] < low:
+      raise ValueError(f'config.train.{field}={config.train[field]} must be >= {low}')
+  if config.model.get('recompute', False) and world_size > 1:
+    # Recompute replays each block in a second, re-entrant backward pass, which DataParallel's gradient
+    # hooks do not support (parameters reported ready twice, Paddle issue 52980).
+    raise ValueError('config.model.recompute=True is not supported under paddle.distributed.launch; '
+                     'lower the micro-batch through train.accum_steps instead')
   micro_batch_size(config.train, world_size)
+
+
+def updates_per_epoch(train_config, num_samples):
+  """Optimizer updates in one pass over the data (the sampler drops the last incomplete micro-batch)."""
+  tc = train_config
+  return num_samples // (tc.batch_size // tc.accum_steps) / tc.accum_steps
 
 
 def total_updates(train_config, num_samples):
   tc = train_config
   if tc.updates > 0:
     return tc.updates
-  micro_steps_per_epoch = num_samples // (tc.batch_size // tc.accum_steps)
-  return max(1, math.ceil(tc.epochs * micro_steps_per_epoch / tc.accum_steps))
+  return max(1, math.ceil(tc.epochs * updates_per_epoch(tc, num_samples)))
 
 
-def build_model(config, num_classes):
-  """The model of `config`, with its pretrained weights when the config names a file."""
+def build_model(config, num_classes, initial_weights=True):
+  """The model of `config`, with its pretrained weights when the config names a file.
+
+  `initial_weights=False` skips every weights file (`model.pretrained`, `model.*_weights`): for a model
+  whose checkpoint will overwrite them, so that resuming or evaluating does not need those files.
+  """
   paddle.seed(config.seed)  # identical initial weights on every rank
-  model = models.build(config.model, num_classes)
-  if config.model.pretrained:
+  model = models.build(config.model, num_classes, initial_weights)
+  if config.model.pretrained and initial_weights:
     path = config.model.pretrained
     if not os.path.isfile(path):
       raise FileNotFoundError(f'config.model.pretrained: weights file {os.path.abspath(path)} does not exist')
@@ -88,11 +106,13 @@ def _expected_first_loss(net, config, num_classes):
   return (2 if config.rdrop.alpha else 1) * math.log(num_classes)
 
 
-def _check_fits(manifest, config, num_classes, path):
-  if (manifest['model'], manifest['num_classes']) != (config.model.name, num_classes):
+def check_fits(manifest, config, path, num_classes=None):
+  """The checkpoint at `path` is of the config's model (and, when given, of its number of classes)."""
+  wanted = (config.model.name, manifest['num_classes'] if num_classes is None else num_classes)
+  if (manifest['model'], manifest['num_classes']) != wanted:
     raise checkpoint.CheckpointError(
         f'checkpoint {path} holds a {manifest["model"]!r} model with {manifest["num_classes"]} classes, '
-        f'but the config builds {config.model.name!r} with {num_classes}')
+        f'but the config builds {wanted[0]!r} with {wanted[1]}')
 
 
 def _seed_update(config, rank, update):
@@ -107,24 +127,28 @@ def train(config, workdir, resume_from=''):
   micro = micro_batch_size(tc, world_size)
   train_set = data.build(config.data, 'train')
   eval_set = data.build(config.data, config.eval.split)
+  if len(eval_set) == 0 or not eval_set.labelled:
+    raise ValueError(f'config.eval.split={config.eval.split!r}: that split of {config.data.name} is '
+                     f'{"empty" if len(eval_set) == 0 else "unlabelled"}, so training could not be evaluated')
   updates = total_updates(tc, len(train_set))
-  eval_every = tc.eval_every or max(1, updates // max(1, round(tc.epochs)))
+  eval_every = tc.eval_every or max(1, round(updates_per_epoch(tc, len(train_set))))
   ckpt_dir = workdir_lib.checkpoints_dir(workdir)
 
-  model = build_model(config, train_set.num_classes)
+  model = build_model(config, train_set.num_classes, initial_weights=not resume_from)
   optimizer, scheduler = optim.build(tc, model.parameters(), updates)
-  precision = Precision(tc, log=print if is_main else lambda _: None)
+  say = print if is_main else lambda _: None
+  precision = Precision(tc, log=say)
   model, optimizer = precision.decorate(model, optimizer)
   start, best, seconds_before = 0, {'top1': -1.0, 'update': 0}, 0.0
   if resume_from:
     manifest, state = checkpoint.load(resume_from)
-    _check_fits(manifest, config, train_set.num_classes, resume_from)
+    check_fits(manifest, config, resume_from, train_set.num_classes)
     checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {resume_from}')
     optimizer.set_state_dict(state['optimizer.pdopt'])
-    precision.load_state_dict(state['trainer.pdstate']['precision'], log=print if is_main else lambda _: None)
+    precision.load_state_dict(state['trainer.pdstate']['precision'], log=say)
     start, best, seconds_before = manifest['update'], manifest['best'], manifest.get('train_seconds', 0.0)
   if is_main:  # only now that data, weights and checkpoint have loaded: a failed start leaves no trace
-    workdir_lib.start_run(workdir, config, 'resume' if resume_from else 'train', world_size)
+    workdir_lib.start_run(workdir, config, world_size, resume_from)
   net = model
   if world_size > 1:
     model = paddle.DataParallel(model)
@@ -156,7 +180,8 @@ def train(config, workdir, resume_from=''):
              f'({"2 ln" if config.rdrop.alpha else "ln"} {train_set.num_classes})')
   stop = StopRequest()
   started = time.monotonic()
-  sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl summed over micro-batches since the last log
+  sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl summed over the updates since the last log
+  updates_in_sums = 0
   skipped_in_a_row = skipped_total = 0
   model.train()  # evaluate() puts it back after each evaluation
   try:
@@ -175,11 +200,16 @@ def train(config, workdir, resume_from=''):
         update_sums += paddle.stack([loss.detach(), ce.detach(), kl.detach()]) / tc.accum_steps
 
       sums += update_sums
+      updates_in_sums += 1
       loss_value = float(update_sums[0])  # the one host sync of an update
-      if not math.isfinite(loss_value) and not precision.scaling:
+      # Ranks must agree before stepping: a NaN on any rank stops them all; a signal on any rank stops
+      # them all after this update (one all-reduce for both under the launcher).
+      faulty, stopping = distributed.any_rank(
+          [not math.isfinite(loss_value) and not precision.scaling, bool(stop)], world_size)
+      if faulty:
         last = checkpoint.latest_valid(ckpt_dir)
-        raise FloatingPointError(f'the training loss is {loss_value} at update {update}; nothing was saved '
-                                 f'after update {update - 1}. Last good checkpoint: {last or "none"}')
+        raise FloatingPointError(f'the training loss is not finite at update {update} (here: {loss_value}); '
+                                 f'nothing was saved after update {update - 1}. Last good checkpoint: {last or "none"}')
       if update == 1 and expected_first_loss and abs(loss_value - expected_first_loss) > 1e-3:
         log.info(f'WARNING: the first loss is {loss_value:.4f}, not {expected_first_loss:.4f}: '
                  'the head was not zero or the loss is not the one configured')
@@ -195,8 +225,9 @@ def train(config, workdir, resume_from=''):
 
       if update % tc.log_every == 0 or update == updates:
         distributed.all_reduce_sum(sums, world_size)  # each rank saw its own shard: log the global mean
-        loss_avg, ce_avg, kl_avg = (sums.numpy() / (world_size * ((update - 1) % tc.log_every + 1))).tolist()
+        loss_avg, ce_avg, kl_avg = (sums.numpy() / (world_size * updates_in_sums)).tolist()
         sums.zero_()
+        updates_in_sums = 0
         log.scalars(update, 'train', {'loss': loss_avg, 'ce': ce_avg, 'kl': kl_avg, 'lr': optimizer.get_lr(),
                                       'loss_scale': precision.loss_scale(), 'skipped_updates': skipped_total})
       log.progress(update, loss=loss_value, lr=optimizer.get_lr())
@@ -209,11 +240,11 @@ def train(config, workdir, resume_from=''):
         log.scalars(update, 'eval', {**{k: metrics[k] for k in ('top1', 'top5', 'loss')}, 'best_top1': best['top1']})
         log.info(f'update {update}: {config.eval.split} top1 {metrics["top1"]:.2f}% top5 {metrics["top5"]:.2f}% '
                  f'loss {metrics["loss"]:.4f} (best {best["top1"]:.2f}% at update {best["update"]})')
-      stopping = distributed.any_rank(bool(stop), world_size)
       if (evaluated or stopping or update == updates
           or (tc.checkpoint_every and update % tc.checkpoint_every == 0)):
         save(update)
       if stopping:
+        distributed.barrier(world_size)  # the launcher ends every rank when one exits: let rank 0 finish saving
         raise TrainingStopped(f'stopped by a signal after update {update}, checkpoint saved. Continue with:\n'
                               f'  python main.py --mode resume --workdir {workdir}', 128 + (stop.signum or 15))
   finally:
@@ -224,11 +255,9 @@ def train(config, workdir, resume_from=''):
 
 def load_trained_model(config, path):
   """(eval-mode model with the weights of checkpoint `path`, its manifest); no dataset needed."""
-  manifest, state = checkpoint.load(path)
-  if manifest['model'] != config.model.name:
-    raise checkpoint.CheckpointError(f'checkpoint {path} holds a {manifest["model"]!r} model, but '
-                                     f'config.model.name is {config.model.name!r}')
-  model = models.build(config.model, manifest['num_classes'], initial_weights=False)
+  manifest, state = checkpoint.load(path, names=('model.pdparams',))
+  check_fits(manifest, config, path)
+  model = build_model(config, manifest['num_classes'], initial_weights=False)
   checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {path}')
   model.eval()
   return model, manifest

@@ -98,24 +98,8 @@ def small_recipe_config(root):
 
 def fake_cifar100(directory, train=512, test=256, seed=0):
   """A `cifar-100-python.tar.gz` in the official pickle layout with random images; returns its path."""
-  import io
-  import pickle
-  import tarfile
-
-  import numpy as np
-  rng = np.random.default_rng(seed)
-  path = os.path.join(directory, 'cifar-100-python.tar.gz')
-  with tarfile.open(path, 'w:gz') as archive:
-    for split, count in (('train', train), ('test', test)):
-      batch = {b'data': rng.integers(0, 256, (count, 3072), dtype=np.uint8),
-               b'fine_labels': rng.integers(0, 100, count).tolist(),
-               b'coarse_labels': rng.integers(0, 20, count).tolist(),
-               b'filenames': [f'{split}_{i}.png'.encode() for i in range(count)]}
-      payload = pickle.dumps(batch)
-      info = tarfile.TarInfo(f'cifar-100-python/{split}')
-      info.size = len(payload)
-      archive.addfile(info, io.BytesIO(payload))
-  return path
+  from tests.fakedata import make_cifar100
+  return str(make_cifar100(os.path.join(directory, 'cifar-100-python.tar.gz'), train=train, test=test, seed=seed))
 
 
 def save_results(results):

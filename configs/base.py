@@ -38,7 +38,7 @@ def get_base_config():
   c.train.schedule = 'cosine'      # constant | cosine | linear | polynomial | step
   c.train.warmup_updates = 0
   c.train.end_lr_ratio = 0.0       # final lr / lr for linear and polynomial
-  c.train.decay_updates = 0        # polynomial / step: updates of one decay period; 0 = whole run
+  c.train.decay_updates = 0        # update where the decay ends (step: the period); 0 = the whole run
   c.train.poly_power = 1.0
   c.train.step_gamma = 0.5
   c.train.precision = 'fp32'       # fp32 | fp16 | bf16 (GPU only; a CPU runs fp32 and says so)
@@ -63,6 +63,13 @@ def get_base_config():
   c.reference.top1 = 0.0       # the source's reported test accuracy (%), 0 if none
   c.reference.source = ''
   return c
+
+
+def smoke_only(arg, path):
+  """True for 'smoke', False for ''; any other `get_config` argument is an error naming it."""
+  if arg not in ('', 'smoke'):
+    raise ValueError(f"{path}:{arg}: the only argument is 'smoke' (a few tiny updates)")
+  return arg == 'smoke'
 
 
 def use_cifar(c, classes, augment='none', img_size=32):

@@ -41,6 +41,6 @@ def get_config(arg=''):
   c.rdrop.alpha = 1.0
   c.rdrop.reduction = 'batchmean'
   c.eval.batch_size = 360
-  if arg == 'smoke':
+  if base.smoke_only(arg, 'configs/digits_vit_rdrop.py'):
     base.shrink_for_smoke(c)
   return c

@@ -63,10 +63,8 @@ def get_config(arg=''):
   c.reference.top1 = 93.29
   c.reference.source = ('R-Drop paper (arXiv 2106.14448), ViT-B/16 + R-Drop on CIFAR-100: 93.29; recipe '
                         'img 224, lr 8e-3, 20000 steps, alpha 0.3 per an author (RECIPES.md)')
-  if arg == 'smoke':
+  if base.smoke_only(arg, 'configs/vit_b16_cifar100_rdrop.py'):
     base.shrink_for_smoke(c)
     c.model.variant = 'testing'
     c.data.img_size = 16
-  elif arg:
-    raise ValueError(f"configs/vit_b16_cifar100_rdrop.py:{arg}: the only argument is 'smoke'")
   return c

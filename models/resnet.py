@@ -55,7 +55,7 @@ def backbone_weights_path(depth, setting):
   try:
     return download.get_weights_path_from_url(url, md5)
   except (RuntimeError, OSError) as error:
-    raise RuntimeError(
+    raise OSError(
         f'config.model.backbone_weights=download: could not download {url} ({error}). On a machine without '
         f'network, copy resnet{depth}.pdparams to {cached}, or set config.model.backbone_weights to a local '
         f'.pdparams path') from error

@@ -4,6 +4,7 @@ Google's `.npz` checkpoints (e.g. ImageNet-21k `ViT-B_16.npz`) through `load_fro
 Differences from the port, both for speed with identical results: query/key/value are one fused
 projection, and attention runs through `F.scaled_dot_product_attention` (flash attention on GPUs).
 """
+import os
 import warnings
 
 import ml_collections
@@ -259,5 +260,10 @@ def build(model_config, num_classes):
 
 def load_pretrained(model, path):
   """Google's `.npz` (train.py calls this when config.model.pretrained names a file)."""
-  with np.load(path) as weights:
+  try:
+    weights = np.load(path)
+  except (OSError, ValueError) as err:  # e.g. a .pdparams pickle, or a truncated download
+    raise ValueError(f'config.model.pretrained={os.path.abspath(path)}: not a readable .npz of Google\'s ViT '
+                     f'weights ({err})') from err
+  with weights:
     model.load_from(weights, source=f'ViT weights {path}')

@@ -130,7 +130,7 @@ def _no_network(url, path, md5sum=None, method='get'):
 def test_download_without_network_names_the_cache_path(tmp_path, monkeypatch):
   monkeypatch.setattr(download, 'WEIGHTS_HOME', str(tmp_path / 'weights'))
   monkeypatch.setattr(download, '_download', _no_network)
-  with pytest.raises(RuntimeError) as error:
+  with pytest.raises(OSError) as error:
     models.build(_model_config(backbone_weights='download'), 12)
   assert f'copy resnet18.pdparams to {tmp_path}/weights/resnet18.pdparams' in str(error.value)
 

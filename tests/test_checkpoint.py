@@ -106,7 +106,7 @@ def test_a_leftover_temporary_folder_is_not_a_checkpoint_and_is_removed_at_start
   _save(directory, 5)
   os.rename(checkpoint.folder(directory, 5), os.path.join(directory, '.tmp-update_00000005-4242'))
   assert checkpoint.latest_valid(directory) == checkpoint.folder(directory, 1)
-  workdir_lib.start_run(str(tmp_path), ml_collections.ConfigDict({'seed': 0}), 'train', world_size=1)
+  workdir_lib.start_run(str(tmp_path), ml_collections.ConfigDict({'seed': 0}), world_size=1)
   assert os.listdir(directory) == ['update_00000001']
 
 
@@ -292,3 +292,15 @@ def test_a_run_without_a_loss_scaler_resumes_with_fp16_and_an_fp16_checkpoint_re
                   '--config.train.precision=fp32')
   assert 'precision: the checkpoint had an fp16 loss scaler; this run does not scale' in proc.stdout
   assert 'from update 7' in proc.stdout and _train_rows(workdir)[-1]['update'] == 8
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
+  """Their continuation is abandoned: the next automatic resume must not pick them, and nothing is deleted."""
+  directory = workdir_lib.checkpoints_dir(str(tmp_path))
+  for update in (2, 4, 6):
+    _save(directory, update)
+  workdir_lib.start_run(str(tmp_path), ml_collections.ConfigDict({'seed': 0}), world_size=1,
+                        resume_from=checkpoint.folder(directory, 2))
+  assert checkpoint.latest_valid(directory) == checkpoint.folder(directory, 2)
+  aside = sorted(n for n in os.listdir(directory) if n.startswith('abandoned-'))
+  assert [n.split('-')[-1] for n in aside] == ['update_00000004', 'update_00000006']

@@ -230,7 +230,7 @@ def test_a_nan_loss_in_fp32_stops_naming_the_update_and_keeps_the_last_good_chec
                   '--config.train.checkpoint_every=1', '--config.train.lr=1e30', check=False)
   ckpts = os.path.join(workdir, 'checkpoints')
   assert proc.returncode == 1
-  assert (f'error: the training loss is nan at update 2; nothing was saved after update 1. '
+  assert (f'error: the training loss is not finite at update 2 (here: nan); nothing was saved after update 1. '
           f'Last good checkpoint: {checkpoint.folder(ckpts, 1)}') in proc.stderr
   assert checkpoint.committed(ckpts) == [checkpoint.folder(ckpts, 1)]
   assert all(np.isfinite(w).all() for w in _weights(workdir, 1).values())

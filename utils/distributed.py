@@ -22,10 +22,15 @@ def all_reduce_sum(tensor, world_size):
   return tensor
 
 
-def any_rank(flag, world_size):
-  """True on every rank when `flag` is true on any: ranks must stop at the same update."""
+def any_rank(flags, world_size):
+  """[flag is true on any rank, for each flag]: every rank gets the same answers, in one all-reduce."""
   if world_size == 1:
-    return flag
-  value = paddle.to_tensor([1 if flag else 0], dtype='int32')
-  dist.all_reduce(value, op=dist.ReduceOp.MAX)
-  return bool(value.item())
+    return [bool(flag) for flag in flags]
+  values = paddle.to_tensor([1 if flag else 0 for flag in flags], dtype='int32')
+  dist.all_reduce(values, op=dist.ReduceOp.MAX)
+  return [bool(v) for v in values.numpy()]
+
+
+def barrier(world_size):
+  if world_size > 1:
+    dist.barrier()

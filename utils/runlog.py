@@ -97,7 +97,3 @@ def _truncate_after(path, update):
     f.writelines(rows)
   os.replace(path + '.tmp', path)
 
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]

@@ -24,16 +24,28 @@ def check_writable(workdir):
                           f'writable folder')
 
 
-def start_run(workdir, config, mode, world_size):
-  """Create the workdir, clean interrupted checkpoint writes, save the config and record this run."""
+def start_run(workdir, config, world_size, resume_from=''):
+  """Create the workdir, clean interrupted checkpoint writes, save the config and record this run.
+
+  Resuming from an older checkpoint than the newest sets the newer ones aside (renamed, not deleted):
+  they belong to the abandoned continuation, and the next automatic resume must not pick them.
+  """
   os.makedirs(workdir, exist_ok=True)
-  checkpoint.remove_partial(checkpoints_dir(workdir))
+  directory = checkpoints_dir(workdir)
+  checkpoint.remove_partial(directory)
+  if resume_from:
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    for path in checkpoint.committed(directory):
+      if checkpoint.update_of(path) > checkpoint.update_of(resume_from):
+        aside = os.path.join(directory, f'abandoned-{stamp}-{os.path.basename(path)}')
+        os.rename(path, aside)
+        print(f'resume: {path} is newer than the checkpoint resumed from; kept as {aside}')
   previous = saved_config(workdir)
-  if mode == 'resume' and previous is not None:
+  if resume_from and previous is not None:
     for change in config_changes(previous, config.to_dict()):
       print(f'resume: config differs from the saved run: {change}')
   save_config(workdir, config)
-  record_run(workdir, mode, world_size)
+  record_run(workdir, 'resume' if resume_from else 'train', world_size)
 
 
 def save_config(workdir, config):
@@ -90,6 +102,6 @@ def best_checkpoint(workdir):
   latest = checkpoint.latest_valid(directory)
   if latest is None:
     return None
-  best_update = checkpoint.read_manifest(latest)['best']['update']
+  best_update = checkpoint.read_manifest(latest, files=())['best']['update']
   best = checkpoint.folder(directory, best_update)
   return best if best_update and os.path.isdir(best) else latest
