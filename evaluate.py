@@ -4,14 +4,15 @@ Under `paddle.distributed.launch` every rank evaluates its own shard without pad
 the sums are all-reduced, so accuracy is exact for any dataset size and any number of processes.
 """
 import csv
+import io
 import json
-import os
 
 import paddle
 import paddle.nn.functional as F
 
 from data import pipeline
 from utils import distributed
+from utils.workdir import write_atomic
 
 
 @paddle.no_grad()
@@ -55,15 +56,11 @@ def predict(model, dataset, config):
 
 
 def write_json(path, values):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(values, f, indent=1)
-  os.replace(tmp, path)
+  write_atomic(path, json.dumps(values, indent=1))
 
 
 def write_predictions(path, names, labels):
   """One `filename,label` line per image, no header (the Cat-12 submission format)."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w', newline='') as f:
-    csv.writer(f).writerows(zip(names, labels.tolist()))
-  os.replace(tmp, path)
+  rows = io.StringIO()
+  csv.writer(rows, lineterminator='\n').writerows(zip(names, labels.tolist()))
+  write_atomic(path, rows.getvalue())

@@ -6,7 +6,6 @@ then stops the run with SIGTERM (it saves a checkpoint and exits). Times are fro
 process (imports and start-up included) and from the modification time of `run.jsonl`, which main.py
 writes just before training starts.
 """
-import json
 import os
 import shutil
 import signal
@@ -15,17 +14,14 @@ import sys
 import time
 
 import common
+from utils import runlog  # noqa: E402  (common puts the project root on sys.path)
 
 TARGET = 95.0
 EVAL_EVERY = 25
 
 
 def read_evals(path):
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.endswith('\n') and line.strip()]
-  return [(row['update'], row['top1']) for row in rows if row['group'] == 'eval']
+  return [(row['update'], row['top1']) for row in runlog.read_jsonl(path)[0] if row['group'] == 'eval']
 
 
 def main():

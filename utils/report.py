@@ -19,7 +19,7 @@ import os
 
 from utils import checkpoint
 from utils import workdir as workdir_lib
-from utils.runlog import NOT_HYPERPARAMETERS
+from utils.runlog import NOT_HYPERPARAMETERS, read_jsonl
 
 # Fields that differ between runs without making them different experiments.
 NOT_A_VARIANT = NOT_HYPERPARAMETERS | {'experiment'}
@@ -83,20 +83,9 @@ class Run:
 
 def _read_jsonl(path, notes):
   """Rows of a JSON-lines file (none if it is missing); a cut-off last line, as a kill leaves, is noted."""
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    lines = f.read().splitlines()
-  rows = []
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      rows.append(json.loads(line))
-    except ValueError as err:
-      if number < len(lines):
-        raise ValueError(f'{path}:{number} is not JSON ({err}); fix or remove that line') from err
-      notes.append(f'{os.path.basename(path)} ends in a cut-off line (ignored)')
+  rows, cut_off = read_jsonl(path)
+  if cut_off:
+    notes.append(f'{os.path.basename(path)} ends in a cut-off line (ignored)')
   return rows
 
 
@@ -313,7 +302,5 @@ def write_report(run_dirs, out_dir):
     lines += ['', 'Notes:', ''] + notes
   lines += sections
   path = os.path.join(out_dir, 'report.md')
-  with open(path + '.tmp', 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(path + '.tmp', path)
+  workdir_lib.write_atomic(path, '\n'.join(lines) + '\n')
   return path

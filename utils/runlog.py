@@ -8,6 +8,8 @@ import sys
 
 from tqdm import tqdm
 
+from utils.workdir import write_atomic
+
 # Config fields that name, locate or pace a run without changing what it learns.
 NOT_HYPERPARAMETERS = frozenset({
     'reference.top1', 'reference.source', 'data.root', 'data.num_workers', 'eval.batch_size', 'train.log_every',
@@ -77,23 +79,28 @@ def flat_hyperparameters(config_dict, prefix=''):
   return flat
 
 
-def _truncate_after(path, update):
-  """A resumed run rewrites history after its checkpoint: drop rows logged past it before a crash."""
+def read_jsonl(path):
+  """(rows of a JSON-lines file, whether its last line was cut off); a bad line elsewhere is an error.
+
+  A process killed while appending leaves a partial last line: that line is not a record.
+  """
   if not os.path.exists(path):
-    return
+    return [], False
   with open(path) as f:
-    lines = [line for line in f if line.strip()]
+    lines = [line for line in f.read().splitlines() if line.strip()]
   rows = []
   for number, line in enumerate(lines, 1):
     try:
-      row = json.loads(line)
+      rows.append(json.loads(line))
     except ValueError as err:
-      if number == len(lines):  # the last line of a process killed while writing it
-        break
-      raise ValueError(f'{path}, line {number}: not a JSON record ({err})') from err
-    if row['update'] <= update:
-      rows.append(line if line.endswith('\n') else line + '\n')
-  with open(path + '.tmp', 'w') as f:
-    f.writelines(rows)
-  os.replace(path + '.tmp', path)
+      if number == len(lines):
+        return rows, True
+      raise ValueError(f'{path}, line {number}: not a JSON record ({err}); fix or remove that line') from err
+  return rows, False
 
+
+def _truncate_after(path, update):
+  """A resumed run rewrites history after its checkpoint: drop rows logged past it before a crash."""
+  rows, _ = read_jsonl(path)
+  if os.path.exists(path):
+    write_atomic(path, ''.join(json.dumps(row) + '\n' for row in rows if row['update'] <= update))

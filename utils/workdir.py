@@ -48,17 +48,22 @@ def start_run(workdir, config, world_size, resume_from=''):
   record_run(workdir, 'resume' if resume_from else 'train', world_size)
 
 
+def write_atomic(path, text):
+  """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w', newline='') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def save_config(workdir, config):
   """`config.py` (loadable with --config, so `--mode resume` can reapply overrides) and `config.json`."""
   body = pprint.pformat(config.to_dict(), indent=1, width=100, sort_dicts=False)
   text = ('"""Resolved config of the run in this folder, overrides included (written by main.py)."""\n'
           'import ml_collections\n\n\ndef get_config():\n'
           f'  return ml_collections.ConfigDict({body})\n')
-  for name, content in ((CONFIG_FILE, text), ('config.json', config.to_json_best_effort(indent=1))):
-    tmp = os.path.join(workdir, name + '.tmp')
-    with open(tmp, 'w') as f:
-      f.write(content)
-    os.replace(tmp, os.path.join(workdir, name))
+  write_atomic(os.path.join(workdir, CONFIG_FILE), text)
+  write_atomic(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=1))
 
 
 def saved_config(workdir):
