@@ -10,6 +10,7 @@ import math
 import os
 import time
 
+import ml_collections
 import paddle
 
 import data
@@ -72,11 +73,20 @@ def updates_per_epoch(train_config, num_samples):
   return num_samples // (tc.batch_size // tc.accum_steps) / tc.accum_steps
 
 
-def total_updates(train_config, num_samples):
-  tc = train_config
-  if tc.updates > 0:
-    return tc.updates
-  return max(1, math.ceil(tc.epochs * updates_per_epoch(tc, num_samples)))
+def in_updates(train_config, num_samples):
+  """`config.train` with every duration counted in optimizer updates, converted once from epochs where
+  the config gives epochs (`updates` 0, `warmup_epochs`, `decay_epochs`, `eval_every` 0 = each epoch)."""
+  tc = ml_collections.ConfigDict(train_config.to_dict())
+  per_epoch = updates_per_epoch(tc, num_samples)
+  if tc.updates <= 0:
+    tc.updates = max(1, math.ceil(tc.epochs * per_epoch))
+  if tc.warmup_epochs > 0:
+    tc.warmup_updates = round(tc.warmup_epochs * per_epoch)
+  if tc.decay_epochs > 0:
+    tc.decay_updates = round(tc.decay_epochs * per_epoch)
+  if tc.eval_every == 0:
+    tc.eval_every = max(1, round(per_epoch))
+  return tc
 
 
 def build_model(config, num_classes, initial_weights=True):
@@ -121,17 +131,16 @@ def _seed_update(config, rank, update):
 
 def train(config, workdir, resume_from=''):
   """Train `config` into `workdir`; with `resume_from` (a checkpoint folder) continue from it."""
-  tc = config.train
   rank, world_size = distributed.setup()
   is_main = rank == 0
-  micro = micro_batch_size(tc, world_size)
+  micro = micro_batch_size(config.train, world_size)
   train_set = data.build(config.data, 'train')
   eval_set = data.build(config.data, config.eval.split)
   if len(eval_set) == 0 or not eval_set.labelled:
     raise ValueError(f'config.eval.split={config.eval.split!r}: that split of {config.data.name} is '
                      f'{"empty" if len(eval_set) == 0 else "unlabelled"}, so training could not be evaluated')
-  updates = total_updates(tc, len(train_set))
-  eval_every = tc.eval_every or max(1, round(updates_per_epoch(tc, len(train_set))))
+  tc = in_updates(config.train, len(train_set))
+  updates = tc.updates
   ckpt_dir = workdir_lib.checkpoints_dir(workdir)
 
   model = build_model(config, train_set.num_classes, initial_weights=not resume_from)
@@ -232,7 +241,7 @@ def train(config, workdir, resume_from=''):
                                       'loss_scale': precision.loss_scale(), 'skipped_updates': skipped_total})
       log.progress(update, loss=loss_value, lr=optimizer.get_lr())
 
-      evaluated = update % eval_every == 0 or update == updates
+      evaluated = update % tc.eval_every == 0 or update == updates
       if evaluated:
         metrics = evaluate(net, eval_set, config, rank, world_size)
         if metrics['top1'] > best['top1']:

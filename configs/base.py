@@ -37,8 +37,10 @@ def get_base_config():
   c.train.clip_grad_norm = 0.0     # global-norm clipping; 0 disables
   c.train.schedule = 'cosine'      # constant | cosine | linear | polynomial | step
   c.train.warmup_updates = 0
+  c.train.warmup_epochs = 0.0      # > 0: the warmup in epochs instead (converted once into updates)
   c.train.end_lr_ratio = 0.0       # final lr / lr for linear and polynomial
   c.train.decay_updates = 0        # update where the decay ends (step: the period); 0 = the whole run
+  c.train.decay_epochs = 0.0       # > 0: the same in epochs
   c.train.poly_power = 1.0
   c.train.step_gamma = 0.5
   c.train.precision = 'fp32'       # fp32 | fp16 | bf16 (GPU only; a CPU runs fp32 and says so)

@@ -18,8 +18,6 @@ NETWORKS = {  # network: (fc_dropout, conv_dropout, reference test top-1 or 0, s
     'C': (0.0, 0.5, 0.0, 'did not train well: train acc 57.04%'),
     'D': (0.5, 0.5, 0.0, 'did not train well: train acc 50.93%'),
 }
-CIFAR10_TRAIN_IMAGES = 50000
-BATCH_SIZE = 256
 
 
 def get_config(arg=''):
@@ -42,7 +40,7 @@ def get_config(arg=''):
   c.model.fc_dropout = fc_dropout
   c.model.conv_dropout = conv_dropout
 
-  c.train.batch_size = BATCH_SIZE
+  c.train.batch_size = 256
   c.train.epochs = 1000.0
   c.train.optimizer = 'momentum'
   c.train.lr = 1e-2
@@ -50,7 +48,7 @@ def get_config(arg=''):
   # The article's StepLR halves the lr every 150 epochs; the loop counts updates (last partial batch dropped).
   c.train.schedule = 'step'
   c.train.step_gamma = 0.5
-  c.train.decay_updates = 150 * (CIFAR10_TRAIN_IMAGES // BATCH_SIZE)
+  c.train.decay_epochs = 150.0
   c.train.log_every = 100
   c.train.eval_every = 0      # once per epoch: the article reports the best epoch's test accuracy
   c.train.checkpoint_every = 0

@@ -69,9 +69,9 @@ def test_lenet5_recipe_halves_the_lr_every_150_epochs():
   tc = config.train
   assert (tc.batch_size, tc.optimizer, tc.lr, tc.momentum, tc.epochs) == (256, 'momentum', 1e-2, 0.9, 1000.0)
   updates_per_epoch = 50000 // 256
-  total = train.total_updates(tc, 50000)
-  assert total == 1000 * updates_per_epoch
-  factors = [optim.lr_factor(epochs * updates_per_epoch + 1, tc, total) for epochs in (0, 149, 150, 299, 300, 999)]
+  tc = train.in_updates(tc, 50000)
+  assert tc.updates == 1000 * updates_per_epoch and tc.eval_every == updates_per_epoch
+  factors = [optim.lr_factor(epochs * updates_per_epoch + 1, tc, tc.updates) for epochs in (0, 149, 150, 299, 300, 999)]
   assert factors == [1.0, 1.0, 0.5, 0.5, 0.25, 0.5**6]
   assert (lenet5_cifar10.get_config('A').reference.top1, config.reference.top1) == (60.45, 61.47)
   assert lenet5_cifar10.get_config('C').reference.top1 == 0.0
