@@ -31,7 +31,9 @@ def launch(nproc, log_dir, *args):
 
 
 def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
-  common = [*TINY, *NO_DROPOUT, '--config.train.updates=4', '--config.train.accum_steps=2', '--config.rdrop.alpha=0.5']
+  """With R-Drop's two model calls per micro-batch (the ViT recipe's form) under DataParallel."""
+  common = [*TINY, *NO_DROPOUT, '--config.train.updates=4', '--config.train.accum_steps=2', '--config.rdrop.alpha=0.5',
+            '--config.rdrop.form=twice']
   subprocess.run([sys.executable, 'main.py', '--config', DEMO, '--workdir', tmp_path / 'one', *common],
                  cwd=ROOT, check=True, capture_output=True, env=child_env())
   proc = launch(2, tmp_path / 'logs', '--config', DEMO, '--workdir', tmp_path / 'two', *common)
