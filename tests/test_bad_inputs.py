@@ -149,3 +149,12 @@ def test_resume_after_a_torn_last_metrics_line(digits_run, tmp_path):
     f.write('{"update": 3, "group": "tr')
   run_main('--mode', 'resume', '--workdir', workdir, '--config.train.updates=3')
   assert [r['update'] for r in _train_rows(workdir)] == [1, 2, 3]
+
+
+def test_an_unlabelled_eval_split_stops_training_before_it_starts(tmp_path):
+  make_cat12(tmp_path / 'cat12', n_plain=4, odd=False, broken=False)
+  proc = run_main('--config', 'configs/resnet50_cat12_rdrop.py:smoke', '--workdir', tmp_path / 'run',
+                  f'--config.data.root={tmp_path / "cat12"}', '--config.eval.split=test', check=False)
+  assert proc.returncode == 1
+  assert "config.eval.split='test': that split of cat12 is unlabelled" in proc.stderr
+  assert not (tmp_path / 'run').exists()
