@@ -23,7 +23,7 @@ from absl import app, flags  # noqa: E402  (after the thread settings, which Pad
 from ml_collections import config_flags  # noqa: E402
 
 import data  # noqa: E402
-from utils import checkpoint  # noqa: E402
+from utils import checkpoint, distributed  # noqa: E402
 from utils import workdir as workdir_lib  # noqa: E402
 
 MODES = ('train', 'resume', 'eval', 'predict', 'export', 'report')
@@ -67,14 +67,15 @@ def _default_config_from_workdir(argv):
 
 def train_mode(config, workdir, resume_from=''):
   from train import TrainingStopped, check_config, train
-  check_config(config, int(os.environ.get('PADDLE_TRAINERS_NUM', '1')))
+  rank, world_size = distributed.rank_and_world_size()
+  check_config(config, world_size)
   workdir_lib.check_writable(workdir)
   try:
     result = train(config, workdir, resume_from)
   except TrainingStopped as stopped:
     print(stopped, file=sys.stderr)
     return stopped.exit_code
-  if int(os.environ.get('PADDLE_TRAINER_ID', '0')) == 0:
+  if rank == 0:
     print(f'done: best {config.eval.split} top1 {result["best"]["top1"]:.2f}% at update {result["best"]["update"]}\n'
           f'  checkpoints: {workdir_lib.checkpoints_dir(workdir)}\n'
           f'  metrics:     {os.path.join(workdir, "metrics.jsonl")}\n'

@@ -74,6 +74,20 @@ def smoke_only(arg, path):
   return arg == 'smoke'
 
 
+def use_vit(c, variant, in_channels=3, zero_head=False, pretrained=''):
+  """A Vision Transformer of models/vit.py (`variant`: 'ViT-B_16', ...) at config.data.img_size."""
+  c.model.name = 'vit'
+  c.model.variant = variant
+  c.model.img_size = c.data.get_ref('img_size')
+  c.model.in_channels = in_channels
+  c.model.dropout_rate = 0.1           # the official ViT's, after the position embedding, GELU and fc2
+  c.model.attention_dropout_rate = 0.0
+  c.model.recompute = False   # True: recompute block activations in backward (less memory, ~1/3 more compute)
+  c.model.zero_head = zero_head
+  c.model.pretrained = pretrained
+  return c
+
+
 def use_cifar(c, classes, augment='none', img_size=32):
   """CIFAR-10 or CIFAR-100 from the official python tarball (data/cifar.py), by default under datasets/."""
   c.data.name = 'cifar'

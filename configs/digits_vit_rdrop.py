@@ -17,14 +17,7 @@ def get_config(arg=''):
   c.data.std = (0.5,)
   c.data.num_workers = 0  # the whole set is a 1 MB array in memory
 
-  c.model.name = 'vit'
-  c.model.variant = 'ViT-Ti_2'
-  c.model.img_size = c.data.get_ref('img_size')
-  c.model.in_channels = 1
-  c.model.dropout_rate = 0.1
-  c.model.attention_dropout_rate = 0.0
-  c.model.recompute = False   # True: recompute block activations in backward (less memory, ~1/3 more compute)
-  c.model.zero_head = False
+  base.use_vit(c, 'ViT-Ti_2', in_channels=1)
 
   c.train.batch_size = 64
   c.train.updates = 600

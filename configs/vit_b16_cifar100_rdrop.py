@@ -23,15 +23,9 @@ def get_config(arg=''):
   c.data.mean = (0.5, 0.5, 0.5)
   c.data.std = (0.5, 0.5, 0.5)
 
-  c.model.name = 'vit'
-  c.model.variant = 'ViT-B_16'
-  c.model.img_size = c.data.get_ref('img_size')
-  c.model.in_channels = 3
-  c.model.dropout_rate = 0.1
-  c.model.attention_dropout_rate = 0.0
-  c.model.recompute = False   # True: recompute block activations in backward (less memory, ~1/3 more compute)
-  c.model.zero_head = True    # first loss 2 ln 100 = 9.2103, checked by train.py
-  c.model.pretrained = 'weights/ViT-B_16.npz'  # ImageNet-21k; the 14x14 position grid fits 224 as is
+  # A zero head makes the first loss 2 ln 100 = 9.2103 (checked by train.py); the ImageNet-21k weights'
+  # 14x14 position grid fits 224 px as it is.
+  base.use_vit(c, 'ViT-B_16', zero_head=True, pretrained='weights/ViT-B_16.npz')
 
   c.train.batch_size = 512
   c.train.accum_steps = 16    # micro-batch 32 on one device, as in the authors' code

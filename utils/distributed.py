@@ -8,12 +8,17 @@ import paddle
 import paddle.distributed as dist
 
 
+def rank_and_world_size():
+  """This process's rank and the number of processes, as the launcher set them (no connection made)."""
+  return dist.get_rank(), dist.get_world_size()
+
+
 def setup():
   """(rank, world_size), the process group initialised when there is more than one process."""
-  world_size = dist.get_world_size()
+  rank, world_size = rank_and_world_size()
   if world_size > 1:
     dist.init_parallel_env()
-  return dist.get_rank(), world_size
+  return rank, world_size
 
 
 def all_reduce_sum(tensor, world_size):
