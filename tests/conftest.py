@@ -44,4 +44,8 @@ def main_cli():
 def amp_standin(monkeypatch):
   """Paddle's AMP in this process acts as on a GPU until the test ends (see tests/amp_standin.py)."""
   import amp_standin as standin
+  from paddle.amp import grad_scaler
   standin.install(monkeypatch.setattr)
+  # Every auto_cast sets this global, which a GradScaler reads (it disables itself outside fp16): restore it.
+  amp_state = grad_scaler.amp_global_state()
+  monkeypatch.setattr(amp_state, 'amp_dtype', amp_state.amp_dtype)

@@ -176,11 +176,20 @@ def load(path, names=None):
 
 
 def float32_weights(state, master_weights=None):
-  """A layer's `state` dict with its floating-point tensors in float32: from `master_weights` (the
-  optimizer's float32 copies under AMP O2, by parameter name) where they exist, else cast."""
+  """A layer's `state` dict with its floating-point tensors in float32.
+
+  Under AMP O2 that is the optimizer's float32 master copy of a weight (`master_weights`, by parameter
+  name) when it rounds to the weight itself. A kernel that ignores master weights leaves a stale copy
+  (Paddle's CPU SGD kernel updates bf16 weights directly), and then the weight is taken, cast.
+  """
   master_weights = master_weights or {}
-  return {key: master_weights.get(value.name, value).astype('float32')
-          if isinstance(value, paddle.Tensor) and paddle.is_floating_point(value) else value
+
+  def in_float32(value):
+    master, weight = master_weights.get(value.name), value.astype('float32')
+    rounded = master.astype(value.dtype).astype('float32') if master is not None else None
+    return master if rounded is not None and bool(paddle.equal_all(rounded, weight)) else weight
+
+  return {key: in_float32(value) if isinstance(value, paddle.Tensor) and paddle.is_floating_point(value) else value
           for key, value in state.items()}
 
 

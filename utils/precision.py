@@ -134,7 +134,7 @@ class Precision:
     if self.master_weights and not saved.endswith('O2'):
       changes.append('float32 master weights rebuilt from its float32 weights')
     elif saved.endswith('O2') and not self.master_weights:
-      changes.append('training continues from its float32 master weights')
+      changes.append('the model trains on its float32 weights, without master copies')
     if self.scaling and not state['scaling']:
       changes.append(f'the loss scale starts at {self.loss_scale():g} from the config')
     elif state['scaling'] and not self.scaling:
