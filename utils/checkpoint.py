@@ -185,9 +185,10 @@ def float32_weights(state, master_weights=None):
   master_weights = master_weights or {}
 
   def in_float32(value):
-    master, weight = master_weights.get(value.name), value.astype('float32')
-    rounded = master.astype(value.dtype).astype('float32') if master is not None else None
-    return master if rounded is not None and bool(paddle.equal_all(rounded, weight)) else weight
+    weight, master = value.astype('float32'), master_weights.get(value.name)
+    if master is not None and bool(paddle.equal_all(master.astype(value.dtype).astype('float32'), weight)):
+      return master
+    return weight
 
   return {key: in_float32(value) if isinstance(value, paddle.Tensor) and paddle.is_floating_point(value) else value
           for key, value in state.items()}

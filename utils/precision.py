@@ -49,6 +49,7 @@ def amp_refusal(dtype):
 
 
 class Precision:
+  """The run's precision: autocast, O2 decoration, loss scaling, and its part of a checkpoint."""
 
   def __init__(self, train_config, log=print):
     tc = train_config
