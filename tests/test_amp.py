@@ -47,9 +47,9 @@ def _numpy(state):
   return {k: v.numpy() for k, v in state.items() if isinstance(v, paddle.Tensor)}
 
 
-def _train_config(precision='fp32', amp_level='O1', **fields):
+def _train_config(precision='fp32', amp_level='O1'):
   config = digits_vit_rdrop.get_config().train
-  config.update(precision=precision, amp_level=amp_level, **fields)
+  config.update(precision=precision, amp_level=amp_level)
   return config
 
 
