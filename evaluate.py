@@ -2,7 +2,10 @@
 
 Under `paddle.distributed.launch` every rank evaluates its own shard without padding duplicates and
 the sums are all-reduced, so accuracy is exact for any dataset size and any number of processes.
+The model runs under the autocast of its precision (`autocast`: Precision.autocast), as in training:
+an AMP O2 model holds half-precision weights and cannot run outside it; its logits are taken in float32.
 """
+import contextlib
 import csv
 import io
 import json
@@ -16,7 +19,7 @@ from utils.workdir import write_atomic
 
 
 @paddle.no_grad()
-def evaluate(model, dataset, config, rank=0, world_size=1, split=''):
+def evaluate(model, dataset, config, rank=0, world_size=1, split='', autocast=contextlib.nullcontext):
   """{'top1', 'top5', 'loss', 'count'} with accuracies in percent. Sums stay on the device until the end."""
   split = split or config.eval.split
   if len(dataset) == 0:
@@ -28,7 +31,9 @@ def evaluate(model, dataset, config, rank=0, world_size=1, split=''):
   sums = paddle.zeros([4], dtype='float64')  # correct@1, correct@5, summed loss, count
   batches = pipeline.EvalBatches(len(dataset), config.eval.batch_size, rank, world_size)
   for images, labels in pipeline.loader(dataset, batches, config.data.num_workers):
-    logits = model(pipeline.to_model_input(images, config.data)).astype('float32')
+    with autocast():
+      logits = model(pipeline.to_model_input(images, config.data))
+    logits = logits.astype('float32')
     k = min(5, logits.shape[1])
     top = paddle.topk(logits, k, axis=1)[1]
     hits = (top == labels.unsqueeze(1)).astype('float64')
@@ -42,7 +47,7 @@ def evaluate(model, dataset, config, rank=0, world_size=1, split=''):
 
 
 @paddle.no_grad()
-def predict(model, dataset, config):
+def predict(model, dataset, config, autocast=contextlib.nullcontext):
   """(names, predicted labels) for every sample, in dataset order."""
   if len(dataset) == 0:
     raise ValueError(f'{config.data.name}: the split to predict holds no images')
@@ -50,7 +55,9 @@ def predict(model, dataset, config):
   labels = []
   batches = pipeline.EvalBatches(len(dataset), config.eval.batch_size)
   for images, _ in pipeline.loader(dataset, batches, config.data.num_workers):
-    labels.append(model(pipeline.to_model_input(images, config.data)).argmax(axis=1))
+    with autocast():
+      logits = model(pipeline.to_model_input(images, config.data))
+    labels.append(logits.astype('float32').argmax(axis=1))
   names = dataset.names or [str(i) for i in range(len(dataset))]
   return names, paddle.concat(labels).numpy()
 

@@ -132,13 +132,16 @@ def main(argv):
     return 0
   from evaluate import evaluate, predict, write_json, write_predictions
   from train import check_fits, load_trained_model
+  from utils.precision import Precision
   split = FLAGS.split or (config.eval.split if FLAGS.mode == 'eval' else 'test')
-  model, manifest = load_trained_model(config, path)
+  precision = Precision(config.train)  # the run's precision, as its evaluations during training
+  model, manifest = load_trained_model(config, path, precision)
   dataset, update = data.build(config.data, split), manifest['update']
   check_fits(manifest, config, path, dataset.num_classes)
   if FLAGS.mode == 'eval':
     print(f'eval: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} samples)')
-    metrics = dict(evaluate(model, dataset, config, split=split), checkpoint=path, update=update, split=split)
+    metrics = dict(evaluate(model, dataset, config, split=split, autocast=precision.autocast), checkpoint=path,
+                   update=update, split=split, precision=precision.name)
     out = os.path.join(workdir, f'eval_{split}.json')
     write_json(out, metrics)
     print(f'top1 {metrics["top1"]:.2f}%  top5 {metrics["top5"]:.2f}%  loss {metrics["loss"]:.4f}  '
@@ -146,7 +149,7 @@ def main(argv):
   else:
     out = FLAGS.output or os.path.join(workdir, 'result.csv')
     print(f'predict: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} images)')
-    names, labels = predict(model, dataset, config)
+    names, labels = predict(model, dataset, config, autocast=precision.autocast)
     write_predictions(out, names, labels)
     print(f'{len(names)} predictions written to {out}')
   return 0

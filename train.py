@@ -153,7 +153,7 @@ def train(config, workdir, resume_from=''):
     manifest, state = checkpoint.load(resume_from)
     check_fits(manifest, config, resume_from, train_set.num_classes)
     checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {resume_from}')
-    optimizer.set_state_dict(state['optimizer.pdopt'])
+    optimizer.set_state_dict(precision.optimizer_state(state['optimizer.pdopt'], model, state['model.pdparams']))
     precision.load_state_dict(state['trainer.pdstate']['precision'], log=say)
     start, best, seconds_before = manifest['update'], manifest['best'], manifest.get('train_seconds', 0.0)
   if is_main:  # only now that data, weights and checkpoint have loaded: a failed start leaves no trace
@@ -174,8 +174,9 @@ def train(config, workdir, resume_from=''):
 
   def save(update):
     if is_main:
-      pieces = {'model.pdparams': net.state_dict(), 'optimizer.pdopt': optimizer.state_dict(),
-                'trainer.pdstate': {'precision': precision.state_dict()}}
+      optimizer_state = optimizer.state_dict()
+      pieces = {'model.pdparams': checkpoint.float32_weights(net.state_dict(), optimizer_state.get('master_weights')),
+                'optimizer.pdopt': optimizer_state, 'trainer.pdstate': {'precision': precision.state_dict()}}
       meta = {'best': best, 'experiment': config.experiment, 'model': config.model.name,
               'num_classes': train_set.num_classes, 'total_updates': updates,
               'train_seconds': seconds_before + time.monotonic() - started, 'config': config.to_dict()}
@@ -189,9 +190,8 @@ def train(config, workdir, resume_from=''):
              f'({"2 ln" if config.rdrop.alpha else "ln"} {train_set.num_classes})')
   stop = StopRequest()
   started = time.monotonic()
-  sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl summed over the updates since the last log
-  updates_in_sums = 0
-  skipped_in_a_row = skipped_total = 0
+  sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl summed over the applied updates since the last log
+  updates_in_sums = skipped_in_window = skipped_in_a_row = skipped_total = 0
   model.train()  # evaluate() puts it back after each evaluation
   try:
     for update in range(start + 1, updates + 1):
@@ -208,8 +208,6 @@ def train(config, workdir, resume_from=''):
           precision.backward(loss / tc.accum_steps)
         update_sums += paddle.stack([loss.detach(), ce.detach(), kl.detach()]) / tc.accum_steps
 
-      sums += update_sums
-      updates_in_sums += 1
       loss_value = float(update_sums[0])  # the one host sync of an update
       # Ranks must agree before stepping: a NaN on any rank stops them all; a signal on any rank stops
       # them all after this update (one all-reduce for both under the launcher).
@@ -223,27 +221,36 @@ def train(config, workdir, resume_from=''):
         log.info(f'WARNING: the first loss is {loss_value:.4f}, not {expected_first_loss:.4f}: '
                  'the head was not zero or the loss is not the one configured')
       scheduler.step()
-      if precision.step(optimizer):
-        skipped_in_a_row, skipped_total = skipped_in_a_row + 1, skipped_total + 1
+      if precision.step(optimizer):  # fp16: the gradients overflowed and the scaler skipped the update
+        skipped_in_a_row += 1
+        skipped_in_window += 1
+        skipped_total += 1
         if skipped_in_a_row > tc.max_skipped_updates:
-          raise FloatingPointError(f'{skipped_in_a_row} updates in a row overflowed in fp16 (up to update {update}); '
-                                   f'loss scale is {precision.loss_scale():g}. Lower train.lr or use bf16/fp32.')
+          raise FloatingPointError(
+              f'{skipped_in_a_row} updates in a row overflowed in fp16 (updates {update - skipped_in_a_row + 1} to '
+              f'{update}; loss scale now {precision.loss_scale():g}), more than train.max_skipped_updates='
+              f'{tc.max_skipped_updates}. Last good checkpoint: {checkpoint.latest_valid(ckpt_dir) or "none"}; '
+              f'continue from it in bf16 (or with a lower train.lr):\n'
+              f'  python main.py --mode resume --workdir {workdir} --config.train.precision=bf16')
       else:
         skipped_in_a_row = 0
+        sums += update_sums  # the log averages the updates applied: a skipped one's loss may be inf
+        updates_in_sums += 1
       optimizer.clear_grad()
 
       if update % tc.log_every == 0 or update == updates:
         distributed.all_reduce_sum(sums, world_size)  # each rank saw its own shard: log the global mean
-        loss_avg, ce_avg, kl_avg = (sums.numpy() / (world_size * updates_in_sums)).tolist()
+        averages = dict(zip(('loss', 'ce', 'kl'), (sums.numpy() / (world_size * updates_in_sums)).tolist())) \
+            if updates_in_sums else {}
+        log.scalars(update, 'train', {**averages, 'lr': optimizer.get_lr(), 'loss_scale': precision.loss_scale(),
+                                      'skipped_in_window': skipped_in_window, 'skipped_updates': skipped_total})
         sums.zero_()
-        updates_in_sums = 0
-        log.scalars(update, 'train', {'loss': loss_avg, 'ce': ce_avg, 'kl': kl_avg, 'lr': optimizer.get_lr(),
-                                      'loss_scale': precision.loss_scale(), 'skipped_updates': skipped_total})
+        updates_in_sums = skipped_in_window = 0
       log.progress(update, loss=loss_value, lr=optimizer.get_lr())
 
       evaluated = update % tc.eval_every == 0 or update == updates
       if evaluated:
-        metrics = evaluate(net, eval_set, config, rank, world_size)
+        metrics = evaluate(net, eval_set, config, rank, world_size, autocast=precision.autocast)
         if metrics['top1'] > best['top1']:
           best = {'top1': metrics['top1'], 'update': update}
         log.scalars(update, 'eval', {**{k: metrics[k] for k in ('top1', 'top5', 'loss')}, 'best_top1': best['top1']})
@@ -262,11 +269,16 @@ def train(config, workdir, resume_from=''):
   return {'updates': updates, 'best': best}
 
 
-def load_trained_model(config, path):
-  """(eval-mode model with the weights of checkpoint `path`, its manifest); no dataset needed."""
+def load_trained_model(config, path, precision=None):
+  """(eval-mode model with the weights of checkpoint `path`, its manifest); no dataset needed.
+
+  With a `precision` the model is made ready for it (AMP O2: half-precision weights), else float32.
+  """
   manifest, state = checkpoint.load(path, names=('model.pdparams',))
   check_fits(manifest, config, path)
   model = build_model(config, manifest['num_classes'], initial_weights=False)
+  if precision is not None:
+    model, _ = precision.decorate(model)
   checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {path}')
   model.eval()
   return model, manifest

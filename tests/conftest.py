@@ -20,9 +20,14 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 
-def run_main(*args, check=True, timeout=300, env=None):
+def main_command(*args, amp_standin=False):
+  """`python main.py ARGS`, or through tests/amp_standin.py: Paddle's AMP acting as on a GPU."""
+  return [sys.executable, 'tests/amp_standin.py' if amp_standin else 'main.py', *map(str, args)]
+
+
+def run_main(*args, check=True, timeout=300, env=None, amp_standin=False):
   """`python main.py ARGS` from the project root; returns the CompletedProcess (stdout+stderr text)."""
-  proc = subprocess.run([sys.executable, 'main.py', *map(str, args)], cwd=ROOT, capture_output=True,
+  proc = subprocess.run(main_command(*args, amp_standin=amp_standin), cwd=ROOT, capture_output=True,
                         text=True, timeout=timeout, env=child_env(**(env or {})))
   if check and proc.returncode != 0:
     raise AssertionError(f'main.py {" ".join(map(str, args))} exited {proc.returncode}:\n'
@@ -33,3 +38,14 @@ def run_main(*args, check=True, timeout=300, env=None):
 @pytest.fixture
 def main_cli():
   return run_main
+
+
+@pytest.fixture
+def amp_standin(monkeypatch):
+  """Paddle's AMP in this process acts as on a GPU until the test ends (see tests/amp_standin.py)."""
+  import amp_standin as standin
+  from paddle.amp import grad_scaler
+  standin.install(monkeypatch.setattr)
+  # Every auto_cast sets this global, which a GradScaler reads (it disables itself outside fp16): restore it.
+  amp_state = grad_scaler.amp_global_state()
+  monkeypatch.setattr(amp_state, 'amp_dtype', amp_state.amp_dtype)

@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import types
 
 import ml_collections
 import numpy as np
@@ -16,7 +15,6 @@ import pytest
 from conftest import ROOT, run_main
 from test_training import DEMO, TINY, _train_rows
 from utils import checkpoint, workdir as workdir_lib
-from utils import precision as precision_lib
 from utils.precision import Precision
 
 RUN = [*TINY, '--config.train.updates=6', '--config.train.checkpoint_every=2', '--config.train.keep_checkpoints=3']
@@ -130,34 +128,12 @@ def test_a_state_that_does_not_fit_the_layer_is_an_error_listing_the_keys():
   assert 'shape mismatch weight: [3, 5] in the file, [3, 2] in the model' in message
 
 
-@pytest.fixture
-def enabled_scaler(monkeypatch):
-  """Builds real GradScalers that are enabled, as on a GPU.
-
-  Paddle disables every GradScaler it builds on a CPU; it decides by asking the tracer for the device,
-  so a tracer that answers "GPU" during construction gives the real scaler, whose ops all run on the
-  CPU. `scale()` also disables a scaler outside fp16 autocast, which sets this global on a GPU.
-  """
-  from paddle.amp import grad_scaler
-  monkeypatch.setattr(grad_scaler.amp_global_state(), 'amp_dtype', 'float16')
-
-  def build(scaler_class, init_loss_scaling=1024.0):
-    place = types.SimpleNamespace(is_gpu_place=lambda: True, is_xpu_place=lambda: False,
-                                  is_custom_place=lambda: False)
-    with monkeypatch.context() as patch:
-      patch.setattr(grad_scaler, '_dygraph_tracer', lambda: types.SimpleNamespace(_expected_place=place))
-      scaler = scaler_class(enable=True, init_loss_scaling=init_loss_scaling, decr_every_n_nan_or_inf=1)
-    assert scaler.is_enable()
-    return scaler
-  return build
-
-
-def _precision(scaler=None):
+def _precision(name, init_loss_scale=1024.0):
+  """The Precision of `name` (fp32 or fp16 O1); under the amp_standin fixture fp16 really scales, as on a GPU."""
   from configs import digits_vit_rdrop
-  precision = Precision(digits_vit_rdrop.get_config().train, log=lambda _: None)
-  if scaler is not None:
-    precision.scaler = scaler
-  return precision
+  config = digits_vit_rdrop.get_config().train
+  config.update(precision=name, amp_level='O1', init_loss_scale=init_loss_scale)
+  return Precision(config, log=pytest.fail)
 
 
 def _step(precision, layer, optimizer, factor):
@@ -168,8 +144,8 @@ def _step(precision, layer, optimizer, factor):
   return skipped
 
 
-def test_an_fp16_overflow_skips_the_update_and_halves_the_scale(enabled_scaler):
-  precision = _precision(enabled_scaler(precision_lib.GradScaler))
+def test_an_fp16_overflow_skips_the_update_and_halves_the_scale(amp_standin):
+  precision = _precision('fp16')
   layer = paddle.nn.Linear(2, 1)
   optimizer = paddle.optimizer.AdamW(learning_rate=0.1, parameters=layer.parameters())
   assert _step(precision, layer, optimizer, 1.0) is False and precision.loss_scale() == 1024.0
@@ -179,11 +155,12 @@ def test_an_fp16_overflow_skips_the_update_and_halves_the_scale(enabled_scaler):
   assert _step(precision, layer, optimizer, 1.0) is False and not np.array_equal(layer.weight.numpy(), before)
 
 
-def test_paddles_own_scaler_crashes_on_an_overflow_under_numpy_2_4(enabled_scaler):
+def test_paddles_own_scaler_crashes_on_an_overflow_under_numpy_2_4(amp_standin):
   """Why utils.precision.GradScaler exists; when this fails, Paddle has fixed its print and the subclass can go."""
   if tuple(int(v) for v in np.__version__.split('.')[:2]) < (2, 4):
     pytest.skip('NumPy < 2.4 still converts a 1-element array to float')
-  precision = _precision(enabled_scaler(paddle.amp.GradScaler))
+  precision = _precision('fp16')
+  precision.scaler = paddle.amp.GradScaler(enable=True, init_loss_scaling=1024.0, decr_every_n_nan_or_inf=1)
   layer = paddle.nn.Linear(2, 1)
   optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=layer.parameters())
   with pytest.raises(TypeError, match='only 0-dimensional arrays can be converted'):
@@ -191,24 +168,23 @@ def test_paddles_own_scaler_crashes_on_an_overflow_under_numpy_2_4(enabled_scale
 
 
 @pytest.mark.parametrize('saved_with,resumed_with,message', [
-    ('fp16', 'fp32', 'the checkpoint had an fp16 loss scaler; this run does not scale'),
-    ('fp32', 'fp16', 'the checkpoint was written without a loss scaler; starting at scale 4096'),
+    ('fp16', 'fp32', 'the checkpoint was written in fp16 O1, this run is fp32: its fp16 loss scale is not needed'),
+    ('fp32', 'fp16', 'the checkpoint was written in fp32, this run is fp16 O1: the loss scale starts at 4096 from '
+                     'the config'),
     ('fp16', 'fp16', None),
     ('fp32', 'fp32', None),
 ])
-def test_a_checkpoint_resumes_with_or_without_a_loss_scaler(enabled_scaler, tmp_path, saved_with, resumed_with,
-                                                             message):
-  scaler = lambda precision: enabled_scaler(precision_lib.GradScaler, 4096.0) if precision == 'fp16' else None
-  saving = _precision(scaler(saved_with))
+def test_a_checkpoint_resumes_with_or_without_a_loss_scaler(amp_standin, tmp_path, saved_with, resumed_with, message):
+  saving = _precision(saved_with, 4096.0)
   if saved_with == 'fp16':  # one overflow, so the saved scale (2048) differs from a fresh scaler's
     layer = paddle.nn.Linear(2, 1)
     _step(saving, layer, paddle.optimizer.SGD(learning_rate=0.1, parameters=layer.parameters()), float('inf'))
   path = checkpoint.save(str(tmp_path), 1, {'trainer.pdstate': {'precision': saving.state_dict()}}, {}, keep=1)
   state = checkpoint.load(path)[1]['trainer.pdstate']['precision']
   assert state['scaling'] is (saved_with == 'fp16')
-  resuming, logged = _precision(scaler(resumed_with)), []
+  resuming, logged = _precision(resumed_with, 4096.0), []
   resuming.load_state_dict(state, log=logged.append)
-  assert len(logged) == (message is not None) and all(message in line for line in logged)
+  assert logged == ([f'precision: {message}'] if message else [])
   assert resuming.loss_scale() == {'fp16fp16': 2048.0, 'fp32fp16': 4096.0}.get(saved_with + resumed_with, 1.0)
 
 
@@ -273,24 +249,21 @@ def test_an_explicitly_named_bad_checkpoint_is_an_error_never_a_restart(trained,
 
 
 def test_a_run_without_a_loss_scaler_resumes_with_fp16_and_an_fp16_checkpoint_resumes_without(trained, tmp_path):
+  """fp16 through the stand-in of tests/amp_standin.py (a GPU's AMP on this CPU), fp32 in a plain process."""
   workdir = _copy(trained, tmp_path)
   proc = run_main('--mode', 'resume', '--workdir', workdir, '--config.train.updates=7',
-                  '--config.train.precision=fp16')
+                  '--config.train.precision=fp16', amp_standin=True)
   assert "resume: config differs from the saved run: train.precision: 'fp32' -> 'fp16'" in proc.stdout
-  assert 'precision: fp16 needs a GPU; Paddle disables AMP on the CPU, so this run is fp32' in proc.stdout
+  assert ('precision: the checkpoint was written in fp32, this run is fp16 O1: the loss scale starts at 32768 '
+          'from the config') in proc.stdout
   assert 'from update 6' in proc.stdout and _train_rows(workdir)[-1]['update'] == 7
+  assert checkpoint.load(checkpoint.folder(workdir_lib.checkpoints_dir(str(workdir)), 7))[1][
+      'trainer.pdstate']['precision']['scaling'] is True
 
-  # The reverse needs a checkpoint written by an enabled scaler, which only a GPU makes: forge its state.
-  ckpts = workdir_lib.checkpoints_dir(str(workdir))
-  manifest, state = checkpoint.load(checkpoint.folder(ckpts, 7))
-  state['trainer.pdstate'] = {'precision': {'scaling': True, 'scaler': {
-      'scale': np.array([2048.0], np.float32), 'incr_ratio': 2.0, 'decr_ratio': 0.5, 'incr_every_n_steps': 2000,
-      'decr_every_n_nan_or_inf': 1, 'incr_count': 5, 'decr_count': 0, 'use_dynamic_loss_scaling': True}}}
-  meta = {k: v for k, v in manifest.items() if k not in ('update', 'files')}
-  checkpoint.save(ckpts, 7, state, meta, keep=3)
   proc = run_main('--mode', 'resume', '--workdir', workdir, '--config.train.updates=8',
                   '--config.train.precision=fp32')
-  assert 'precision: the checkpoint had an fp16 loss scaler; this run does not scale' in proc.stdout
+  assert 'precision: the checkpoint was written in fp16 O1, this run is fp32: its fp16 loss scale is not needed' \
+      in proc.stdout
   assert 'from update 7' in proc.stdout and _train_rows(workdir)[-1]['update'] == 8
 
 

@@ -5,6 +5,9 @@ lists every file with its SHA-256. It is written as `.tmp-update_<N>-<pid>`, eve
 manifest written last, then renamed into place: a folder without a manifest, or whose files do not
 match it, is not a checkpoint. (`paddle.save` alone writes in place, so an interrupted save can
 destroy the only copy: Paddle issue 26348.)
+
+Weights are stored in float32 whatever the precision of the run (the optimizer's master copies under AMP
+O2) and cast to the model's dtype on loading, so any checkpoint serves any precision and device.
 """
 import hashlib
 import json
@@ -172,10 +175,40 @@ def load(path, names=None):
   return manifest, {name: paddle.load(os.path.join(path, name)) for name in names or manifest['files']}
 
 
-def load_state_strict(layer, state, source):
-  """`layer.set_state_dict(state)`, but every missing, unexpected or mis-shaped key is an error.
+def float32_weights(state, master_weights=None):
+  """A layer's `state` dict with its floating-point tensors in float32.
 
-  Paddle itself only warns ("Skip loading for ...") and carries on with the layer's initial values.
+  Under AMP O2 that is the optimizer's float32 master copy of a weight (`master_weights`, by parameter
+  name) when it rounds to the weight itself. A kernel that ignores master weights leaves a stale copy
+  (Paddle's CPU SGD kernel updates bf16 weights directly), and then the weight is taken, cast.
+  """
+  master_weights = master_weights or {}
+
+  def in_float32(value):
+    weight, master = value.astype('float32'), master_weights.get(value.name)
+    if master is not None and bool(paddle.equal_all(master.astype(value.dtype).astype('float32'), weight)):
+      return master
+    return weight
+
+  return {key: in_float32(value) if isinstance(value, paddle.Tensor) and paddle.is_floating_point(value) else value
+          for key, value in state.items()}
+
+
+def _cast_like(value, reference):
+  """`value` (a Tensor or NumPy array from a file) in the dtype of the layer's tensor `reference`."""
+  if not paddle.is_floating_point(reference):
+    return value
+  value = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(value)
+  return value if value.dtype == reference.dtype else value.astype(reference.dtype)
+
+
+def load_state_strict(layer, state, source):
+  """`layer.set_state_dict(state)` with floating-point values cast to the layer's dtypes (a float32
+  checkpoint into a half-precision O2 model, and the reverse), but every missing, unexpected or
+  mis-shaped key is an error.
+
+  Paddle itself refuses another dtype (an AssertionError) and only warns on the rest ("Skip loading for
+  ...") and carries on with the layer's initial values.
   """
   own = layer.state_dict()
   missing = sorted(set(own) - set(state))
@@ -190,4 +223,4 @@ def load_state_strict(layer, state, source):
     lines += [f'shape mismatch {m}' for m in mismatched[:8]]
     raise CheckpointError(f'{source} does not fit the model ({len(missing)} missing, {len(unexpected)} '
                           f'unexpected, {len(mismatched)} mis-shaped keys):\n  ' + '\n  '.join(lines))
-  layer.set_state_dict(state)
+  layer.set_state_dict({key: _cast_like(value, own[key]) for key, value in state.items()})

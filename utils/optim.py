@@ -32,10 +32,30 @@ def lr_factor(update, train_config, total_updates):
   raise ValueError(f'config.train.schedule={tc.schedule!r}: choose one of {SCHEDULES}')
 
 
+class ClipGradByGlobalNorm(paddle.nn.ClipGradByGlobalNorm):
+  """Paddle's global-norm clipping with the squared norms computed in float32.
+
+  Under AMP O2 the gradients are half precision, and Paddle's clip computes each one's squared norm and
+  their sum in that precision: in fp16 (largest value 65504) a global norm above 256 becomes infinite and
+  clipping then multiplies every gradient by 0; in bf16 the sum keeps 8 significant bits (and the
+  CPU has no bf16 kernel for it). Paddle has the float32 variant built in behind a module switch,
+  `_clip_by_global_norm_using_mp_type`; we turn it on for the duration of our clip only. Float32 gradients
+  are unaffected. The alternative, `paddle.amp.decorate(master_grad=True)`, makes every gradient float32,
+  but the plain SGD kernel reads gradients in the parameter's dtype and then fails.
+  """
+
+  def _dygraph_clip(self, params_grads):
+    previous = paddle.nn.clip._clip_by_global_norm_using_mp_type(True)
+    try:
+      return super()._dygraph_clip(params_grads)
+    finally:
+      paddle.nn.clip._clip_by_global_norm_using_mp_type(previous)
+
+
 def build(train_config, parameters, total_updates):
   tc = train_config
   scheduler = paddle.optimizer.lr.LambdaDecay(tc.lr, lambda u: lr_factor(u, tc, total_updates))
-  clip = paddle.nn.ClipGradByGlobalNorm(tc.clip_grad_norm) if tc.clip_grad_norm > 0 else None
+  clip = ClipGradByGlobalNorm(tc.clip_grad_norm) if tc.clip_grad_norm > 0 else None
   # fp32 master weights when the model is cast to half precision (AMP O2).
   master = tc.precision != 'fp32' and tc.amp_level == 'O2'
   if tc.optimizer == 'sgd':

@@ -1,11 +1,13 @@
 """Mixed precision as Paddle documents it: `paddle.amp.auto_cast` (O1 or O2) and a dynamic `GradScaler`.
 
-Paddle's AMP works on GPUs (and XPUs); on a CPU it disables itself, so we say so once and run fp32.
-bf16 needs no loss scaling. A checkpoint records whether a scaler was active, so that a run saved
-without one (CPU, fp32, bf16) resumes with fp16 and the reverse: Paddle raises on loading the empty
-state of a disabled scaler into an enabled one.
+Whether AMP runs here is Paddle's decision: it switches itself off on a CPU, and on a GPU whose compute
+capability lacks the dtype (fp16 needs 7.0, bf16 8.0). We ask it once, say so, and run fp32 when it declines.
+bf16 needs no loss scaling. Checkpoints hold float32 weights (utils/checkpoint.py), so a run may resume
+in another precision: this module fits the optimizer's float32 master weights (AMP O2) and the loss
+scaler to the run, and says in one line what changed.
 """
 import contextlib
+import warnings
 
 import paddle
 
@@ -37,16 +39,29 @@ class GradScaler(paddle.amp.GradScaler):
         self._incr_count = 0
 
 
+def amp_refusal(dtype):
+  """'' when Paddle's auto_cast turns itself on here for `dtype`, else Paddle's reason for declining."""
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    with paddle.amp.auto_cast(enable=True, dtype=dtype, level='O1'):
+      enabled = paddle.amp.is_autocast_enabled()
+  return '' if enabled else ' '.join(str(w.message) for w in caught) or 'AMP is not available'
+
+
 class Precision:
+  """The run's precision: autocast, O2 decoration, loss scaling, and its part of a checkpoint."""
 
   def __init__(self, train_config, log=print):
-    tc = train_config  # names of choices already checked by train.check_config
-    on_accelerator = not paddle.device.get_device().startswith('cpu')
-    self.enabled = tc.precision != 'fp32' and on_accelerator
-    if tc.precision != 'fp32' and not on_accelerator:
-      log(f'precision: {tc.precision} needs a GPU; Paddle disables AMP on the CPU, so this run is fp32')
-    self.dtype = DTYPES.get(tc.precision, 'float32')
-    self.level = tc.amp_level
+    tc = train_config
+    if tc.precision not in ('fp32', *DTYPES) or tc.amp_level not in ('O1', 'O2'):
+      raise ValueError(f'config.train.precision={tc.precision!r}, amp_level={tc.amp_level!r}: choose '
+                       f'precision fp32, fp16 or bf16 and amp_level O1 or O2')
+    self.dtype, self.level = DTYPES.get(tc.precision, 'float32'), tc.amp_level
+    refusal = amp_refusal(self.dtype) if tc.precision != 'fp32' else ''
+    if refusal:
+      log(f'precision: Paddle declines {tc.precision} here ({refusal}); this run is fp32')
+    self.enabled = tc.precision != 'fp32' and not refusal
+    self.name = f'{tc.precision} {tc.amp_level}' if self.enabled else 'fp32'
     self.scaler = GradScaler(enable=self.enabled and self.dtype == 'float16',
                              init_loss_scaling=tc.init_loss_scale, decr_every_n_nan_or_inf=1)
 
@@ -54,12 +69,18 @@ class Precision:
   def scaling(self):
     return self.scaler.is_enable()
 
-  def decorate(self, model, optimizer):
-    """O2 keeps the model in half precision and the optimizer's fp32 master weights."""
-    if self.enabled and self.level == 'O2':
-      return paddle.amp.decorate(models=model, optimizers=optimizer, level='O2', dtype=self.dtype,
-                                 master_weight=True)
-    return model, optimizer
+  @property
+  def master_weights(self):
+    """O2: the model holds half-precision weights, the optimizer float32 master copies of them."""
+    return self.enabled and self.level == 'O2'
+
+  def decorate(self, model, optimizer=None):
+    """(model, optimizer) ready for this precision: under O2 the weights cast to half precision."""
+    if not self.master_weights:
+      return model, optimizer
+    if optimizer is None:
+      return paddle.amp.decorate(models=model, level='O2', dtype=self.dtype), None
+    return paddle.amp.decorate(models=model, optimizers=optimizer, level='O2', dtype=self.dtype, master_weight=True)
 
   def autocast(self):
     if not self.enabled:  # auto_cast(enable=False) still looks up op lists for float32 and fails
@@ -85,13 +106,39 @@ class Precision:
     return float(self.scaler.state_dict()['scale'][0]) if self.scaling else 1.0
 
   def state_dict(self):
-    return {'scaling': self.scaling, 'scaler': self.scaler.state_dict() if self.scaling else {}}
+    return {'precision': self.name, 'scaling': self.scaling, 'scaler': self.scaler.state_dict() if self.scaling else {}}
+
+  def optimizer_state(self, state, model, weights):
+    """A checkpoint's optimizer `state` fitted to this run: float32 master weights exactly where O2 needs them.
+
+    An O2 checkpoint continues with its own master copies; another one gets them rebuilt from its float32
+    `weights` (a model state dict). A run without O2 drops them: Paddle would otherwise carry them along
+    unused and save them again, stale, into every later checkpoint.
+    """
+    state = dict(state)
+    masters = state.pop('master_weights', None)
+    if self.master_weights:
+      half = (paddle.float16, paddle.bfloat16)
+      state['master_weights'] = masters if masters is not None else {
+          param.name: weights[key].astype('float32') for key, param in model.named_parameters() if param.dtype in half}
+    return state
 
   def load_state_dict(self, state, log=print):
+    """The loss scaler of a checkpoint; one line when the checkpoint was written in another precision."""
+    # Checkpoints written before the precision was recorded: only a loss scaler tells fp16 apart.
+    saved = state.get('precision', 'fp16' if state['scaling'] else 'fp32')
     if self.scaling and state['scaling']:
       self.scaler.load_state_dict(state['scaler'])
-    elif self.scaling:
-      log(f'precision: the checkpoint was written without a loss scaler; starting at scale '
-          f'{self.loss_scale():g} from the config')
-    elif state['scaling']:
-      log('precision: the checkpoint had an fp16 loss scaler; this run does not scale (fp32/bf16/CPU)')
+    if saved == self.name:
+      return
+    changes = []
+    if self.master_weights and not saved.endswith('O2'):
+      changes.append('float32 master weights rebuilt from its float32 weights')
+    elif saved.endswith('O2') and not self.master_weights:
+      changes.append('the model trains on its float32 weights, without master copies')
+    if self.scaling and not state['scaling']:
+      changes.append(f'the loss scale starts at {self.loss_scale():g} from the config')
+    elif state['scaling'] and not self.scaling:
+      changes.append('its fp16 loss scale is not needed')
+    log(f'precision: the checkpoint was written in {saved}, this run is {self.name}'
+        + (f': {"; ".join(changes)}' if changes else ''))

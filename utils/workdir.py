@@ -60,6 +60,7 @@ def save_config(workdir, config):
   """`config.py` (loadable with --config, so `--mode resume` can reapply overrides) and `config.json`."""
   body = pprint.pformat(config.to_dict(), indent=1, width=100, sort_dicts=False)
   text = ('"""Resolved config of the run in this folder, overrides included (written by main.py)."""\n'
+          'from math import inf, nan  # how pformat writes non-finite floats\n\n'
           'import ml_collections\n\n\ndef get_config():\n'
           f'  return ml_collections.ConfigDict({body})\n')
   write_atomic(os.path.join(workdir, CONFIG_FILE), text)
