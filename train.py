@@ -165,7 +165,7 @@ def train(config, workdir, resume_from=''):
   batches = iter(pipeline.loader(
       train_set, pipeline.TrainBatches(len(train_set), micro * world_size, config.seed, rank, world_size,
                                        start_micro_step=start * tc.accum_steps), config.data.num_workers))
-  log = RunLog(workdir, is_main, start, updates)
+  log = RunLog(workdir, is_main, start, updates, samples_per_update=tc.batch_size)
   log.hyperparameters(config)
   log.info(f'train: {config.experiment} for {updates} updates of {tc.batch_size} samples '
            f'({tc.accum_steps} x {micro} per device on {world_size} device(s)), '
@@ -237,9 +237,9 @@ def train(config, workdir, resume_from=''):
         loss_avg, ce_avg, kl_avg = (sums.numpy() / (world_size * updates_in_sums)).tolist()
         sums.zero_()
         updates_in_sums = 0
-        log.scalars(update, 'train', {'loss': loss_avg, 'ce': ce_avg, 'kl': kl_avg, 'lr': optimizer.get_lr(),
+        log.scalars(update, 'train', {'objective': loss_avg, 'ce': ce_avg, 'kl': kl_avg, 'lr': optimizer.get_lr(),
                                       'loss_scale': precision.loss_scale(), 'skipped_updates': skipped_total})
-      log.progress(update, loss=loss_value, lr=optimizer.get_lr())
+      log.progress(update, objective=loss_value, lr=optimizer.get_lr())
 
       evaluated = update % tc.eval_every == 0 or update == updates
       if evaluated:

@@ -36,7 +36,7 @@ def test_one_smoke_run_of_every_config_trains_and_checkpoints(module, variant, c
   result = train.train(config, str(tmp_path))
   assert result['updates'] == 2
   with open(tmp_path / 'metrics.jsonl') as f:
-    losses = [r['loss'] for r in map(json.loads, f) if r['group'] == 'train']
+    losses = [r['objective'] for r in map(json.loads, f) if r['group'] == 'train']
   assert len(losses) == 2 and all(math.isfinite(loss) and loss > 0 for loss in losses)
   manifest, state = checkpoint.load(checkpoint.latest_valid(str(tmp_path / 'checkpoints')))
   assert (manifest['model'], manifest['num_classes'], manifest['update']) == (config.model.name, 10, 2)

@@ -38,7 +38,7 @@ def test_accumulated_micro_batches_give_the_update_of_one_large_batch(tmp_path):
   run_main('--config', DEMO, '--workdir', tmp_path / 'one', *common, '--config.train.accum_steps=1')
   run_main('--config', DEMO, '--workdir', tmp_path / 'four', *common, '--config.train.accum_steps=4')
   assert _max_difference(_weights(tmp_path / 'one', 3), _weights(tmp_path / 'four', 3)) < 1e-5
-  losses = [[r['loss'] for r in _train_rows(tmp_path / run)] for run in ('one', 'four')]
+  losses = [[r['objective'] for r in _train_rows(tmp_path / run)] for run in ('one', 'four')]
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
@@ -52,7 +52,7 @@ def test_resume_in_a_new_process_matches_the_uninterrupted_run(tmp_path):
   assert _max_difference(_weights(tmp_path / 'straight', 6), _weights(interrupted, 6)) < 1e-6
   straight, resumed = _train_rows(tmp_path / 'straight'), _train_rows(interrupted)
   assert [r['update'] for r in resumed] == list(range(1, 7))
-  np.testing.assert_allclose([r['loss'] for r in resumed], [r['loss'] for r in straight], rtol=1e-6)
+  np.testing.assert_allclose([r['objective'] for r in resumed], [r['objective'] for r in straight], rtol=1e-6)
 
 
 def test_the_demo_really_learns(tmp_path):
