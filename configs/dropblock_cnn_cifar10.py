@@ -21,7 +21,7 @@ def get_config(arg=''):
   variants = [v for v in arg.split(',') if v]
   for variant in variants:
     if variant not in VARIANTS:
-      raise ValueError(f'configs/dropblock_cnn_cifar10.py:{arg}: unknown argument {variant!r}; '
+      raise ValueError(f'unknown argument {variant!r}; '
                        f'choose from {VARIANTS} (empty = with DropBlock)')
   with_dropblock = 'none' not in variants
   c = base.get_base_config()

@@ -57,7 +57,7 @@ def get_config(arg=''):
   c.reference.top1 = 93.29
   c.reference.source = ('R-Drop paper (arXiv 2106.14448), ViT-B/16 + R-Drop on CIFAR-100: 93.29; recipe '
                         'img 224, lr 8e-3, 20000 steps, alpha 0.3 per an author (RECIPES.md)')
-  if base.smoke_only(arg, 'configs/vit_b16_cifar100_rdrop.py'):
+  if base.smoke_only(arg):
     base.shrink_for_smoke(c)
     c.model.variant = 'testing'
     c.data.img_size = 16
