@@ -163,7 +163,7 @@ def main(argv):
   if not path:
     raise app.UsageError(f'no valid checkpoint in {os.path.abspath(ckpt_dir)}; pass --checkpoint')
   if FLAGS.mode == 'export':
-    from utils.export import export
+    from export import export
     prefix = FLAGS.output or os.path.join(workdir, 'export', 'model')
     print(f'export: checkpoint {path} as a Paddle inference model')
     print('written ' + ', '.join(export(config, path, prefix)))
