@@ -97,8 +97,9 @@ def _check_config_file(spec):
     if isinstance(err, SyntaxError):
       message, where = err.msg, (err.filename, err.lineno)
     else:
-      frames = [f for f in traceback.extract_tb(err.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
-      message, where = err, (path, frames[-1].lineno if frames else None)
+      lines = [frame.lineno for frame in traceback.extract_tb(err.__traceback__)
+               if os.path.abspath(frame.filename) == os.path.abspath(path)]
+      message, where = err, (path, lines[-1] if lines else None)
     kind = '' if isinstance(err, ValueError) else f'{type(err).__name__}: '  # ValueError: a bad value, explained
     sys.exit(f'error: --config {spec}: {kind}{message}\n  at {where[0]}' + (f', line {where[1]}' if where[1] else ''))
 

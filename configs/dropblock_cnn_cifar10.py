@@ -1,4 +1,4 @@
-"""DropBlock on a small CNN, CIFAR-10 (RECIPES.md, DropBlock): DropBlock(5, 0.9) after conv3, or none.
+"""DropBlock on a small CNN, CIFAR-10 (docs/SOURCES.md, DropBlock): DropBlock(5, 0.9) after conv3, or none.
 
   python main.py --config configs/dropblock_cnn_cifar10.py --workdir runs/cnn_dropblock \\
       --config.data.root=/path/to/cifar-10-python.tar.gz

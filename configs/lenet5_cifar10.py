@@ -1,4 +1,4 @@
-"""The LeNet-5 dropout ablation on CIFAR-10 (RECIPES.md, Dropout on LeNet-5): networks A, B, C, D.
+"""The LeNet-5 dropout ablation on CIFAR-10 (docs/SOURCES.md, Dropout on LeNet-5): networks A, B, C, D.
 
   python main.py --config configs/lenet5_cifar10.py:B --workdir runs/lenet5_B \\
       --config.data.root=/path/to/cifar-10-python.tar.gz

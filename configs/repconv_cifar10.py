@@ -1,4 +1,4 @@
-"""A small RepVGG-style network of RepConv blocks on CIFAR-10 (RECIPES.md, RepConv fusion).
+"""A small RepVGG-style network of RepConv blocks on CIFAR-10 (docs/SOURCES.md, RepConv fusion).
 
   python main.py --config configs/repconv_cifar10.py --workdir runs/repconv \\
       --config.data.root=/path/to/cifar-10-python.tar.gz
