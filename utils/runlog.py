@@ -88,13 +88,20 @@ def flat_hyperparameters(config_dict):
 
   Names are joined with '/': VisualDL's table reads a column name with dots as a path into its rows and shows
   such a column blank. Tuples (e.g. normalisation means) are left out: VisualDL stores only int, float and
-  str values, and booleans become ints because its protobuf record refuses a bool in the int field.
+  str values.
   """
-  flat = {name.replace('.', '/'): int(value) if isinstance(value, bool) else value
-          for name, value in _scalar_leaves(config_dict) if name not in NOT_HYPERPARAMETERS}
+  flat = {name.replace('.', '/'): _shown(value) for name, value in _scalar_leaves(config_dict)
+          if name not in NOT_HYPERPARAMETERS}
   rank = {name: FIRST_HYPERPARAMETERS.index(name.split('/')[0]) if name.split('/')[0] in FIRST_HYPERPARAMETERS
           else len(FIRST_HYPERPARAMETERS) for name in flat}
   return {name: flat[name] for name in sorted(flat, key=rank.get)}  # a stable sort keeps the config's order
+
+
+def _shown(value):
+  """An int for a bool (VisualDL's record refuses a bool); '(none)' for an empty string, which VisualDL shows blank."""
+  if isinstance(value, bool):
+    return int(value)
+  return '(none)' if value == '' else value
 
 
 def _scalar_leaves(config_dict, prefix=''):
