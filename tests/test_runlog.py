@@ -8,12 +8,8 @@ import subprocess
 import sys
 import termios
 
-from conftest import ROOT, child_env, run_main
+from conftest import ROOT, child_env
 from utils.runlog import RunLog
-
-# A few updates of the demo's model, evaluated twice, as a user's log file would hold them.
-PIPED_RUN = ('--config', 'configs/digits_vit_rdrop.py', '--config.train.updates=6', '--config.train.eval_every=3',
-             '--config.train.log_every=2')
 
 
 def _scalars(workdir, tag):
@@ -23,15 +19,15 @@ def _scalars(workdir, tag):
   return [(record.id, record.value) for record in LogReader(file_path=files[0]).get_data('scalar', tag)]
 
 
-def test_piped_run_logs_plain_lines_without_bar_fragments(tmp_path):
-  proc = run_main(*PIPED_RUN, '--workdir', tmp_path / 'run')
-  output = proc.stdout + proc.stderr
+def test_piped_run_logs_plain_lines_without_bar_fragments(demo_project):
+  _, demo = demo_project  # `bash run.sh demo` with its output to a pipe, as to a log file
+  output = demo.stdout + demo.stderr
   assert '\r' not in output and '|' not in output and '\x1b' not in output, output
-  progress = [line for line in proc.stderr.splitlines() if line.startswith('update ')]
-  assert progress[0].startswith('update 1/6 (17%)  objective ') and progress[-1].startswith('update 6/6 (100%)  ')
+  progress = [line for line in demo.stderr.splitlines() if line.startswith('update ')]
+  assert progress[0].startswith('update 1/20 (5%)  objective ') and progress[-1].startswith('update 20/20 (100%)  ')
   for line in progress:
     assert ' lr ' in line and ' samples/s  elapsed ' in line and ' ETA ' in line, line
-  assert 'update 3: test top1 ' in proc.stdout and 'update 6: test top1 ' in proc.stdout
+  assert 'update 10: test top1 ' in demo.stdout and 'update 20: test top1 ' in demo.stdout
 
 
 def test_terminal_gets_a_bar_with_log_lines_above_it(tmp_path):

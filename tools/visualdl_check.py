@@ -101,13 +101,15 @@ def table_rows(dom):
   return [row for row in parser.rows if row]
 
 
-def check(logdir, out_dir):
-  """Screenshots into `out_dir`; returns (problems found, hyper-parameter table rows)."""
-  os.makedirs(out_dir, exist_ok=True)
+def check(logdir, out_dir=None):
+  """(problems found, hyper-parameter table rows); with `out_dir`, screenshots of the pages go there."""
+  if out_dir:
+    os.makedirs(out_dir, exist_ok=True)
   server, url = serve(logdir)
   try:
     runs = _json(f'{url}/app/api/runs')
-    doms = {page: open_page(url + path, os.path.join(out_dir, f'{page}.png')) for page, path in PAGES.items()}
+    doms = {page: open_page(url + path, out_dir and os.path.join(out_dir, f'{page}.png'))
+            for page, path in PAGES.items()}
   finally:
     server.terminate()
     server.wait()
