@@ -25,7 +25,7 @@ def get_config(arg=''):
   networks = [v for v in variants if v in NETWORKS] or ['A']
   unknown = [v for v in variants if v not in NETWORKS and v != 'smoke']
   if unknown or len(networks) > 1:
-    raise ValueError(f'give one network of {sorted(NETWORKS)} (default A), '
+    raise ValueError(f'argument {arg!r}: give one network of {sorted(NETWORKS)} (default A), '
                      f'optionally with ",smoke"{"; unknown " + repr(unknown) if unknown else ""}')
   network = networks[0]
   fc_dropout, conv_dropout, top1, said = NETWORKS[network]

@@ -95,7 +95,7 @@ def test_dropblock_cnn_recipe_and_the_7x7_map_after_conv3():
 @pytest.mark.parametrize('module,arg', [(dropblock_cnn_cifar10, 'B'), (lenet5_cifar10, 'E'), (lenet5_cifar10, 'A,B'),
                                         (repconv_cifar10, 'fast')])
 def test_unknown_config_arguments_are_errors_naming_them(module, arg):
-  with pytest.raises(ValueError, match=f'py:{arg}'):
+  with pytest.raises(ValueError, match=f"'{arg}'"):
     module.get_config(arg)
 
 

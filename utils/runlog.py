@@ -75,8 +75,8 @@ class RunLog:
 def run_name(workdir):
   """The run's name in VisualDL: the last two folders of its workdir (`demo/rdrop`).
 
-  VisualDL names a run by the path of its log folder, cut off from the end in its run list and tables:
-  every run of a batch would read `/home/me/project/runs/...`. Two folders tell apart the variants of an
+  VisualDL names a run by the path of its log folder, cut short in its run list and tables, so that
+  every run of a batch reads `/home/me/project/runs/...`. Two folders tell apart the variants of an
   experiment and the experiments of a batch.
   """
   parts = os.path.abspath(workdir).split(os.sep)
