@@ -1,19 +1,33 @@
-"""Command line: one config, one mode.
+"""Command line: one experiment config, one mode.
 
-  python main.py --config configs/digits_vit_rdrop.py --workdir runs/digits_rdrop [--config.train.lr=3e-3]
-  python main.py --mode resume  --workdir runs/digits_rdrop
-  python main.py --mode eval    --workdir runs/digits_rdrop [--checkpoint PATH] [--split test]
-  python main.py --mode predict --workdir runs/cat12 [--split test] [--output result.csv]
-  python main.py --mode export  --workdir runs/cat12 [--checkpoint PATH] [--output PREFIX]
-  python main.py --mode report  --workdir reports/all runs/*      (one table over many runs)
+  python main.py --config CONFIG_FILE[:ARGUMENT] --workdir DIR [--config.FIELD=VALUE ...]
+  python main.py --mode MODE --workdir DIR [--checkpoint PATH] [--split NAME] [--output PATH]
+  python main.py --mode report --workdir OUT_DIR RUN_DIR [RUN_DIR ...]
 
-Without --config, the modes that continue a run (resume, eval, predict, export) read the resolved config that
-training saved in the workdir (`config.py`), so `--config.x=v` overrides apply to it too.
+Modes:
+  train    (the default) train CONFIG_FILE into a new workdir
+  resume   continue from the newest valid checkpoint of the workdir (or --checkpoint)
+  eval     top-1, top-5 and loss of the best checkpoint (or --checkpoint) -> DIR/eval_<split>.json
+  predict  one `filename,label` line per image of a split -> --output (default DIR/result.csv)
+  export   a Paddle inference model of the best checkpoint -> --output prefix (default DIR/export/model)
+  report   one table (OUT_DIR/report.md) and training curves over many runs
+
+CONFIG_FILE is one of configs/*.py; `:ARGUMENT` goes to its get_config: every config takes `smoke`
+(e.g. `configs/digits_vit.py:smoke`: two tiny updates, to check a setup), some take variants (their
+docstring says). `--config.FIELD=VALUE` overrides any field, e.g. --config.train.lr=1e-3. Without
+--config, resume, eval, predict and export read the config the run saved (DIR/config.py); overrides
+apply to it too. Paths given to --output are relative to the current folder, as any path here.
 Under `python -m paddle.distributed.launch` the same command trains on every device.
+
+Example: the offline demo's R-Drop run (no download), then its test accuracy:
+  python main.py --config configs/digits_vit_rdrop.py --workdir runs/digits
+  python main.py --mode eval --workdir runs/digits
 """
+import importlib.util
 import os
 import re
 import sys
+import traceback
 
 from utils import threads
 
@@ -34,20 +48,19 @@ flags.DEFINE_string('workdir', '', 'Run folder: config, checkpoints, metrics, Vi
 flags.DEFINE_string('checkpoint', '', 'A checkpoint folder; default: the newest valid one (resume), '
                     'the best (eval, predict, export).')
 flags.DEFINE_string('split', '', 'Split to evaluate or predict; default: config.eval.split (eval), test (predict).')
-flags.DEFINE_string('output', '', 'Where predict writes its CSV (default <workdir>/result.csv); '
-                    'export: path prefix of the inference model (default <workdir>/export/model).')
-config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).', lock_config=True)
+flags.DEFINE_string('output', '', 'Where predict writes its CSV (default <workdir>/result.csv); export: path '
+                    'prefix of the inference model (default <workdir>/export/model). Relative to the current folder.')
+config_flags.DEFINE_config_file('config', None, 'Experiment config file and argument: configs/<experiment>.py[:smoke]',
+                                lock_config=True)
 FLAGS = flags.FLAGS
-app.define_help_flags()  # --help, --helpshort: we parse the flags ourselves, without app.run
+HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull')
 
 
-def _default_config_from_workdir(argv):
-  """Let continuing modes read `<workdir>/config.py` when --config is not given."""
+def _with_config_file(argv):
+  """argv with the config file checked; continuing modes without --config get `<workdir>/config.py`."""
   for i, arg in enumerate(argv):
     if arg == '--config' or arg.startswith('--config='):
-      path = (arg.split('=', 1)[1] if '=' in arg else argv[i + 1] if i + 1 < len(argv) else '').split(':')[0]
-      if not os.path.isfile(path):
-        sys.exit(f'error: config file {os.path.abspath(path)} does not exist')
+      _check_config_file(arg.split('=', 1)[1] if '=' in arg else argv[i + 1] if i + 1 < len(argv) else '')
       return argv
   values = {}
   for i, arg in enumerate(argv):
@@ -61,8 +74,34 @@ def _default_config_from_workdir(argv):
     if not os.path.isfile(saved):
       sys.exit(f'error: {os.path.abspath(saved)} does not exist: --workdir is not a training run '
                f'(or pass --config)')
+    _check_config_file(saved)
     return argv[:1] + [f'--config={saved}'] + argv[1:]
   return argv
+
+
+def _check_config_file(spec):
+  """Run `get_config` of the config file once before ml_collections does.
+
+  A config file that raises (a bad `:ARGUMENT`, a typo in the file) then ends in one or two lines naming
+  the file and line the user gave, instead of a traceback through ml_collections and absl.
+  """
+  path, has_argument, argument = spec.partition(':')
+  if not os.path.isfile(path):
+    sys.exit(f'error: config file {os.path.abspath(path)} does not exist')
+  try:
+    module_spec = importlib.util.spec_from_file_location('checked_config', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    module.get_config(*([argument] if has_argument else []))
+  except Exception as err:  # whatever the file raises is reported, with where
+    if isinstance(err, SyntaxError):
+      message, where = err.msg, (err.filename, err.lineno)
+    else:
+      lines = [frame.lineno for frame in traceback.extract_tb(err.__traceback__)
+               if os.path.abspath(frame.filename) == os.path.abspath(path)]
+      message, where = err, (path, lines[-1] if lines else None)
+    kind = '' if isinstance(err, ValueError) else f'{type(err).__name__}: '  # ValueError: a bad value, explained
+    sys.exit(f'error: --config {spec}: {kind}{message}\n  at {where[0]}' + (f', line {where[1]}' if where[1] else ''))
 
 
 def train_mode(config, workdir, resume_from=''):
@@ -125,7 +164,7 @@ def main(argv):
   if not path:
     raise app.UsageError(f'no valid checkpoint in {os.path.abspath(ckpt_dir)}; pass --checkpoint')
   if FLAGS.mode == 'export':
-    from utils.export import export
+    from export import export
     prefix = FLAGS.output or os.path.join(workdir, 'export', 'model')
     print(f'export: checkpoint {path} as a Paddle inference model')
     print('written ' + ', '.join(export(config, path, prefix)))
@@ -168,12 +207,14 @@ def _parse_flags_or_exit(argv):
     culprit = next((a.split('=')[0] for a in argv if re.match(rf'--config\.(\w+\.)*{field}\b', a)), '--config.')
     hint = f'; did you mean {guess.group(1)!r}?' if guess else ''
     sys.exit(f'error: {culprit}: the config has no field {field!r}{hint}')
-  except (OSError, SyntaxError, ImportError) as err:
-    sys.exit(f'error: cannot load the config file: {err}')
 
 
 def _run(argv):
   """Errors we raise on bad input carry their explanation; a traceback would only bury it."""
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    print(__doc__ + '\nFlags:\n' + FLAGS.main_module_help().strip().split('\n', 1)[1])
+    sys.exit(0)
+  argv = _with_config_file(argv)
   from utils.checkpoint import CheckpointError
   try:
     sys.exit(main(_parse_flags_or_exit(argv)))
@@ -187,4 +228,4 @@ def _run(argv):
 
 
 if __name__ == '__main__':
-  _run(_default_config_from_workdir(sys.argv))
+  _run(sys.argv)

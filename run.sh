@@ -147,5 +147,5 @@ case "$experiment" in
   repconv_cifar10) repconv_cifar10 ;;
   all) vit_cifar100; resnet50_cat12; dropblock_cifar10; lenet5_cifar10; repconv_cifar10 ;;
   bench) python bench/run_all.py --out BENCHMARKS.md ;;
-  *) sed -n '2,21p' "$0"; [ -z "$experiment" ] || { echo "unknown experiment: $experiment" >&2; exit 2; } ;;
+  *) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; [ -z "$experiment" ] || { echo "unknown experiment: $experiment" >&2; exit 2; } ;;
 esac

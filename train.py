@@ -165,7 +165,7 @@ def train(config, workdir, resume_from=''):
   batches = iter(pipeline.loader(
       train_set, pipeline.TrainBatches(len(train_set), micro * world_size, config.seed, rank, world_size,
                                        start_micro_step=start * tc.accum_steps), config.data.num_workers))
-  log = RunLog(workdir, is_main, start, updates)
+  log = RunLog(workdir, is_main, start, updates, samples_per_update=tc.batch_size)
   log.hyperparameters(config)
   log.info(f'train: {config.experiment} for {updates} updates of {tc.batch_size} samples '
            f'({tc.accum_steps} x {micro} per device on {world_size} device(s)), '
@@ -240,13 +240,13 @@ def train(config, workdir, resume_from=''):
 
       if update % tc.log_every == 0 or update == updates:
         distributed.all_reduce_sum(sums, world_size)  # each rank saw its own shard: log the global mean
-        averages = dict(zip(('loss', 'ce', 'kl'), (sums.numpy() / (world_size * updates_in_sums)).tolist())) \
+        averages = dict(zip(('objective', 'ce', 'kl'), (sums.numpy() / (world_size * updates_in_sums)).tolist())) \
             if updates_in_sums else {}
         log.scalars(update, 'train', {**averages, 'lr': optimizer.get_lr(), 'loss_scale': precision.loss_scale(),
                                       'skipped_in_window': skipped_in_window, 'skipped_updates': skipped_total})
         sums.zero_()
         updates_in_sums = skipped_in_window = 0
-      log.progress(update, loss=loss_value, lr=optimizer.get_lr())
+      log.progress(update, objective=loss_value, lr=optimizer.get_lr())
 
       evaluated = update % tc.eval_every == 0 or update == updates
       if evaluated:

@@ -64,7 +64,7 @@ def gpu_estimate(r):
       f'(concat), not transferable to a GPU. The input pipeline needs about {cores:.2f} CPU cores per GPU '
       f'({r["input_pipeline"]["images_per_core_s"]:.0f} images/s per core measured, {A100_PASSES_PER_S / 2:.0f} '
       f'images/s needed), so the default of one loader worker per core is ample. The public Paddle reproduction reported about 2 days 6 h '
-      f'per 10000 updates on one V100 (RECIPES.md), about {54 / (total / 2):.0f}x this rate; a V100 explains 2-3x, '
+      f'per 10000 updates on one V100 (docs/SOURCES.md), about {54 / (total / 2):.0f}x this rate; a V100 explains 2-3x, '
       'the rest is unexplained (that run\'s image size, precision and data path are not recorded), so treat this '
       'as a lower bound for a well-fed A100.')
 

@@ -67,10 +67,10 @@ def get_base_config():
   return c
 
 
-def smoke_only(arg, path):
+def smoke_only(arg):
   """True for 'smoke', False for ''; any other `get_config` argument is an error naming it."""
   if arg not in ('', 'smoke'):
-    raise ValueError(f"{path}:{arg}: the only argument is 'smoke' (a few tiny updates)")
+    raise ValueError(f"unknown argument {arg!r}: the only one is 'smoke' (a few tiny updates)")
   return arg == 'smoke'
 
 

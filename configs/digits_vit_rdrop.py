@@ -34,6 +34,6 @@ def get_config(arg=''):
   c.rdrop.alpha = 1.0
   c.rdrop.reduction = 'batchmean'
   c.eval.batch_size = 360
-  if base.smoke_only(arg, 'configs/digits_vit_rdrop.py'):
+  if base.smoke_only(arg):
     base.shrink_for_smoke(c)
   return c

@@ -1,4 +1,4 @@
-"""DropBlock on a small CNN, CIFAR-10 (RECIPES.md, DropBlock): DropBlock(5, 0.9) after conv3, or none.
+"""DropBlock on a small CNN, CIFAR-10 (docs/SOURCES.md, DropBlock): DropBlock(5, 0.9) after conv3, or none.
 
   python main.py --config configs/dropblock_cnn_cifar10.py --workdir runs/cnn_dropblock \\
       --config.data.root=/path/to/cifar-10-python.tar.gz
@@ -21,7 +21,7 @@ def get_config(arg=''):
   variants = [v for v in arg.split(',') if v]
   for variant in variants:
     if variant not in VARIANTS:
-      raise ValueError(f'configs/dropblock_cnn_cifar10.py:{arg}: unknown argument {variant!r}; '
+      raise ValueError(f'unknown argument {variant!r}; '
                        f'choose from {VARIANTS} (empty = with DropBlock)')
   with_dropblock = 'none' not in variants
   c = base.get_base_config()

@@ -1,4 +1,4 @@
-"""The LeNet-5 dropout ablation on CIFAR-10 (RECIPES.md, Dropout on LeNet-5): networks A, B, C, D.
+"""The LeNet-5 dropout ablation on CIFAR-10 (docs/SOURCES.md, Dropout on LeNet-5): networks A, B, C, D.
 
   python main.py --config configs/lenet5_cifar10.py:B --workdir runs/lenet5_B \\
       --config.data.root=/path/to/cifar-10-python.tar.gz
@@ -25,7 +25,7 @@ def get_config(arg=''):
   networks = [v for v in variants if v in NETWORKS] or ['A']
   unknown = [v for v in variants if v not in NETWORKS and v != 'smoke']
   if unknown or len(networks) > 1:
-    raise ValueError(f'configs/lenet5_cifar10.py:{arg}: give one network of {sorted(NETWORKS)} (default A), '
+    raise ValueError(f'argument {arg!r}: give one network of {sorted(NETWORKS)} (default A), '
                      f'optionally with ",smoke"{"; unknown " + repr(unknown) if unknown else ""}')
   network = networks[0]
   fc_dropout, conv_dropout, top1, said = NETWORKS[network]

@@ -1,4 +1,4 @@
-"""A small RepVGG-style network of RepConv blocks on CIFAR-10 (RECIPES.md, RepConv fusion).
+"""A small RepVGG-style network of RepConv blocks on CIFAR-10 (docs/SOURCES.md, RepConv fusion).
 
   python main.py --config configs/repconv_cifar10.py --workdir runs/repconv \\
       --config.data.root=/path/to/cifar-10-python.tar.gz
@@ -16,7 +16,7 @@ from configs import base
 def get_config(arg=''):
   variants = [v for v in arg.split(',') if v]
   if any(v != 'smoke' for v in variants):
-    raise ValueError(f'configs/repconv_cifar10.py:{arg}: the only argument is "smoke"')
+    raise ValueError(f'unknown argument {arg!r}: the only one is "smoke" (a few tiny updates)')
   c = base.get_base_config()
   c.experiment = 'repconv_cifar10'
 

@@ -1,4 +1,4 @@
-"""ResNet50 + R-Drop on Cat-12, the source notebook's recipe (RECIPES.md, "ResNet50 + R-Drop on Cat-12").
+"""ResNet50 + R-Drop on Cat-12, the source notebook's recipe (docs/SOURCES.md, "ResNet50 + R-Drop on Cat-12").
 
 Data: `datasets/cat12/` holding `train_list.txt`, `cat_12_train/`, `cat_12_test/`; ImageNet weights:
 `weights/resnet50.pdparams` (Paddle's, https://paddle-hapi.bj.bcebos.com/models/resnet50.pdparams), or
@@ -53,16 +53,16 @@ def get_config(arg=''):
   # The source most plausibly used the R-Drop README's compute_kl_loss (as paddlenlp's RDropLoss does):
   # both KLs summed over batch and classes and halved, beside the mean of the two CEs. That loss is half
   # of this code's 'sum' reduction at the same alpha, and at batch 32 its alpha 5 weighs the KL as alpha
-  # 5 * 32 = 160 would here with 'batchmean'. We keep 'batchmean' with alpha 5, as RECIPES gives no
-  # reduction, so that the objective does not change with the batch split.
+  # 5 * 32 = 160 would here with 'batchmean'. We keep 'batchmean' with alpha 5 (docs/SOURCES.md quotes
+  # the notebook's own loss), so that the objective does not change with the batch split.
   c.rdrop.reduction = 'batchmean'
 
   c.eval.split = 'val'
   c.eval.batch_size = 64
 
   c.reference.top1 = 0.0
-  c.reference.source = 'Cat-12 ResNet50 + R-Drop notebook (RECIPES.md): no held-out accuracy reported'
-  if base.smoke_only(arg, 'configs/resnet50_cat12_rdrop.py'):
+  c.reference.source = 'Cat-12 ResNet50 + R-Drop notebook (docs/SOURCES.md): no held-out accuracy reported'
+  if base.smoke_only(arg):
     base.shrink_for_smoke(c)
     c.model.depth = 18
     c.model.backbone_weights = ''

@@ -5,7 +5,7 @@
       --config.data.root=/path/to/cifar-100-python.tar.gz
 
 Paper (arXiv 2106.14448): 93.29% CIFAR-100 test top-1 (92.64% without R-Drop: configs/vit_b16_cifar100.py).
-An author states it reproduces with img 224, lr 8e-3, 20000 updates, alpha 0.3 (RECIPES.md); the other
+An author states it reproduces with img 224, lr 8e-3, 20000 updates, alpha 0.3 (docs/SOURCES.md); the other
 settings are the authors' ViT code defaults. Ours: not measured yet. Wall time: not measured yet; the public
 Paddle reproduction took about 2 days 6 h per 10000 updates on one V100, i.e. about 4.5 days for this run.
 `get_config('smoke')` (`configs/vit_b16_cifar100_rdrop.py:smoke`) runs two tiny updates without weights.
@@ -56,8 +56,8 @@ def get_config(arg=''):
 
   c.reference.top1 = 93.29
   c.reference.source = ('R-Drop paper (arXiv 2106.14448), ViT-B/16 + R-Drop on CIFAR-100: 93.29; recipe '
-                        'img 224, lr 8e-3, 20000 steps, alpha 0.3 per an author (RECIPES.md)')
-  if base.smoke_only(arg, 'configs/vit_b16_cifar100_rdrop.py'):
+                        'img 224, lr 8e-3, 20000 steps, alpha 0.3 per an author (docs/SOURCES.md)')
+  if base.smoke_only(arg):
     base.shrink_for_smoke(c)
     c.model.variant = 'testing'
     c.data.img_size = 16

@@ -1,9 +1,9 @@
 """Cat-12, the 12 cat breeds of the PaddlePaddle AI Studio challenge: 2160 labelled images listed in
 `train_list.txt` (lines `cat_12_train/<name>.jpg<TAB><label>`) and 240 unlabelled ones in `cat_12_test/`.
 
-Splits: 'train' and 'val' divide the list as the source notebook did (RECIPES.md): lines 1, 1 + val_every,
-1 + 2 val_every, ... are held out, so with the list sorted by label every class gives up a tenth; 'test' is
-the sorted test folder, for `--mode predict`. Every file is test-decoded once when a split is built
+Splits: 'train' and 'val' divide the list as the source notebook did (docs/SOURCES.md): lines 1,
+1 + val_every, 1 + 2 val_every, ... are held out, so with the list sorted by label every class gives up a
+tenth; 'test' is the sorted test folder, for `--mode predict`. Every file is test-decoded once when a split is built
 (see data.images.decode_problem); the ones that fail are named, counted and left out.
 Transforms are the source's: train Resize(resize) -> ColorJitter(0.2, 0.2, 0.2, 0.2) -> CenterCrop(img_size)
 -> RandomHorizontalFlip(0.3) -> RandomRotation(15); eval Resize(img_size). Normalisation (config.data.mean,

@@ -5,9 +5,13 @@ Every model maps a float image batch (N, C, H, W) to logits (N, num_classes). Mo
 """
 import importlib
 import pkgutil
+import warnings
 
 import ml_collections
 
+# Paddle's BatchNorm warns at every training forward that it tracks running statistics: what it has always
+# done and what these models want, so a warning users can do nothing about.
+warnings.filterwarnings('ignore', message='When training, we now always track global mean and variance')
 
 _LAYERS = {'dropblock'}  # building blocks of other models, not models
 

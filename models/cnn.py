@@ -1,6 +1,6 @@
 """The DropBlock source article's small CIFAR-10 CNN: four 3x3 convolutions, DropBlock after the third.
 
-The article's experiment (RECIPES.md, DropBlock): DropBlock(block_size 5, keep_prob 0.9) on the 7x7 map
+The article's experiment (docs/SOURCES.md, DropBlock): DropBlock(block_size 5, keep_prob 0.9) on the 7x7 map
 after conv3, against the same net without it. Our notes keep the layout (4 convs, 7x7 after conv3) but
 not the article's layer widths: these follow Paddle's CIFAR-10 image-classification tutorial (convs 32-64-64,
 fc 64), with padding on conv2 and conv3 so that conv3's map is 7x7.

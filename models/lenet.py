@@ -1,4 +1,4 @@
-"""LeNet-5 for 32x32 colour images, as in the dropout ablation of the source article (RECIPES.md, LeNet-5).
+"""LeNet-5 for 32x32 colour images, as in the source article's dropout ablation (docs/SOURCES.md, Dropout on LeNet-5).
 
   conv 5x5 -> 6, pool, conv 5x5 -> 16, pool, conv 5x5 -> 120 (1x1 map), fc 84, fc C; ReLU, max-pooling.
 

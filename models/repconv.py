@@ -1,4 +1,4 @@
-"""Structural re-parameterisation (RepVGG, Ding et al. 2021; RECIPES.md, RepConv fusion).
+"""Structural re-parameterisation (RepVGG, Ding et al. 2021; docs/SOURCES.md, RepConv fusion).
 
 A RepConv block trains as three parallel branches, a 3x3 conv, a 1x1 conv and (when the input and output
 have the same channels and the stride is 1) the identity, each optionally followed by BatchNorm as in

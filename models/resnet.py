@@ -1,4 +1,4 @@
-"""paddle.vision's ResNet with the Cat-12 source notebook's head (RECIPES.md):
+"""paddle.vision's ResNet with the Cat-12 source notebook's head (docs/SOURCES.md):
 backbone (1000 ImageNet logits) -> Linear(1000, 128) -> Sigmoid -> Dropout -> Linear(128, classes) -> Dropout.
 
 The head's dropout is what R-Drop acts on: a plain ResNet has no dropout, so both passes would agree

@@ -49,3 +49,24 @@ def amp_standin(monkeypatch):
   # Every auto_cast sets this global, which a GradScaler reads (it disables itself outside fp16): restore it.
   amp_state = grad_scaler.amp_global_state()
   monkeypatch.setattr(amp_state, 'amp_dtype', amp_state.amp_dtype)
+
+
+# Appended to the README's commands that train: the same runs, 20 updates long instead of hundreds.
+SHORT_TRAINING = ('--config.train.updates=20', '--config.train.eval_every=10')
+
+
+@pytest.fixture(scope='session')
+def demo_project(tmp_path_factory):
+  """(folder, output of `bash run.sh demo`): the project as a user has it after the demo, trained short.
+
+  The folder links every file of the project, so commands run there as from a clone, and their outputs
+  (runs/, reports/, ...) stay in the test's temporary folder. The demo's output is a pipe, as a log file is.
+  """
+  folder = tmp_path_factory.mktemp('project')
+  for name in os.listdir(ROOT):
+    if name not in ('.git', 'runs'):
+      os.symlink(os.path.join(ROOT, name), folder / name)
+  proc = subprocess.run(['bash', 'run.sh', 'demo', *SHORT_TRAINING], cwd=folder, capture_output=True, text=True,
+                        timeout=600, env=child_env())
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return folder, proc

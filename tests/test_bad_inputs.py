@@ -120,7 +120,8 @@ def test_a_damaged_saved_config_is_named_on_resume(digits_run, tmp_path):
   workdir = shutil.copytree(digits_run, tmp_path / 'run')
   (workdir / 'config.py').write_text('def get_config(:\n')
   proc = run_main('--mode', 'resume', '--workdir', workdir, check=False)
-  assert proc.returncode == 1 and 'error: cannot load the config file: invalid syntax (config.py, line 1)' in proc.stderr
+  assert proc.returncode == 1
+  assert proc.stderr == f'error: --config {workdir / "config.py"}: SyntaxError: invalid syntax\n  at {workdir / "config.py"}, line 1\n'
 
 
 def test_predict_on_an_empty_folder_is_an_error_and_writes_no_csv(cat12_run):

@@ -117,11 +117,11 @@ def test_rdrop_smoke_update_starts_at_twice_ln_100_and_baseline_at_ln_100(cifar1
            f'--config.data.root={cifar100_tarball}', '--config.train.updates=1')
   row = _first_train_row(rdrop)
   assert row['update'] == 1
-  assert row['loss'] == pytest.approx(2 * math.log(100), abs=1e-4)
+  assert row['objective'] == pytest.approx(2 * math.log(100), abs=1e-4)
   assert row['kl'] == pytest.approx(0.0, abs=1e-6)
 
   baseline = tmp_path / 'baseline'
   run_main('--config', 'configs/vit_b16_cifar100.py:smoke', '--workdir', baseline,
            f'--config.data.root={cifar100_tarball}', '--config.train.updates=1')
-  assert _first_train_row(baseline)['loss'] == pytest.approx(math.log(100), abs=1e-4)
+  assert _first_train_row(baseline)['objective'] == pytest.approx(math.log(100), abs=1e-4)
   assert os.path.isdir(baseline / 'checkpoints')

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import paddle
@@ -9,9 +10,9 @@ import paddle
 import train
 from conftest import run_main
 from configs import digits_vit, repconv_cifar10
+from export import export
 from utils import checkpoint
 from train import load_trained_model
-from utils.export import export
 
 # RepConv on the offline digits (1 channel, 8x8): the network pools globally, so any size works.
 REPCONV_ON_DIGITS = {'data.name': 'digits', 'data.img_size': 8, 'data.mean': (0.5,), 'data.std': (0.5,),
@@ -61,3 +62,13 @@ def test_export_fuses_repconv_blocks_and_keeps_the_function(tmp_path):
   with open(prefix + '.json') as f:  # Paddle 3's PIR program: ops appear as "#":"<dialect>.<op name>"
     ops = re.findall(r'"#":"\d+\.([a-z_0-9]+)"', f.read())
   assert ops.count('conv2d') == 4 and not any(op.startswith('batch_norm') for op in ops)
+
+
+def test_export_hides_paddles_tracing_noise_and_nothing_else(capfd):
+  from export import PADDLE_TRACING_NOISE, _stderr_without
+  with _stderr_without(PADDLE_TRACING_NOISE):
+    os.write(2, f'W1201 eager_utils.cc:3584] {PADDLE_TRACING_NOISE} for now!!!!!\n'.encode())
+    os.write(2, b'W1201 some_op.cc:12] a real warning\n')
+    print('a Python warning', file=sys.stderr)
+  # (under pytest, Python's sys.stderr is not file descriptor 2, so the two lines may swap)
+  assert sorted(capfd.readouterr().err.splitlines()) == ['W1201 some_op.cc:12] a real warning', 'a Python warning']

@@ -126,7 +126,7 @@ def _assert_same_run(workdir, reference):
   assert _max_difference(_optimizer_state(reference, UPDATES), _optimizer_state(workdir, UPDATES)) < 1e-6
   resumed, straight = _train_rows(workdir), _train_rows(reference)
   assert [r['update'] for r in resumed] == list(range(1, UPDATES + 1))
-  for key in ('loss', 'ce', 'kl', 'lr'):
+  for key in ('objective', 'ce', 'kl', 'lr'):
     np.testing.assert_allclose([r[key] for r in resumed], [r[key] for r in straight], rtol=1e-6, err_msg=key)
   assert [(r['update'], r['top1']) for r in _rows(workdir, 'eval')] == \
          [(r['update'], r['top1']) for r in _rows(reference, 'eval')]

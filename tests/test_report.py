@@ -156,6 +156,9 @@ def test_hyperparameters_reach_visualdl_as_flat_scalars(tmp_path):
   log.close()
   record = LogReader(file_path=glob.glob(str(tmp_path / 'vdl' / '*'))[0]).get_data('hyper_parameters', 'hparam')
   logged = {info.name: getattr(info, info.WhichOneof('type')) for info in record[0].hparam.hparamInfos}
-  assert logged['rdrop.alpha'] == 1.0 and logged['train.lr'] == 0.003 and logged['model.name'] == 'vit'
-  assert logged['model.zero_head'] == 0 and 'data.mean' not in logged and 'data.num_workers' not in logged
+  assert logged['rdrop/alpha'] == 1.0 and logged['train/lr'] == 0.003 and logged['model/name'] == 'vit'
+  assert logged['model/zero_head'] == 0 and 'data/mean' not in logged and 'data/num_workers' not in logged
+  assert not [name for name in logged if '.' in name]  # VisualDL's table shows a dotted name's column blank
+  assert list(logged)[:4] == ['run', 'experiment', 'seed', 'rdrop/alpha']
+  assert logged['run'] == f'{tmp_path.parent.name}/{tmp_path.name}'
   assert [info.name for info in record[0].hparam.metricInfos] == HPARAM_METRICS

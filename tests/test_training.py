@@ -38,7 +38,7 @@ def test_accumulated_micro_batches_give_the_update_of_one_large_batch(tmp_path):
   run_main('--config', DEMO, '--workdir', tmp_path / 'one', *common, '--config.train.accum_steps=1')
   run_main('--config', DEMO, '--workdir', tmp_path / 'four', *common, '--config.train.accum_steps=4')
   assert _max_difference(_weights(tmp_path / 'one', 3), _weights(tmp_path / 'four', 3)) < 1e-5
-  losses = [[r['loss'] for r in _train_rows(tmp_path / run)] for run in ('one', 'four')]
+  losses = [[r['objective'] for r in _train_rows(tmp_path / run)] for run in ('one', 'four')]
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
@@ -52,7 +52,7 @@ def test_resume_in_a_new_process_matches_the_uninterrupted_run(tmp_path):
   assert _max_difference(_weights(tmp_path / 'straight', 6), _weights(interrupted, 6)) < 1e-6
   straight, resumed = _train_rows(tmp_path / 'straight'), _train_rows(interrupted)
   assert [r['update'] for r in resumed] == list(range(1, 7))
-  np.testing.assert_allclose([r['loss'] for r in resumed], [r['loss'] for r in straight], rtol=1e-6)
+  np.testing.assert_allclose([r['objective'] for r in resumed], [r['objective'] for r in straight], rtol=1e-6)
 
 
 def test_the_demo_really_learns(tmp_path):
@@ -92,7 +92,22 @@ def test_a_config_file_with_a_syntax_error_is_named(tmp_path):
   bad = tmp_path / 'broken.py'
   bad.write_text('def get_config(:\n')
   proc = run_main('--config', bad, '--workdir', tmp_path / 'run', check=False)
-  assert proc.returncode != 0 and 'broken.py, line 1' in proc.stderr
+  assert proc.returncode != 0 and proc.stderr == f'error: --config {bad}: SyntaxError: invalid syntax\n  at {bad}, line 1\n'
+
+
+@pytest.mark.parametrize('config,error', [
+    ('configs/digits_vit.py:smok', "unknown argument 'smok': the only one is 'smoke' (a few tiny updates)\n"
+                                   '  at configs/digits_vit.py, line '),
+    ('configs/lenet5_cifar10.py:E', 'give one network of'),
+    ('{raising}', 'ZeroDivisionError: division by zero\n  at {raising}, line 4\n'),
+])
+def test_a_config_file_that_raises_is_named_with_the_line_in_two_lines(tmp_path, config, error):
+  raising = tmp_path / 'raising.py'
+  raising.write_text('from configs import base\ndef get_config():\n  c = base.get_base_config()\n  c.seed = 1 / 0\n')
+  config, error = config.format(raising=raising), error.format(raising=raising)
+  proc = run_main('--config', config, '--workdir', tmp_path / 'run', check=False)
+  assert proc.returncode == 1 and proc.stderr.startswith(f'error: --config {config}: {error}')
+  assert len(proc.stderr.splitlines()) == 2 and not (tmp_path / 'run').exists()
 
 
 def test_eval_and_predict_write_their_outputs(tmp_path):
@@ -115,6 +130,11 @@ def test_worker_processes_do_not_change_the_result(tmp_path):
   assert _max_difference(_weights(tmp_path / 'w0', 2), _weights(tmp_path / 'w2', 2)) < 1e-6
 
 
-def test_help_lists_the_modes():
-  proc = run_main('--help', check=False)  # absl's help exits 1
-  assert '<train|resume|eval|predict|export|report>' in proc.stdout and 'python main.py --mode resume' in proc.stdout
+@pytest.mark.parametrize('flag', ['--help', '-h'])
+def test_help_exits_0_showing_the_modes_the_config_argument_and_an_example(flag):
+  proc = run_main(flag)
+  for mode in ('train', 'resume', 'eval', 'predict', 'export', 'report'):
+    assert f'\n  {mode}  ' in proc.stdout
+  assert '`configs/digits_vit.py:smoke`' in proc.stdout and '--config.FIELD=VALUE' in proc.stdout
+  assert 'Example' in proc.stdout and 'python main.py --config configs/digits_vit_rdrop.py --workdir ' in proc.stdout
+  assert '--workdir: Run folder' in proc.stdout and proc.stderr == ''

@@ -24,7 +24,7 @@ from utils.runlog import NOT_HYPERPARAMETERS, read_jsonl
 # Fields that differ between runs without making them different experiments.
 NOT_A_VARIANT = NOT_HYPERPARAMETERS | {'experiment'}
 # (metrics group, name, axis title) of each panel of a group's plot.
-PANELS = (('train', 'loss', 'training objective (R-Drop: 2 CE + alpha KL)'),
+PANELS = (('train', 'objective', 'training objective (R-Drop: 2 CE + alpha KL)'),
           ('train', 'ce', 'training cross-entropy (mean of the passes)'),
           ('train', 'kl', 'R-Drop KL term (before alpha)'),
           ('eval', 'top1', 'eval top-1 accuracy (%)'))
@@ -119,7 +119,9 @@ def load_run(path):
     raise ValueError(f'{os.path.abspath(config_path)} is not valid JSON: {err}') from err
   notes = []
   metrics_path = os.path.join(path, 'metrics.jsonl')
-  metrics = _read_jsonl(metrics_path, notes)
+  # Training rows written before the objective got its own name call it 'loss'.
+  metrics = [{'objective': r['loss'], **r} if r['group'] == 'train' and 'loss' in r else r
+             for r in _read_jsonl(metrics_path, notes)]
   invocations = _read_jsonl(os.path.join(path, 'run.jsonl'), notes)
   manifest, manifest_time = _newest_manifest(path)
   write_times = [t for t in (manifest_time, os.path.getmtime(metrics_path) if metrics else None) if t]

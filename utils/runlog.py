@@ -1,82 +1,116 @@
-"""What a run reports: a tqdm bar with ETA, VisualDL scalars and hyper-parameters, and `metrics.jsonl`.
+"""What a run reports: progress with an ETA, VisualDL scalars and hyper-parameters, and `metrics.jsonl`.
 
+Progress is a tqdm bar when stderr is a terminal. Anywhere else (a log file, a pipe, a cluster's captured
+output) it is one plain line every PLAIN_LINE_SECONDS: a bar redraws itself with carriage returns, which a
+file keeps as fragments glued to the log lines.
 Only the process of rank 0 writes; the others get a RunLog with `enabled=False` that stays silent.
 """
+import glob
 import json
 import os
+import re
 import sys
+import time
 
 from tqdm import tqdm
 
 from utils.workdir import write_atomic
 
+PLAIN_LINE_SECONDS = 30
 # Config fields that name, locate or pace a run without changing what it learns.
 NOT_HYPERPARAMETERS = frozenset({
     'reference.top1', 'reference.source', 'data.root', 'data.num_workers', 'eval.batch_size', 'train.log_every',
     'train.eval_every', 'train.checkpoint_every', 'train.keep_checkpoints', 'train.max_skipped_updates'})
-# Scalars VisualDL's hyper-parameter view shows beside the hyper-parameters (their last logged value).
-HPARAM_METRICS = ['eval/top1', 'eval/top5', 'eval/loss', 'train/loss']
+# VisualDL's hyper-parameter table keeps the order it is given: what usually sets runs apart comes first.
+FIRST_HYPERPARAMETERS = ('experiment', 'seed', 'rdrop')
+# Scalars VisualDL's hyper-parameter view shows beside the hyper-parameters (their last logged value): only
+# measures comparable across runs, so not the objective (R-Drop's holds two cross entropies and the KL).
+HPARAM_METRICS = ['eval/best_top1', 'eval/top1', 'eval/top5', 'eval/loss', 'train/ce']
 
 
 class RunLog:
 
-  def __init__(self, workdir, enabled, start_update, total_updates):
+  def __init__(self, workdir, enabled, start_update, total_updates, samples_per_update=0):
     self.enabled = enabled
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self.vdl_dir = os.path.join(workdir, 'vdl')
+    self.name = run_name(workdir)
     if not enabled:
       return
-    _truncate_after(self.metrics_path, start_update)
-    from visualdl import LogWriter
-    self.writer = LogWriter(logdir=self.vdl_dir)
-    # A terminal redraws the bar every second; a log file gets a line every 30 s.
-    self.bar = tqdm(total=total_updates, initial=start_update, unit='update', dynamic_ncols=True,
-                    file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    history = _truncate_after(self.metrics_path, start_update)
+    self.writer = _visualdl_writer(self.vdl_dir, self.name, history)
+    if sys.stderr.isatty():
+      self.display = _Bar(start_update, total_updates)
+    else:
+      self.display = _PlainLines(start_update, total_updates, samples_per_update)
 
   def info(self, message):
     if self.enabled:
-      self.bar.write(message, file=sys.stdout)
-      sys.stdout.flush()
+      self.display.write(message)
 
   def scalars(self, update, group, values):
     """Write `values` ({name: float}) as `group/name` at step `update` to VisualDL and metrics.jsonl."""
     if not self.enabled:
       return
-    for name, value in values.items():
-      self.writer.add_scalar(f'{group}/{name}', value, update)
+    _add_scalars(self.writer, update, group, values)
     with open(self.metrics_path, 'a') as f:
       f.write(json.dumps({'update': update, 'group': group, **values}) + '\n')
 
   def hyperparameters(self, config):
     """Log the config's scalar fields once per invocation, for VisualDL's hyper-parameter view across runs."""
     if self.enabled:
-      self.writer.add_hparams(flat_hyperparameters(config.to_dict()), HPARAM_METRICS)
+      self.writer.add_hparams({'run': self.name, **flat_hyperparameters(config.to_dict())}, HPARAM_METRICS)
 
   def progress(self, update, **postfix):
+    """Called after every update; `postfix` ({name: float}) is shown beside the count."""
     if self.enabled:
-      self.bar.set_postfix({k: f'{v:.4g}' for k, v in postfix.items()}, refresh=False)
-      self.bar.update(update - self.bar.n)
+      self.display.update(update, postfix)
 
   def close(self):
     if self.enabled:
-      self.bar.close()
+      self.display.close()
       self.writer.close()
 
 
-def flat_hyperparameters(config_dict, prefix=''):
-  """{'train.lr': 0.003, 'rdrop.alpha': 1.0, ...}: the scalar leaves VisualDL's add_hparams accepts.
+def run_name(workdir):
+  """The run's name in VisualDL: the last two folders of its workdir (`demo/rdrop`).
 
-  Tuples (e.g. normalisation means) are left out: VisualDL stores only int, float and str values, and
-  booleans become ints because its protobuf record refuses a bool in the int field.
+  VisualDL names a run by the path of its log folder, cut short in its run list and tables, so that
+  every run of a batch reads `/home/me/project/runs/...`. Two folders tell apart the variants of an
+  experiment and the experiments of a batch.
   """
-  flat = {}
+  parts = os.path.abspath(workdir).split(os.sep)
+  return '/'.join(part for part in parts[-2:] if part)
+
+
+def flat_hyperparameters(config_dict):
+  """{'experiment': 'digits_vit', 'seed': 0, 'rdrop/alpha': 1.0, ..., 'train/lr': 0.003}: the scalar leaves.
+
+  Names are joined with '/': VisualDL's table reads a column name with dots as a path into its rows and shows
+  such a column blank. Tuples (e.g. normalisation means) are left out: VisualDL stores only int, float and
+  str values.
+  """
+  flat = {name.replace('.', '/'): _shown(value) for name, value in _scalar_leaves(config_dict)
+          if name not in NOT_HYPERPARAMETERS}
+  rank = {name: FIRST_HYPERPARAMETERS.index(name.split('/')[0]) if name.split('/')[0] in FIRST_HYPERPARAMETERS
+          else len(FIRST_HYPERPARAMETERS) for name in flat}
+  return {name: flat[name] for name in sorted(flat, key=rank.get)}  # a stable sort keeps the config's order
+
+
+def _shown(value):
+  """An int for a bool (VisualDL's record refuses a bool); '(none)' for an empty string, which VisualDL shows blank."""
+  if isinstance(value, bool):
+    return int(value)
+  return '(none)' if value == '' else value
+
+
+def _scalar_leaves(config_dict, prefix=''):
+  """('train.lr', 0.003), ...: the int, float, str and bool fields under their dotted names."""
   for key, value in config_dict.items():
-    name = f'{prefix}{key}'
     if isinstance(value, dict):
-      flat.update(flat_hyperparameters(value, f'{name}.'))
-    elif isinstance(value, (bool, int, float, str)) and name not in NOT_HYPERPARAMETERS:
-      flat[name] = int(value) if isinstance(value, bool) else value
-  return flat
+      yield from _scalar_leaves(value, f'{prefix}{key}.')
+    elif isinstance(value, (bool, int, float, str)):
+      yield f'{prefix}{key}', value
 
 
 def read_jsonl(path):
@@ -100,7 +134,95 @@ def read_jsonl(path):
 
 
 def _truncate_after(path, update):
-  """A resumed run rewrites history after its checkpoint: drop rows logged past it before a crash."""
+  """A resumed run rewrites history after its checkpoint: drop rows logged past it before a crash.
+
+  Returns the rows kept.
+  """
   rows, _ = read_jsonl(path)
+  kept = [row for row in rows if row['update'] <= update]
   if os.path.exists(path):
-    write_atomic(path, ''.join(json.dumps(row) + '\n' for row in rows if row['update'] <= update))
+    write_atomic(path, ''.join(json.dumps(row) + '\n' for row in kept))
+  return kept
+
+
+def _add_scalars(writer, update, group, values):
+  for name, value in values.items():
+    writer.add_scalar(f'{group}/{name}', value, update)
+
+
+def _visualdl_writer(vdl_dir, name, history):
+  """A VisualDL LogWriter on a new record file that starts with `history` (metrics.jsonl rows).
+
+  VisualDL reads only the newest record file of a folder (by name), so a resumed run that simply opened a
+  second file would lose its earlier curves there; and rows past the resumed checkpoint must go. Each start
+  therefore replays metrics.jsonl, the record of truth, into a file named after every older one, then
+  removes those.
+  """
+  from visualdl import LogWriter
+  older = glob.glob(os.path.join(vdl_dir, 'vdlrecords.*'))
+  stamps = [int(match.group(1)) for match in (re.search(r'vdlrecords\.(\d+)', path) for path in older) if match]
+  # VisualDL's own name is the time in seconds, and it appends to a file of that name that already exists.
+  newest = max([int(time.time())] + [stamp + 1 for stamp in stamps])
+  writer = LogWriter(logdir=vdl_dir, display_name=name, file_name=f'vdlrecords.{newest:010d}.log')
+  for row in history:
+    _add_scalars(writer, row['update'], row['group'],
+                 {key: value for key, value in row.items() if key not in ('update', 'group')})
+  writer.flush()
+  for path in older:
+    os.remove(path)
+  return writer
+
+
+class _Bar:
+  """A tqdm bar on the terminal; log lines print above it."""
+
+  def __init__(self, start_update, total_updates):
+    self.bar = tqdm(total=total_updates, initial=start_update, unit='update', dynamic_ncols=True,
+                    file=sys.stderr, mininterval=1.0)
+
+  def update(self, update, postfix):
+    self.bar.set_postfix({name: f'{value:.4g}' for name, value in postfix.items()}, refresh=False)
+    self.bar.update(update - self.bar.n)
+
+  def write(self, message):
+    self.bar.write(message, file=sys.stdout)
+    sys.stdout.flush()
+
+  def close(self):
+    self.bar.close()
+
+
+class _PlainLines:
+  """`update 120/600 (20%)  objective 0.59  lr 0.0016  260 samples/s  elapsed 0:30  ETA 1:55` on stderr,
+  for the first update, then every PLAIN_LINE_SECONDS, and for the last; speed and ETA over the last interval."""
+
+  def __init__(self, start_update, total_updates, samples_per_update):
+    self.total, self.samples_per_update = total_updates, samples_per_update
+    self.started = self.last_time = time.monotonic()
+    self.first, self.last_update = start_update + 1, start_update
+
+  def update(self, update, postfix):
+    now = time.monotonic()
+    if update not in (self.first, self.total) and now - self.last_time < PLAIN_LINE_SECONDS:
+      return
+    per_second = (update - self.last_update) / max(now - self.last_time, 1e-9)
+    fields = [f'update {update}/{self.total} ({100 * update / self.total:.0f}%)',
+              *(f'{name} {value:.4g}' for name, value in postfix.items())]
+    if self.samples_per_update:
+      fields.append(f'{per_second * self.samples_per_update:.1f} samples/s')
+    fields += [f'elapsed {_clock(now - self.started)}', f'ETA {_clock((self.total - update) / per_second)}']
+    print('  '.join(fields), file=sys.stderr, flush=True)
+    self.last_time, self.last_update = now, update
+
+  def write(self, message):
+    print(message, flush=True)
+
+  def close(self):
+    pass
+
+
+def _clock(seconds):
+  """'1:05:09' or '5:09'."""
+  minutes, seconds = divmod(round(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}:{minutes:02d}:{seconds:02d}' if hours else f'{minutes}:{seconds:02d}'

@@ -5,13 +5,20 @@ mode, and fused when it can be (`fuse()`, e.g. RepConv blocks into single 3x3 co
 float32 images (N, C, H, W): `(pixels / 255 - mean) / std` with the mean and std recorded in
 `<prefix>.preprocess.yml`, which also records the image size and the number of classes; its output is logits.
 """
+import contextlib
 import glob
 import json
 import os
+import sys
+import tempfile
 
 import paddle
 
 from train import load_trained_model
+
+# Paddle logs this from C++ whenever a traced op gets the keyword `out`, even `out=None` as its own
+# F.softmax passes it: noise about Paddle's internals that the exported model does not depend on.
+PADDLE_TRACING_NOISE = 'Paddle static graph(PIR) not support input out tensor'
 
 
 def export(config, checkpoint_path, prefix):
@@ -27,7 +34,8 @@ def export(config, checkpoint_path, prefix):
   for stale in glob.glob(glob.escape(prefix) + '.*'):  # a previous export's files would look current
     os.remove(stale)
   spec = paddle.static.InputSpec([None, channels, size, size], 'float32', name='image')
-  paddle.jit.save(model, prefix, input_spec=[spec])
+  with _stderr_without(PADDLE_TRACING_NOISE):
+    paddle.jit.save(model, prefix, input_spec=[spec])
   preprocess = {'input': 'float32 NCHW, (pixels / 255 - mean) / std', 'channels': channels, 'img_size': size,
                 'mean': list(config.data.mean[:channels]), 'std': list(config.data.std[:channels]),
                 'num_classes': num_classes, 'model': config.model.name, 'checkpoint': checkpoint_path}
@@ -36,3 +44,22 @@ def export(config, checkpoint_path, prefix):
   with open(prefix + '.preprocess.yml', 'w') as f:
     f.writelines(f'{key}: {json.dumps(value)}\n' for key, value in preprocess.items())
   return sorted(glob.glob(glob.escape(prefix) + '.*'))
+
+
+@contextlib.contextmanager
+def _stderr_without(noise):
+  """Pass everything written to stderr (Python's and C++'s, through file descriptor 2) except lines holding `noise`."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      sys.stderr.writelines(line for line in captured.read().decode(errors='replace').splitlines(keepends=True)
+                            if noise not in line)
+      sys.stderr.flush()

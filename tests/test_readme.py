@@ -1,0 +1,38 @@
+"""Every example command of README.md runs as written on the demo's runs (tests/conftest.py: demo_project)."""
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import ROOT, SHORT_TRAINING, child_env
+
+
+def readme_commands():
+  """The `python main.py` lines of README.md's bash blocks, but those with a `...` placeholder (paths to
+  data or weights that only a user has)."""
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    blocks = re.findall(r'```bash\n(.*?)```', f.read(), re.S)
+  return [line.strip() for block in blocks for line in block.splitlines()
+          if line.strip().startswith('python main.py') and '...' not in line]
+
+
+def _trains(command):
+  return '--mode' not in command or '--mode train' in command
+
+
+def test_the_readme_shows_every_mode():
+  modes = {re.search(r'--mode (\w+)', c).group(1) if '--mode' in c else 'train' for c in readme_commands()}
+  assert modes == {'train', 'resume', 'eval', 'predict', 'export', 'report'}
+
+
+@pytest.mark.parametrize('command', readme_commands())
+def test_readme_command_runs_as_written_on_the_demo(demo_project, command):
+  folder, _ = demo_project
+  full = command + (' ' + ' '.join(SHORT_TRAINING) if _trains(command) else '')
+  proc = subprocess.run(full, shell=True, cwd=folder, capture_output=True, text=True, timeout=600, env=child_env())
+  assert proc.returncode == 0, f'{full}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}'
+  assert 'error' not in proc.stderr.lower() and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  output = re.search(r'--output (\S+)', command)
+  if output:  # a relative --output is relative to the current folder, as the README says
+    assert os.path.isfile(folder / output.group(1))

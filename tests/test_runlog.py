@@ -1,0 +1,78 @@
+"""What a run shows while it trains: progress in a terminal and in a log file, and the VisualDL record."""
+import fcntl
+import glob
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+
+from conftest import ROOT, child_env
+from utils.runlog import RunLog
+
+
+def _scalars(workdir, tag):
+  from visualdl import LogReader
+  files = glob.glob(os.path.join(workdir, 'vdl', 'vdlrecords.*'))
+  assert len(files) == 1, files  # VisualDL shows only the newest record file of a folder
+  return [(record.id, record.value) for record in LogReader(file_path=files[0]).get_data('scalar', tag)]
+
+
+def test_piped_run_logs_plain_lines_without_bar_fragments(demo_project):
+  _, demo = demo_project  # `bash run.sh demo` with its output to a pipe, as to a log file
+  output = demo.stdout + demo.stderr
+  assert '\r' not in output and '|' not in output and '\x1b' not in output, output
+  progress = [line for line in demo.stderr.splitlines() if line.startswith('update ')]
+  assert progress[0].startswith('update 1/20 (5%)  objective ') and progress[-1].startswith('update 20/20 (100%)  ')
+  for line in progress:
+    assert ' lr ' in line and ' samples/s  elapsed ' in line and ' ETA ' in line, line
+  assert 'update 10: test top1 ' in demo.stdout and 'update 20: test top1 ' in demo.stdout
+
+
+def test_terminal_gets_a_bar_with_log_lines_above_it(tmp_path):
+  script = ('import sys; from utils.runlog import RunLog\n'
+            f'log = RunLog({str(tmp_path)!r}, True, 0, 3)\n'
+            'log.info("a log line")\n'
+            'for update in (1, 2, 3): log.progress(update, objective=0.5, lr=1e-3)\n'
+            'log.close()\n')
+  controller, terminal = pty.openpty()
+  fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))  # 24 rows, 100 columns
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, stdout=subprocess.PIPE, stderr=terminal,
+                        env=child_env(), timeout=120)
+  os.close(terminal)
+  bar = b''
+  while chunk := _read_or_nothing(controller):
+    bar += chunk
+  bar = bar.decode()
+  os.close(controller)
+  assert proc.returncode == 0
+  assert proc.stdout.decode() == 'a log line\n'
+  assert '\r' in bar and '3/3 [' in bar and 'objective=0.5' in bar
+
+
+def _read_or_nothing(fd):
+  try:
+    return os.read(fd, 65536)
+  except OSError:  # Linux: the terminal's other end is closed and all was read
+    return b''
+
+
+def test_resume_replays_the_history_kept_into_one_visualdl_file(tmp_path):
+  log = RunLog(str(tmp_path), True, 0, 6)
+  for update in range(1, 7):
+    log.scalars(update, 'train', {'objective': float(update), 'ce': 1.0})
+  log.close()
+  resumed = RunLog(str(tmp_path), True, 4, 6)  # a crash after the checkpoint of update 4
+  resumed.scalars(5, 'train', {'objective': 50.0, 'ce': 1.0})
+  resumed.close()
+  assert _scalars(tmp_path, 'train/objective') == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 50.0)]
+
+
+def test_visualdl_names_each_run_by_its_last_two_folders(tmp_path):
+  from visualdl import LogReader
+  log = RunLog(str(tmp_path / 'demo' / 'rdrop'), True, 0, 1)
+  log.close()
+  reader = LogReader(logdir=str(tmp_path))
+  reader.load_new_data()
+  assert list(reader.tags2name.values()) == ['demo/rdrop']
