@@ -23,7 +23,7 @@ from evaluate import evaluate, predict
 from test_training import DEMO, TINY, _max_difference, _weights
 from train import load_trained_model
 from utils import checkpoint, optim
-from utils.export import export
+from export import export
 from utils.precision import Precision
 
 UPDATES = 6
