@@ -5,7 +5,7 @@
   python main.py --mode eval    --workdir runs/digits_rdrop [--checkpoint PATH] [--split test]
   python main.py --mode predict --workdir runs/cat12 [--split test] [--output result.csv]
   python main.py --mode export  --workdir runs/cat12 [--checkpoint PATH] [--output PREFIX]
-  python main.py --mode report  --workdir reports/all runs/*      (one table over many runs)
+  python main.py --mode report  --workdir reports/all runs/*      (one table over many runs, seeds grouped)
 
 Without --config, the modes that continue a run (resume, eval, predict, export) read the resolved config that
 training saved in the workdir (`config.py`), so `--config.x=v` overrides apply to it too.
@@ -36,6 +36,8 @@ flags.DEFINE_string('checkpoint', '', 'A checkpoint folder; default: the newest 
 flags.DEFINE_string('split', '', 'Split to evaluate or predict; default: config.eval.split (eval), test (predict).')
 flags.DEFINE_string('output', '', 'Where predict writes its CSV (default <workdir>/result.csv); '
                     'export: path prefix of the inference model (default <workdir>/export/model).')
+flags.DEFINE_string('command', '', 'report: the command that produced the runs, quoted in summary.md '
+                    '(run.sh passes its own).')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).', lock_config=True)
 FLAGS = flags.FLAGS
 app.define_help_flags()  # --help, --helpshort: we parse the flags ourselves, without app.run
@@ -88,7 +90,7 @@ def main(argv):
     if not FLAGS.workdir or len(argv) < 2:
       raise app.UsageError('report: python main.py --mode report --workdir OUT_DIR RUN_DIR [RUN_DIR ...]')
     from utils.report import write_report
-    print(f'report written to {write_report(argv[1:], FLAGS.workdir)}')
+    print(f'report written to {write_report(argv[1:], FLAGS.workdir, FLAGS.command)}')
     return 0
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
