@@ -242,8 +242,8 @@ class Variant:
 
   def repeats(self):
     """Finished runs left out because an earlier finished run has the same seed."""
-    kept = set(map(id, self.finished().values()))
-    return [run for run in self.runs if run.finished() and id(run) not in kept]
+    counted = self.finished()
+    return [run for run in self.runs if run.finished() and counted[run.seed] is not run]
 
 
 def group_variants(runs):
@@ -364,13 +364,19 @@ def _collapse_warning(run):
   return f'COLLAPSED at update {", ".join(str(row["update"]) for row in rows)}{share}'
 
 
-def _speed(run):
-  """(wall time, samples/s) cells of a finished run; '~' marks an estimate from file times."""
-  seconds, measured = run.wall_seconds()
-  if not seconds:
+def _samples_per_second(run, seconds):
+  return run.status()[1] * run.config['train']['batch_size'] / seconds
+
+
+def _speed(runs):
+  """(wall time, samples/s) cells: means over finished `runs`; '~' marks an estimate from file times."""
+  timed = [(run, *run.wall_seconds()) for run in runs]
+  timed = [(run, seconds, measured) for run, seconds, measured in timed if seconds]
+  if not timed:
     return NOT_SHOWN, NOT_SHOWN
-  mark = '' if measured else '~'
-  return mark + _duration(seconds), f'{mark}{run.status()[1] * run.config["train"]["batch_size"] / seconds:.1f}'
+  mark = '' if all(measured for _, _, measured in timed) else '~'
+  return (mark + _duration(statistics.mean(seconds for _, seconds, _ in timed)),
+          f'{mark}{statistics.mean(_samples_per_second(run, seconds) for run, seconds, _ in timed):.1f}')
 
 
 def run_row(run, label):
@@ -384,7 +390,7 @@ def run_row(run, label):
     best = run.best()
     row.update({'best top1 (%)': f'{best["top1"]:.2f}', 'best at update': str(best['update']),
                 'final top1 (%)': f'{final_top1(run):.2f}'})
-    row['wall time'], row['samples/s'] = _speed(run)
+    row['wall time'], row['samples/s'] = _speed([run])
   return row
 
 
@@ -418,13 +424,7 @@ def variant_row(title, variant):
   at = Spread.of(run.best()['update'] for run in runs)
   row.update({'final top1 (%)': Spread.of(map(final_top1, runs)).format(), 'best top1 (%)': best.format(),
               'best at update': str(at.low) if at.low == at.high else f'{at.low}-{at.high}'})
-  timed = [run.wall_seconds() for run in runs]
-  seconds = [s for s, _ in timed if s]
-  if seconds:
-    mark = '' if all(measured for _, measured in timed) else '~'
-    row['wall time per run'] = mark + _duration(statistics.mean(seconds))
-    rates = [run.status()[1] * run.config['train']['batch_size'] / s for run, (s, _) in zip(runs, timed) if s]
-    row['samples/s'] = f'{mark}{statistics.mean(rates):.1f}'
+  row['wall time per run'], row['samples/s'] = _speed(runs)
   if reference > 0:
     row['best - reference'] = f'{best.mean - reference:+.2f}'
   return row
