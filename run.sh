@@ -94,7 +94,8 @@ resnet50_cat12() {
   local data=(--config.data.root="$CAT12_DIR" --config.model.backbone_weights="$RESNET50_WEIGHTS")
   run "$out/baseline" configs/resnet50_cat12.py "${data[@]}"
   run "$out/rdrop" configs/resnet50_cat12_rdrop.py "${data[@]}"
-  python main.py --mode predict --workdir "$(first_run "$out/rdrop")" --config.data.root="$CAT12_DIR" --output "$out/result.csv"
+  python main.py --mode predict --workdir "$(first_run "$out/rdrop")" --config.data.root="$CAT12_DIR" \
+    --output "$out/result.csv"
   report "$out" "$out/baseline" "$out/rdrop"
 }
 

@@ -61,7 +61,7 @@ def test_publish_copies_a_summary_into_docs_results_and_the_readme(tmp_path):
   assert readme_results.publish(str(summary), 'demo', root) == 'docs/results/demo.md'
   assert (root / 'docs' / 'results' / 'demo.md').read_text() == summary.read_text()
   assert summary.read_text() in (root / 'README.md').read_text()
-  with pytest.raises(ValueError, match='docs/results/cat12.md written, but README.md has no block for it: add the lines'):
+  with pytest.raises(ValueError, match='cat12.md written, but README.md has no block for it: add the lines'):
     readme_results.publish(str(summary), 'cat12', root)
   assert (root / 'docs' / 'results' / 'cat12.md').exists()  # written all the same
 

@@ -23,7 +23,8 @@ TINY_DEMO = ['--config.train.updates=4', '--config.train.eval_every=1', '--confi
 def run_sh(runs_dir, *args, seeds=2):
   proc = subprocess.run(['bash', 'run.sh', *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
                         env=child_env(RUNS_DIR=str(runs_dir), SEEDS=str(seeds)))
-  assert proc.returncode == 0, f'run.sh {" ".join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
+  assert proc.returncode == 0, (f'run.sh {" ".join(args)} exited {proc.returncode}:\n'
+                                f'{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
   return proc
 
 
@@ -69,6 +70,53 @@ def test_seeds_train_into_their_own_workdirs_with_their_own_seed(demo):
         assert json.load(f)['seed'] == seed
     assert _evals(demo / variant / 'seed_0') != _evals(demo / variant / 'seed_1')
   assert {'report.md', 'summary.md', 'digits_vit.png'} <= set(os.listdir(demo))
+
+
+def _run_sh_calls(tmp_path, extra_env, *args):
+  """The `python` command lines that `bash run.sh ARGS` would run, recorded by a stand-in on PATH."""
+  bin_dir, calls = tmp_path / 'bin', tmp_path / 'calls'
+  bin_dir.mkdir()
+  (bin_dir / 'python').write_text('#!/bin/sh\necho "$@" >> "$CALLS"\n')
+  (bin_dir / 'python').chmod(0o755)
+  env = {key: value for key, value in child_env().items() if key not in ('SEEDS', 'GPUS')}
+  env.update(PATH=f'{bin_dir}:{env["PATH"]}', CALLS=str(calls), RUNS_DIR=str(tmp_path / 'runs'), **extra_env)
+  subprocess.run(['bash', 'run.sh', *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+                 timeout=60)
+  return [line.split() for line in calls.read_text().splitlines()]
+
+
+def _workdir_and_seed(call):
+  workdir = call[call.index('--workdir') + 1]
+  return workdir, next((arg.split('=')[1] for arg in call if arg.startswith('--config.seed=')), None)
+
+
+def test_without_seeds_run_sh_keeps_one_run_per_variant(tmp_path):
+  calls = _run_sh_calls(tmp_path, {}, 'demo')
+  runs = tmp_path / 'runs' / 'demo'
+  assert [_workdir_and_seed(call) for call in calls[:-1]] == [(f'{runs}/baseline', None), (f'{runs}/rdrop', None)]
+  assert calls[-1] == ['main.py', '--mode', 'report', '--workdir', str(runs), '--command', 'bash', 'run.sh', 'demo',
+                       f'{runs}/baseline', f'{runs}/rdrop']
+
+
+def test_seeds_give_each_variant_one_workdir_per_seed(tmp_path):
+  calls = _run_sh_calls(tmp_path, {'SEEDS': '2'}, 'demo', '--config.train.lr=0.01')
+  runs = tmp_path / 'runs' / 'demo'
+  seeded = [f'{runs}/{variant}/seed_{seed}' for variant in ('baseline', 'rdrop') for seed in (0, 1)]
+  assert [_workdir_and_seed(call) for call in calls[:-1]] == [(path, path[-1]) for path in seeded]
+  assert all('--config.train.lr=0.01' in call for call in calls[:-1])
+  assert calls[-1] == ['main.py', '--mode', 'report', '--workdir', str(runs), '--command', 'SEEDS=2', 'bash',
+                       'run.sh', 'demo', '--config.train.lr=0.01', *seeded]
+
+
+@pytest.mark.parametrize('seeds, args, message', [
+    ('0', [], 'SEEDS=0: give the number of seeds, e.g. SEEDS=3'),
+    ('two', [], 'SEEDS=two: give the number of seeds'),
+    ('3', ['--config.seed=7'], '--config.seed=7: SEEDS=3 sets the seeds (0..2)')])
+def test_bad_seeds_are_refused_before_any_run(tmp_path, seeds, args, message):
+  with pytest.raises(subprocess.CalledProcessError) as failure:
+    _run_sh_calls(tmp_path, {'SEEDS': seeds}, 'demo', *args)
+  assert message in failure.value.stderr
+  assert not (tmp_path / 'calls').exists()
 
 
 def test_report_shows_each_variant_as_mean_and_std_over_seeds_with_the_paired_difference(demo):
@@ -266,7 +314,8 @@ def test_grouped_statistics_match_the_known_answers(issue_table, tmp_path):
 
 def test_spread_and_paired_difference_of_known_numbers():
   spread = report.Spread.of(BASELINE_FINALS)
-  assert (spread.n, round(spread.mean, 2), round(spread.std, 2), spread.low, spread.high) == (4, 95.0, 1.13, 93.61, 96.39)
+  assert (spread.n, round(spread.mean, 2), round(spread.std, 2)) == (4, 95.0, 1.13)
+  assert (spread.low, spread.high) == (93.61, 96.39)
   single = report.Spread.of([95.0])
   assert single.std is None and single.format() == '95.00'
 
@@ -307,8 +356,8 @@ def test_variant_names_every_field_that_sets_it_apart():
 
 
 def test_mean_curve_and_band_over_seeds_at_the_updates_all_logged(tmp_path):
-  runs = [report.load_run(fake_run(tmp_path / f's{seed}', seed, evals))
-          for seed, evals in enumerate([{100: 10.0, 200: 30.0, 300: 50.0}, {100: 20.0, 200: 60.0}, {100: 60.0, 200: 90.0}])]
+  evals = [{100: 10.0, 200: 30.0, 300: 50.0}, {100: 20.0, 200: 60.0}, {100: 60.0, 200: 90.0}]
+  runs = [report.load_run(fake_run(tmp_path / f's{seed}', seed, e)) for seed, e in enumerate(evals)]
   assert report.mean_curve(runs, 'eval', 'top1') == ([100, 200], [30.0, 60.0], [10.0, 30.0], [60.0, 90.0])
   # Rows written before the objective had its own name carry it as `loss`.
   old = report.load_run(fake_run(tmp_path / 'old', 0, {100: 10.0}, objective_name='loss'))
