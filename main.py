@@ -10,7 +10,7 @@ Modes:
   eval     top-1, top-5 and loss of the best checkpoint (or --checkpoint) -> DIR/eval_<split>.json
   predict  one `filename,label` line per image of a split -> --output (default DIR/result.csv)
   export   a Paddle inference model of the best checkpoint -> --output prefix (default DIR/export/model)
-  report   one table (OUT_DIR/report.md) and training curves over many runs
+  report   one table (OUT_DIR/report.md) and training curves over many runs, seeds of a variant grouped
 
 CONFIG_FILE is one of configs/*.py; `:ARGUMENT` goes to its get_config: every config takes `smoke`
 (e.g. `configs/digits_vit.py:smoke`: two tiny updates, to check a setup), some take variants (their
@@ -50,6 +50,8 @@ flags.DEFINE_string('checkpoint', '', 'A checkpoint folder; default: the newest 
 flags.DEFINE_string('split', '', 'Split to evaluate or predict; default: config.eval.split (eval), test (predict).')
 flags.DEFINE_string('output', '', 'Where predict writes its CSV (default <workdir>/result.csv); export: path '
                     'prefix of the inference model (default <workdir>/export/model). Relative to the current folder.')
+flags.DEFINE_string('command', '', 'report: the command that produced the runs, quoted in summary.md '
+                    '(run.sh passes its own).')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file and argument: configs/<experiment>.py[:smoke]',
                                 lock_config=True)
 FLAGS = flags.FLAGS
@@ -127,7 +129,7 @@ def main(argv):
     if not FLAGS.workdir or len(argv) < 2:
       raise app.UsageError('report: python main.py --mode report --workdir OUT_DIR RUN_DIR [RUN_DIR ...]')
     from utils.report import write_report
-    print(f'report written to {write_report(argv[1:], FLAGS.workdir)}')
+    print(f'report written to {write_report(argv[1:], FLAGS.workdir, FLAGS.command)}')
     return 0
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')

@@ -17,6 +17,8 @@
 #                            CAT12_DIR=$DATA_DIR/cat12 (train_list.txt, cat_12_train/, cat_12_test/)
 #   WEIGHTS_DIR=./weights    VIT_WEIGHTS=$WEIGHTS_DIR/ViT-B_16.npz  RESNET50_WEIGHTS=$WEIGHTS_DIR/resnet50.pdparams
 #   RUNS_DIR=./runs          GPUS=0,1,2,3 trains on those GPUs through paddle.distributed.launch (unset: one process)
+#   SEEDS=3                  every variant once per seed 0..SEEDS-1, into <variant>/seed_<n>, one after another;
+#                            the report gives mean +- std over seeds and paired differences (unset: one run, seed 0)
 # Extra arguments after the experiment name are passed to every run, e.g. --config.train.accum_steps=4.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -38,8 +40,21 @@ launch() {
   fi
 }
 
-# run WORKDIR CONFIG [overrides...]: train, or resume when WORKDIR already has checkpoints.
+# run WORKDIR CONFIG [overrides...]: one run into WORKDIR, or with SEEDS=N one per seed into WORKDIR/seed_<n>.
 run() {
+  local workdir=$1 config=$2 seed
+  shift 2
+  if [ -z "${SEEDS:-}" ]; then
+    run_one "$workdir" "$config" "$@"
+  else
+    for ((seed = 0; seed < SEEDS; seed++)); do
+      run_one "$workdir/seed_$seed" "$config" --config.seed="$seed" "$@"
+    done
+  fi
+}
+
+# run_one WORKDIR CONFIG [overrides...]: train, or resume when WORKDIR already has checkpoints.
+run_one() {
   local workdir=$1 config=$2
   shift 2
   if compgen -G "$workdir/checkpoints/update_*" > /dev/null; then
@@ -49,8 +64,22 @@ run() {
   fi
 }
 
-report() {  # report OUT_DIR RUN_DIR...
-  python main.py --mode report --workdir "$@"
+report() {  # report OUT_DIR VARIANT_DIR...: one table over the variants' runs (with SEEDS, every seed's)
+  local out=$1 dir seed runs=()
+  shift
+  for dir in "$@"; do
+    if [ -z "${SEEDS:-}" ]; then
+      runs+=("$dir")
+    else
+      for ((seed = 0; seed < SEEDS; seed++)); do runs+=("$dir/seed_$seed"); done
+    fi
+  done
+  python main.py --mode report --workdir "$out" --command "$COMMAND" "${runs[@]}"
+}
+
+# The run of a variant that predict and export use: the variant's folder, or its seed 0 with SEEDS.
+first_run() {
+  echo "$1${SEEDS:+/seed_0}"
 }
 
 vit_cifar100() {
@@ -65,7 +94,8 @@ resnet50_cat12() {
   local data=(--config.data.root="$CAT12_DIR" --config.model.backbone_weights="$RESNET50_WEIGHTS")
   run "$out/baseline" configs/resnet50_cat12.py "${data[@]}"
   run "$out/rdrop" configs/resnet50_cat12_rdrop.py "${data[@]}"
-  python main.py --mode predict --workdir "$out/rdrop" --config.data.root="$CAT12_DIR" --output "$out/result.csv"
+  python main.py --mode predict --workdir "$(first_run "$out/rdrop")" --config.data.root="$CAT12_DIR" \
+    --output "$out/result.csv"
   report "$out" "$out/baseline" "$out/rdrop"
 }
 
@@ -87,7 +117,7 @@ lenet5_cifar10() {
 repconv_cifar10() {
   local out=$RUNS_DIR/repconv_cifar10
   run "$out/repconv" configs/repconv_cifar10.py --config.data.root="$CIFAR10"
-  python main.py --mode export --workdir "$out/repconv" --config.data.root="$CIFAR10"
+  python main.py --mode export --workdir "$(first_run "$out/repconv")" --config.data.root="$CIFAR10"
   report "$out" "$out/repconv"
 }
 
@@ -98,7 +128,7 @@ demo() {
   report "$out" "$out/baseline" "$out/rdrop"
   echo
   echo "Demo finished: checkpoints, metrics and VisualDL logs are in $out/baseline and $out/rdrop."
-  echo "Table and curves: $out/report.md   Curves in VisualDL: visualdl --logdir $out"
+  echo "Table and curves: $out/report.md (summary for the README: $out/summary.md)   VisualDL: visualdl --logdir $out"
 }
 
 # Every config for a couple of updates on tiny data generated in the real formats.
@@ -137,6 +167,15 @@ LIST
 experiment=${1:-}
 [ $# -gt 0 ] && shift
 EXTRA=("$@")
+if [ -n "${SEEDS:-}" ]; then
+  [[ $SEEDS =~ ^[1-9][0-9]*$ ]] || { echo "SEEDS=$SEEDS: give the number of seeds, e.g. SEEDS=3" >&2; exit 2; }
+  for arg in "${EXTRA[@]}"; do
+    [[ $arg == --config.seed=* ]] && { echo "$arg: SEEDS=$SEEDS sets the seeds (0..$((SEEDS - 1)))" >&2; exit 2; }
+  done
+fi
+# What produced these runs, as the report's summary states it.
+COMMAND=$(printf '%q ' bash run.sh "$experiment" "${EXTRA[@]}")
+COMMAND="${GPUS:+GPUS=$GPUS }${SEEDS:+SEEDS=$SEEDS }${COMMAND% }"
 case "$experiment" in
   demo) demo ;;
   smoke) smoke ;;

@@ -2,6 +2,7 @@
 import datetime
 import json
 import os
+import platform
 import pprint
 import subprocess
 
@@ -97,9 +98,24 @@ def record_run(workdir, mode, world_size):
   import paddle
   entry = {'time': datetime.datetime.now().isoformat(timespec='seconds'), 'mode': mode,
            'git_revision': revision, 'world_size': world_size, 'device': paddle.device.get_device(),
-           'paddle': paddle.__version__}
+           'paddle': paddle.__version__, 'machine': machine()}
   with open(os.path.join(workdir, 'run.jsonl'), 'a') as f:
     f.write(json.dumps(entry) + '\n')
+
+
+def machine():
+  """'AMD EPYC 7B13, 2 cores' (and the GPU's name on a GPU): what a run's wall times were measured on."""
+  import paddle
+  name = platform.processor() or 'unknown CPU'
+  try:
+    with open('/proc/cpuinfo') as f:
+      name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  description = f'{name}, {len(os.sched_getaffinity(0))} cores'
+  if paddle.device.get_device().startswith('gpu'):
+    description += f', {paddle.device.cuda.get_device_name()}'
+  return description
 
 
 def best_checkpoint(workdir):
