@@ -16,6 +16,7 @@ import paddle
 
 MANIFEST = 'manifest.json'
 PREFIX = 'update_'
+WHAT_IS_A_CHECKPOINT = f"checkpoints are the {PREFIX}<N> folders in a run's checkpoints/ folder"
 
 
 class CheckpointError(RuntimeError):
@@ -135,8 +136,17 @@ def read_manifest(path, files=None):
   checkpoint need not be hashed again for its metadata, nor its optimizer state for an evaluation.
   """
   manifest_path = os.path.join(path, MANIFEST)
+  if os.path.isfile(path):
+    folder_of_file = os.path.dirname(os.path.abspath(path))
+    hint = (f': pass its folder {folder_of_file}' if os.path.exists(os.path.join(folder_of_file, MANIFEST))
+            else f'; {WHAT_IS_A_CHECKPOINT}')
+    raise CheckpointError(f'{path} is a file, not a checkpoint folder{hint}')
   if not os.path.isdir(path):
     raise CheckpointError(f'checkpoint {path} does not exist')
+  if not os.path.exists(manifest_path) and not any(n.endswith(('.pdparams', '.pdopt')) for n in os.listdir(path)):
+    hint = ' (it is a run folder: leave --checkpoint out)' if os.path.isdir(os.path.join(path, 'checkpoints')) else ''
+    raise CheckpointError(f'{path} is not a checkpoint: it holds no {MANIFEST} and no weights{hint}; '
+                          f'{WHAT_IS_A_CHECKPOINT}')
   try:
     with open(manifest_path) as f:
       manifest = json.load(f)
