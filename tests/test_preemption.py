@@ -20,6 +20,7 @@ import paddle
 import pytest
 
 from conftest import ROOT, child_env, run_main
+from fakedata import make_cat12
 from test_training import DEMO, TINY, _max_difference, _train_rows, _weights
 from utils import checkpoint
 
@@ -36,6 +37,7 @@ EXIT_BUSY = 75
 #   sigterm_in_evaluation n: the n-th evaluation starts with a SIGTERM to this process
 #   stalled_sample n:    from the n-th image a process reads on, announce it and hang for an hour (a file
 #                        system that stopped answering), in the main process or a DataLoader worker
+#   stalled_decode n:    the same in Cat-12's start-up check, which decodes every image once in a thread pool
 FAULT_RUNNER = '''
 import os, runpy, signal, sys, time
 fault, n = sys.argv[1], int(sys.argv[2])
@@ -45,7 +47,7 @@ from utils import threads
 threads.configure()
 import paddle
 import evaluate
-from data import digits
+from data import digits, images
 from utils import checkpoint
 calls = 0
 
@@ -80,6 +82,10 @@ def stalled(sample, *args, **kwargs):
   print(f'FAULT: reading an image stalls in process {os.getpid()}', file=sys.stderr, flush=True)
   time.sleep(3600)
 
+def stalled_decode(decode_problem, *args, **kwargs):
+  print('FAULT: decoding an image stalls', file=sys.stderr, flush=True)
+  time.sleep(3600)
+
 if fault == 'half_written_save':
   paddle.save = nth_call(paddle.save, half_written)
 elif fault == 'before_pruning':
@@ -90,6 +96,8 @@ elif fault == 'sigterm_in_evaluation':
   evaluate.evaluate = nth_call(evaluate.evaluate, signalled)
 elif fault == 'stalled_sample':
   digits.Digits.sample = nth_call(digits.Digits.sample, stalled)
+elif fault == 'stalled_decode':
+  images.decode_problem = nth_call(images.decode_problem, stalled_decode)
 else:
   raise SystemExit(f'unknown fault {fault}')
 runpy.run_path('main.py', run_name='__main__')
@@ -321,6 +329,21 @@ def test_sigterm_while_reading_an_image_stalls_ends_the_process_and_its_workers(
   assert proc.returncode == 128 + signal.SIGTERM, stderr
   assert 'SIGTERM: blocked for 5 s in ' in stderr and 'exiting now; the newest complete checkpoint is kept' in stderr
   assert not [pid for pid in children if _running(pid)], 'a DataLoader worker was left behind'
+
+
+def test_sigterm_while_the_start_up_check_waits_for_an_image_ends_the_process(tmp_path):
+  """Cat-12 decodes every image once before training, in a thread pool that a stalled read blocks."""
+  make_cat12(tmp_path / 'cat12', n_plain=4, odd=False, broken=False)
+  workdir = tmp_path / 'run'
+  proc = _start(tmp_path, 'run', ['--config', 'configs/resnet50_cat12.py:smoke', '--workdir', workdir,
+                                  f'--config.data.root={tmp_path / "cat12"}'], fault=('stalled_decode', 1))
+  _wait_for(lambda: 'FAULT: decoding an image stalls' in (tmp_path / 'run.err').read_text(), proc)
+  proc.send_signal(signal.SIGTERM)
+  signalled = time.time()
+  proc.wait(timeout=60)
+  assert time.time() - signalled < 15
+  assert proc.returncode == 128 + signal.SIGTERM, (tmp_path / 'run.err').read_text()
+  assert not workdir.exists() or not (workdir / 'config.py').exists()
 
 
 def test_a_time_based_checkpoint_appears_before_any_update_based_one(tmp_path):
