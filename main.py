@@ -182,6 +182,8 @@ def main(argv, stop):
     return train_or_resume(config, workdir, stop)
 
   # eval, predict, export: one checkpoint, no lock (every file a training writes is replaced atomically)
+  from train import check_config, check_fits, load_trained_model
+  check_config(config, world_size=1)
   path = FLAGS.checkpoint or workdir_lib.best_checkpoint(workdir)
   if not path:
     raise app.UsageError(f'no valid checkpoint in {os.path.abspath(workdir_lib.checkpoints_dir(workdir))}; '
@@ -193,8 +195,6 @@ def main(argv, stop):
     print('written ' + ', '.join(export(config, path, prefix)))
     return 0
   from evaluate import evaluate, predict, write_json, write_predictions
-  from train import check_config, check_fits, load_trained_model
-  check_config(config, world_size=1)
   split = FLAGS.split or (config.eval.split if FLAGS.mode == 'eval' else 'test')
   out = FLAGS.output or os.path.join(workdir, f'eval_{split}.json' if FLAGS.mode == 'eval' else 'result.csv')
   if FLAGS.mode == 'predict':  # the predictions are the result: make sure they can be written first
@@ -238,7 +238,8 @@ def _run(argv):
   """Errors we raise on bad input carry their explanation; a traceback would only bury it."""
   from utils.checkpoint import CheckpointError
   argv = _parse_flags_or_exit(argv)
-  stop = preemption.StopRequest()  # from here SIGTERM and Ctrl-C end the process within seconds, at any stage
+  # From here SIGTERM and Ctrl-C end the process within seconds, at any stage.
+  stop = preemption.StopRequest(end_when_blocked=distributed.rank_and_world_size()[1] == 1)
   try:
     sys.exit(main(argv, stop))
   except preemption.Interrupted as err:

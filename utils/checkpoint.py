@@ -76,10 +76,14 @@ def save(directory, update, pieces, meta, keep, protect=()):
       f.flush()
       os.fsync(f.fileno())
     _fsync_dir(tmp)
+    replaced = None
     if os.path.exists(final):  # the same update saved again (e.g. a resumed run's last update)
-      shutil.rmtree(final)
+      replaced = os.path.join(directory, f'.tmp-replaced-{PREFIX}{update:08d}-{os.getpid()}')
+      os.rename(final, replaced)  # a reader sees the old or the new folder, not one being deleted
     os.rename(tmp, final)
     _fsync_dir(directory)
+    if replaced:
+      shutil.rmtree(replaced)
   except OSError as err:
     shutil.rmtree(tmp, ignore_errors=True)
     raise CheckpointError(f'could not write the checkpoint of update {update} to {final}: {err}; '

@@ -12,6 +12,8 @@ once. The rules:
 - A second signal ends the process at once. So does a main thread that, after the first, stays at the same
   point for GRACE_SECONDS (blocked), except while `writing()` a checkpoint. DataLoader workers are killed
   first; the newest complete checkpoint stays valid (utils/checkpoint.py) and the next resume starts there.
+  Under the launcher that last rule is off: a rank waits in a collective for as long as rank 0 writes a
+  checkpoint, and ending it would make the launcher end rank 0 in the middle of the write.
 
 DataLoader workers are forked from this process: they ignore SIGINT, which Ctrl-C sends to the whole process
 group (the main process decides, as in PyTorch's workers), and die on SIGTERM; their signals never reach
@@ -42,9 +44,10 @@ class Interrupted(Exception):
 class StopRequest:
   """Installed once per process, from the main thread. `bool(stop)` is True once a signal arrived."""
 
-  def __init__(self):
+  def __init__(self, end_when_blocked=True):
     global _active
     self.signum = 0
+    self._end_when_blocked = end_when_blocked
     self._deferring = False
     self._writing = False
     self._read_fd, self._write_fd = os.pipe()
@@ -93,7 +96,7 @@ class StopRequest:
         received += [s for s in data if s in SIGNALS]  # other handled signals (Paddle's SIGCHLD) write too
         if len(received) >= 2:
           _exit_now(received[-1], f'{signal.Signals(received[-1]).name} again: exiting now without a checkpoint')
-      if not received:
+      if not received or not self._end_when_blocked:
         continue
       frame = sys._current_frames().get(main_thread)
       now_at = (id(frame), frame.f_lasti) if frame else None

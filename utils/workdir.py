@@ -77,10 +77,11 @@ def own(workdir):
     yield
   finally:
     if fd is not None:
-      os.unlink(path)  # before unlocking: a process that opened the file meanwhile sees it gone (see _lock)
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # before unlocking: a process that opened the file meanwhile sees it gone (see _lock)
       os.close(fd)
       _held_lock_fd = None
-    if created and not os.listdir(workdir):
+    if created and os.path.isdir(workdir) and not os.listdir(workdir):
       os.rmdir(workdir)
 
 
