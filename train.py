@@ -210,7 +210,7 @@ def train(config, workdir, resume_from='', stop=None):
     optimizer.set_state_dict(state['optimizer.pdopt'])
     precision.load_state_dict(state['trainer.pdstate']['precision'], log=say)
     start, best, seconds_before = manifest['update'], manifest['best'], manifest.get('train_seconds', 0.0)
-    evaluation_due = manifest.get('evaluation_due', False)  # stopped during the evaluation of `start`
+    evaluation_due = manifest.get('evaluation_due', False)  # stopped before evaluating update `start`
   if is_main:  # only now that data, weights and checkpoint have loaded: a failed start leaves no trace
     workdir_lib.start_run(workdir, config, world_size, resume_from)
   net = model
@@ -250,11 +250,10 @@ def train(config, workdir, resume_from='', stop=None):
     log.info(f'update {update}: {config.eval.split} top1 {metrics["top1"]:.2f}% top5 {metrics["top5"]:.2f}% '
              f'loss {metrics["loss"]:.4f} (best {best["top1"]:.2f}% at update {best["update"]})')
 
-  def stopped(update, during_evaluation=False):
-    what = f'during the evaluation of update {update} (it runs first on resume)' if during_evaluation else \
-        f'after update {update}'
-    return TrainingStopped(f'stopped by a signal {what}, checkpoint saved. Continue with:\n'
-                           f'  python main.py --mode resume --workdir {shlex.quote(str(workdir))}',
+  def stopped(update, evaluation_due=False):
+    unevaluated = ' before its evaluation was complete (it runs first on resume)' if evaluation_due else ''
+    return TrainingStopped(f'stopped by a signal after update {update}{unevaluated}, checkpoint saved. Continue '
+                           f'with:\n  python main.py --mode resume --workdir {shlex.quote(str(workdir))}',
                            128 + (stop.signum or signal.SIGTERM))
 
   # Layers whose behaviour follows training progress (e.g. DropBlock's keep_prob ramp) get the update.
@@ -276,7 +275,7 @@ def train(config, workdir, resume_from='', stop=None):
       try:
         evaluate_and_log(start)
       except Interrupted:
-        raise stopped(start, during_evaluation=True) from None
+        raise stopped(start, evaluation_due=True) from None
       save(start)
     for update in range(start + 1, updates + 1):
       _seed_update(config, rank, update)
@@ -333,7 +332,7 @@ def train(config, workdir, resume_from='', stop=None):
           evaluate_and_log(update)
         except Interrupted:
           save(update, evaluation_due=True)
-          raise stopped(update, during_evaluation=True) from None
+          raise stopped(update, evaluation_due=True) from None
       if (evaluated or stopping or checkpoint_time or update == updates
           or (tc.checkpoint_every and update % tc.checkpoint_every == 0)):
         save(update)

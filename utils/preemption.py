@@ -98,6 +98,8 @@ class StopRequest:
           _exit_now(received[-1], f'{signal.Signals(received[-1]).name} again: exiting now without a checkpoint')
       if not received or not self._end_when_blocked:
         continue
+      # Where the main thread is: the same frame at the same instruction for GRACE_SECONDS means a call
+      # into C++ that has not returned (a running Python loop moves between samples).
       frame = sys._current_frames().get(main_thread)
       now_at = (id(frame), frame.f_lasti) if frame else None
       if now_at != place or self._writing:
