@@ -88,6 +88,7 @@ def own(workdir):
 def _lock(path):
   """The locked file descriptor of `path`; None (with a warning) on a filesystem without locks."""
   while True:
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # a holder whose start failed removes the folder it made
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
