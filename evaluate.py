@@ -15,12 +15,17 @@ import paddle.nn.functional as F
 
 from data import pipeline
 from utils import distributed
+from utils.preemption import Interrupted
 from utils.workdir import write_atomic
 
 
 @paddle.no_grad()
-def evaluate(model, dataset, config, rank=0, world_size=1, split='', autocast=contextlib.nullcontext):
-  """{'top1', 'top5', 'loss', 'count'} with accuracies in percent. Sums stay on the device until the end."""
+def evaluate(model, dataset, config, rank=0, world_size=1, split='', autocast=contextlib.nullcontext,
+             stop=None):
+  """{'top1', 'top5', 'loss', 'count'} with accuracies in percent. Sums stay on the device until the end.
+
+  With `stop` (a StopRequest), a signal ends the evaluation at the next batch with `Interrupted`.
+  """
   split = split or config.eval.split
   if len(dataset) == 0:
     raise ValueError(f'the {split!r} split of {config.data.name} is empty: nothing to evaluate')
@@ -31,6 +36,8 @@ def evaluate(model, dataset, config, rank=0, world_size=1, split='', autocast=co
   sums = paddle.zeros([4], dtype='float64')  # correct@1, correct@5, summed loss, count
   batches = pipeline.EvalBatches(len(dataset), config.eval.batch_size, rank, world_size)
   for images, labels in pipeline.loader(dataset, batches, config.data.num_workers):
+    if stop:
+      raise Interrupted(stop.signum)
     with autocast():
       logits = model(pipeline.to_model_input(images, config.data))
     logits = logits.astype('float32')

@@ -1,11 +1,12 @@
 """Command line: one experiment config, one mode.
 
-  python main.py --config CONFIG_FILE[:ARGUMENT] --workdir DIR [--config.FIELD=VALUE ...]
+  python main.py --config CONFIG_FILE[:ARGUMENT] --workdir DIR [--config.FIELD=VALUE ...] [--autoresume]
   python main.py --mode MODE --workdir DIR [--checkpoint PATH] [--split NAME] [--output PATH]
   python main.py --mode report --workdir OUT_DIR RUN_DIR [RUN_DIR ...]
 
 Modes:
-  train    (the default) train CONFIG_FILE into a new workdir
+  train    (the default) train CONFIG_FILE into a new workdir; with --autoresume the command to repeat in
+           job scripts: starts the run, continues it after an interruption, or does nothing once it finished
   resume   continue from the newest valid checkpoint of the workdir (or --checkpoint)
   eval     top-1, top-5 and loss of the best checkpoint (or --checkpoint) -> DIR/eval_<split>.json
   predict  one `filename,label` line per image of a split -> --output (default DIR/result.csv)
@@ -23,9 +24,12 @@ Example: the offline demo's R-Drop run (no download), then its test accuracy:
   python main.py --config configs/digits_vit_rdrop.py --workdir runs/digits
   python main.py --mode eval --workdir runs/digits
 """
+import collections
+import contextlib
 import importlib.util
 import os
 import re
+import shlex
 import sys
 import traceback
 
@@ -37,19 +41,24 @@ from absl import app, flags  # noqa: E402  (after the thread settings, which Pad
 from ml_collections import config_flags  # noqa: E402
 
 import data  # noqa: E402
-from utils import checkpoint, distributed  # noqa: E402
+from utils import checkpoint, distributed, preemption  # noqa: E402
 from utils import workdir as workdir_lib  # noqa: E402
 
 MODES = ('train', 'resume', 'eval', 'predict', 'export', 'report')
 CONTINUING = ('resume', 'eval', 'predict', 'export')
+EXIT_BUSY = 75  # EX_TEMPFAIL of sysexits.h: another process trains in the workdir; try again later
 
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.DEFINE_string('workdir', '', 'Run folder: config, checkpoints, metrics, VisualDL logs, predictions.')
 flags.DEFINE_string('checkpoint', '', 'A checkpoint folder; default: the newest valid one (resume), '
                     'the best (eval, predict, export).')
 flags.DEFINE_string('split', '', 'Split to evaluate or predict; default: config.eval.split (eval), test (predict).')
-flags.DEFINE_string('output', '', 'Where predict writes its CSV (default <workdir>/result.csv); export: path '
-                    'prefix of the inference model (default <workdir>/export/model). Relative to the current folder.')
+flags.DEFINE_bool('autoresume', False, 'train: the command to repeat in job scripts. Starts the run if '
+                  '--workdir holds none, continues it if it was interrupted (with or without a checkpoint), '
+                  'does nothing if it finished; refuses a config that differs from the saved one.')
+flags.DEFINE_string('output', '', 'Where eval writes its JSON (default <workdir>/eval_<split>.json) and predict '
+                    'its CSV (default <workdir>/result.csv); export: path prefix of the inference model '
+                    '(default <workdir>/export/model). Relative to the current folder.')
 flags.DEFINE_string('command', '', 'report: the command that produced the runs, quoted in summary.md '
                     '(run.sh passes its own).')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file and argument: configs/<experiment>.py[:smoke]',
@@ -73,6 +82,8 @@ def _with_config_file(argv):
         values[name] = argv[i + 1]
   if values.get('mode') in CONTINUING and values.get('workdir'):
     saved = os.path.join(values['workdir'], 'config.py')
+    if os.path.isfile(values['workdir']):
+      sys.exit(f'error: --workdir {os.path.abspath(values["workdir"])} is a file, not a run folder')
     if not os.path.isfile(saved):
       sys.exit(f'error: {os.path.abspath(saved)} does not exist: --workdir is not a training run '
                f'(or pass --config)')
@@ -106,25 +117,91 @@ def _check_config_file(spec):
     sys.exit(f'error: --config {spec}: {kind}{message}\n  at {where[0]}' + (f', line {where[1]}' if where[1] else ''))
 
 
-def train_mode(config, workdir, resume_from=''):
+def train_or_resume(config, workdir, stop):
+  """train, resume or train --autoresume, as the only trainer of the workdir (rank 0 holds its lock)."""
   from train import TrainingStopped, check_config, train
   rank, world_size = distributed.rank_and_world_size()
   check_config(config, world_size)
   workdir_lib.check_writable(workdir)
-  try:
-    result = train(config, workdir, resume_from)
-  except TrainingStopped as stopped:
-    print(stopped, file=sys.stderr)
-    return stopped.exit_code
+  with workdir_lib.own(workdir) if rank == 0 else contextlib.nullcontext():
+    resume_from = _starting_point(config, workdir)  # decided under the lock: no other start can interleave
+    if resume_from is None:
+      return 0
+    try:
+      result = train(config, workdir, resume_from, stop)
+    except TrainingStopped as stopped:
+      print(stopped, file=sys.stderr)
+      return stopped.exit_code
   if rank == 0:
     print(f'done: best {config.eval.split} top1 {result["best"]["top1"]:.2f}% at update {result["best"]["update"]}\n'
           f'  checkpoints: {workdir_lib.checkpoints_dir(workdir)}\n'
           f'  metrics:     {os.path.join(workdir, "metrics.jsonl")}\n'
-          f'  curves:      visualdl --logdir {os.path.join(workdir, "vdl")}')
+          f'  curves:      visualdl --logdir {shlex.quote(os.path.join(workdir, "vdl"))}')
   return 0
 
 
-def main(argv):
+def _starting_point(config, workdir):
+  """Where training starts: '' (update 0), a checkpoint folder, or None when the run has finished.
+
+  A run interrupted before its first checkpoint starts again from update 0: its seed and saved config
+  make that the same run. Checkpoints that exist but are all damaged are an error, never a restart.
+  """
+  where, ckpt_dir = os.path.abspath(workdir), workdir_lib.checkpoints_dir(workdir)
+  if FLAGS.mode == 'train' and not workdir_lib.has_run(workdir):
+    return ''
+  if FLAGS.mode == 'train' and not FLAGS.autoresume:
+    raise app.UsageError(f'{where} already holds a run: continue it with --mode resume (or this command '
+                         f'with --autoresume), or train into a new --workdir')
+  if FLAGS.mode == 'resume' and not workdir_lib.has_run(workdir):
+    raise app.UsageError(f'{where} holds no run to resume (no {workdir_lib.CONFIG_FILE}, no checkpoint): '
+                         f'start one with --mode train')
+  saved = workdir_lib.saved_config(workdir)
+  if FLAGS.autoresume and saved is not None:
+    changes = workdir_lib.learning_changes(saved, config)
+    if changes:
+      listed = '\n  '.join(f'config.{key}: {old!r} in the run, {new!r} in this command' for key, old, new in changes)
+      raise app.UsageError(f'--autoresume: {where} holds a run of another config:\n  {listed}\n'
+                           f'Repeat the command that started it, change the run on purpose with --mode resume '
+                           f'and overrides, or train into a new --workdir')
+  if FLAGS.checkpoint:
+    return FLAGS.checkpoint
+  latest = checkpoint.latest_valid(ckpt_dir)
+  if latest is None and checkpoint.committed(ckpt_dir):
+    raise app.UsageError(f'no valid checkpoint in {os.path.abspath(ckpt_dir)} to resume from')
+  if latest is None:
+    print(f'resume: {where} has no checkpoint yet: training again from update 0 with the saved config and seed')
+    return ''
+  manifest = checkpoint.read_manifest(latest, files=())
+  saved_length = {k: manifest.get('config', {}).get('train', {}).get(k) for k in ('updates', 'epochs')}
+  same_length = saved_length == {'updates': config.train.updates, 'epochs': config.train.epochs}
+  if same_length and manifest['update'] >= manifest.get('total_updates', float('inf')):
+    best = manifest['best']
+    print(f'{workdir} finished at update {manifest["update"]} (best {config.eval.split} top1 '
+          f'{best["top1"]:.2f}% at update {best["update"]}): nothing to do')
+    return None
+  print(f'resume: from {latest}')
+  return latest
+
+
+def _check_output_file(path):
+  """Fail before the work when `path` could not be written (a folder, or under one that cannot be)."""
+  if os.path.isdir(path):
+    raise app.UsageError(f'--output {os.path.abspath(path)} is a folder: name a file')
+  workdir_lib.check_writable(os.path.dirname(os.path.abspath(path)), what='the output folder')
+
+
+def _write_after_printing(write, path, what):
+  """The numbers are on the screen already: a failed write names the file and loses nothing else."""
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write(path)
+  except OSError as err:
+    sys.exit(f'error: {what} not written to {os.path.abspath(path)}: {err.strerror or err}; the results above '
+             f'are complete (--output writes them elsewhere)')
+  print(f'{what} written to {path}')
+
+
+def main(argv, stop):
   if FLAGS.mode == 'report':
     if not FLAGS.workdir or len(argv) < 2:
       raise app.UsageError('report: python main.py --mode report --workdir OUT_DIR RUN_DIR [RUN_DIR ...]')
@@ -137,34 +214,21 @@ def main(argv):
     raise app.UsageError('--config is required (e.g. --config configs/digits_vit_rdrop.py)')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
+  if FLAGS.autoresume and FLAGS.mode != 'train':
+    raise app.UsageError(f'--autoresume belongs to --mode train (the repeatable command), not --mode {FLAGS.mode}')
   config, workdir = FLAGS.config, FLAGS.workdir
-  ckpt_dir = workdir_lib.checkpoints_dir(workdir)
+  if os.path.isfile(workdir):
+    raise app.UsageError(f'--workdir {os.path.abspath(workdir)} is a file, not a run folder')
+  if FLAGS.mode in ('train', 'resume'):
+    return train_or_resume(config, workdir, stop)
 
-  if FLAGS.mode == 'train':
-    if checkpoint.committed(ckpt_dir):
-      raise app.UsageError(f'{os.path.abspath(ckpt_dir)} already holds checkpoints: continue with '
-                           f'--mode resume, or train into a new --workdir')
-    return train_mode(config, workdir)
-
-  if FLAGS.mode == 'resume':
-    resume_from = FLAGS.checkpoint or checkpoint.latest_valid(ckpt_dir)
-    if not resume_from:
-      raise app.UsageError(f'no valid checkpoint in {os.path.abspath(ckpt_dir)} to resume from')
-    manifest = checkpoint.read_manifest(resume_from, files=())
-    saved_length = {k: manifest.get('config', {}).get('train', {}).get(k) for k in ('updates', 'epochs')}
-    same_length = saved_length == {'updates': config.train.updates, 'epochs': config.train.epochs}
-    if same_length and manifest['update'] >= manifest.get('total_updates', float('inf')) and not FLAGS.checkpoint:
-      best = manifest['best']
-      print(f'{workdir} finished at update {manifest["update"]} (best {config.eval.split} top1 '
-            f'{best["top1"]:.2f}% at update {best["update"]}): nothing to resume')
-      return 0
-    print(f'resume: from {resume_from}')
-    return train_mode(config, workdir, resume_from)
-
-  # eval, predict, export: one checkpoint
+  # eval, predict, export: one checkpoint, no lock (every file a training writes is replaced atomically)
+  from train import check_config, check_fits, load_trained_model
+  check_config(config, world_size=1)
   path = FLAGS.checkpoint or workdir_lib.best_checkpoint(workdir)
   if not path:
-    raise app.UsageError(f'no valid checkpoint in {os.path.abspath(ckpt_dir)}; pass --checkpoint')
+    raise app.UsageError(f'no valid checkpoint in {os.path.abspath(workdir_lib.checkpoints_dir(workdir))}; '
+                         f'pass --checkpoint')
   if FLAGS.mode == 'export':
     from export import export
     prefix = FLAGS.output or os.path.join(workdir, 'export', 'model')
@@ -172,9 +236,11 @@ def main(argv):
     print('written ' + ', '.join(export(config, path, prefix)))
     return 0
   from evaluate import evaluate, predict, write_json, write_predictions
-  from train import check_fits, load_trained_model
   from utils.precision import Precision
   split = FLAGS.split or (config.eval.split if FLAGS.mode == 'eval' else 'test')
+  out = FLAGS.output or os.path.join(workdir, f'eval_{split}.json' if FLAGS.mode == 'eval' else 'result.csv')
+  if FLAGS.mode == 'predict':  # the predictions are the result: make sure they can be written first
+    _check_output_file(out)
   precision = Precision(config.train)  # the run's precision, as its evaluations during training
   model, manifest = load_trained_model(config, path, precision)
   dataset, update = data.build(config.data, split), manifest['update']
@@ -183,16 +249,15 @@ def main(argv):
     print(f'eval: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} samples)')
     metrics = dict(evaluate(model, dataset, config, split=split, autocast=precision.autocast), checkpoint=path,
                    update=update, split=split, precision=precision.name)
-    out = os.path.join(workdir, f'eval_{split}.json')
-    write_json(out, metrics)
     print(f'top1 {metrics["top1"]:.2f}%  top5 {metrics["top5"]:.2f}%  loss {metrics["loss"]:.4f}  '
-          f'({metrics["count"]} samples)\nwritten to {out}')
+          f'({metrics["count"]} samples)')
+    _write_after_printing(lambda p: write_json(p, metrics), out, 'metrics')
   else:
-    out = FLAGS.output or os.path.join(workdir, 'result.csv')
     print(f'predict: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} images)')
     names, labels = predict(model, dataset, config, autocast=precision.autocast)
-    write_predictions(out, names, labels)
-    print(f'{len(names)} predictions written to {out}')
+    counts = sorted(collections.Counter(labels.tolist()).items())
+    print(f'{len(names)} predictions; images per predicted class: ' + ', '.join(f'{c}: {n}' for c, n in counts))
+    _write_after_printing(lambda p: write_predictions(p, names, labels), out, 'predictions')
   return 0
 
 
@@ -218,8 +283,17 @@ def _run(argv):
     sys.exit(0)
   argv = _with_config_file(argv)
   from utils.checkpoint import CheckpointError
+  argv = _parse_flags_or_exit(argv)
+  # From here SIGTERM and Ctrl-C end the process within seconds, at any stage.
+  stop = preemption.StopRequest(end_when_blocked=distributed.rank_and_world_size()[1] == 1)
   try:
-    sys.exit(main(_parse_flags_or_exit(argv)))
+    sys.exit(main(argv, stop))
+  except preemption.Interrupted as err:
+    print(err, file=sys.stderr)
+    sys.exit(128 + err.signum)
+  except workdir_lib.WorkdirBusy as err:
+    print(f'error: {err}', file=sys.stderr)
+    sys.exit(EXIT_BUSY)
   except app.UsageError as err:
     sys.exit(f'error: {err}')
   except (ValueError, OSError, CheckpointError, FloatingPointError) as err:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the papers' runs in batch. Every run goes into $RUNS_DIR/<experiment>/<variant>; a run that
-# already has checkpoints is resumed, so after a preemption the same command carries on where it stopped.
+# Reproduce the papers' runs in batch. Every run goes into $RUNS_DIR/<experiment>/<variant>; an interrupted
+# run is continued and a finished one left alone, so after a preemption the same command carries on.
 #
 #   bash run.sh demo                 offline demo: tiny ViT on scikit-learn digits, baseline vs R-Drop
 #   bash run.sh smoke                a few updates of every config on tiny generated data (CPU, minutes)
@@ -53,15 +53,12 @@ run() {
   fi
 }
 
-# run_one WORKDIR CONFIG [overrides...]: train, or resume when WORKDIR already has checkpoints.
+# run_one WORKDIR CONFIG [overrides...]: the repeatable command. Trains a new run, continues an interrupted
+# one (with or without a checkpoint yet), does nothing for a finished one.
 run_one() {
   local workdir=$1 config=$2
   shift 2
-  if compgen -G "$workdir/checkpoints/update_*" > /dev/null; then
-    launch --mode resume --workdir "$workdir" "$@" "${EXTRA[@]}"
-  else
-    launch --config "$config" --workdir "$workdir" "$@" "${EXTRA[@]}"
-  fi
+  launch --config "$config" --workdir "$workdir" --autoresume "$@" "${EXTRA[@]}"
 }
 
 report() {  # report OUT_DIR VARIANT_DIR...: one table over the variants' runs (with SEEDS, every seed's)

@@ -8,6 +8,8 @@ optimizer (with its LR schedule), loss scaler, update count and best metric to c
 import contextlib
 import math
 import os
+import shlex
+import signal
 import time
 
 import ml_collections
@@ -20,7 +22,7 @@ from evaluate import evaluate
 from utils import checkpoint, distributed, optim
 from utils import workdir as workdir_lib
 from utils.precision import Precision
-from utils.preemption import StopRequest
+from utils.preemption import Interrupted, StopRequest
 from utils.rdrop import FORMS, REDUCTIONS, rdrop_loss
 from utils.runlog import RunLog
 
@@ -44,26 +46,74 @@ def micro_batch_size(train_config, world_size):
   return micro
 
 
+# (test, what is allowed) of a field's value.
+POSITIVE = (lambda v: v > 0, 'must be > 0')
+NON_NEGATIVE = (lambda v: v >= 0, 'must be >= 0')
+RATE = (lambda v: 0 <= v < 1, 'must be in [0, 1)')
+ALL_POSITIVE = (lambda v: len(v) > 0 and all(x > 0 for x in v), 'must be positive numbers')
+# What every numeric field allows (a field absent from a config is skipped); names of choices are below.
+# tests/test_bad_inputs.py checks that every numeric field of every config in configs/ has a rule here.
+FIELD_RULES = {
+    'seed': NON_NEGATIVE,
+    'data.img_size': POSITIVE, 'data.num_workers': (lambda v: v >= -1, 'must be >= -1 (-1: one per core)'),
+    'data.mean': (lambda v: len(v) > 0 and all(0 <= x <= 1 for x in v), 'must be numbers in [0, 1]'),
+    'data.std': ALL_POSITIVE, 'data.classes': POSITIVE, 'data.resize': POSITIVE, 'data.val_every': NON_NEGATIVE,
+    'model.img_size': POSITIVE, 'model.in_channels': POSITIVE, 'model.depth': POSITIVE, 'model.head_width': POSITIVE,
+    'model.blocks_per_stage': POSITIVE, 'model.widths': ALL_POSITIVE,
+    'model.dropout_rate': RATE, 'model.attention_dropout_rate': RATE, 'model.head_dropout': RATE,
+    'model.conv_dropout': RATE, 'model.fc_dropout': RATE,
+    'model.dropblock.block_size': POSITIVE, 'model.dropblock.keep_prob': (lambda v: 0 < v <= 1, 'must be in (0, 1]'),
+    'model.dropblock.ramp_updates': NON_NEGATIVE,
+    'train.batch_size': POSITIVE, 'train.accum_steps': POSITIVE, 'train.updates': NON_NEGATIVE,
+    'train.epochs': NON_NEGATIVE, 'train.lr': POSITIVE, 'train.momentum': RATE, 'train.weight_decay': NON_NEGATIVE,
+    'train.clip_grad_norm': NON_NEGATIVE, 'train.warmup_updates': NON_NEGATIVE, 'train.warmup_epochs': NON_NEGATIVE,
+    'train.end_lr_ratio': NON_NEGATIVE, 'train.decay_updates': NON_NEGATIVE, 'train.decay_epochs': NON_NEGATIVE,
+    'train.poly_power': POSITIVE, 'train.step_gamma': POSITIVE, 'train.init_loss_scale': POSITIVE,
+    'train.max_skipped_updates': NON_NEGATIVE, 'train.log_every': POSITIVE, 'train.eval_every': NON_NEGATIVE,
+    'train.checkpoint_every': NON_NEGATIVE, 'train.checkpoint_every_minutes': NON_NEGATIVE,
+    'train.keep_checkpoints': POSITIVE,
+    'rdrop.alpha': NON_NEGATIVE,
+    'eval.batch_size': POSITIVE,
+    'reference.top1': (lambda v: 0 <= v <= 100, 'must be a percentage in [0, 100]'),
+}
+
+
+def _field(config, dotted):
+  """The value of `config.a.b.c`, or None when the config has no such field."""
+  value = config
+  for part in dotted.split('.'):
+    if not isinstance(value, ml_collections.ConfigDict) or part not in value:
+      return None
+    value = value[part]
+  return value
+
+
 def check_config(config, world_size):
-  """Fail before any work on values that would only break later (names of choices, the batch split)."""
-  choices = {'train.optimizer': optim.OPTIMIZERS, 'train.schedule': optim.SCHEDULES,
+  """Fail before any work on a value that would only break later, or hang (a negative batch size used to
+  wait forever in Paddle's reader): every problem at once, each naming `config.<field>`, its value and what
+  is allowed."""
+  choices = {'model.name': models.available(), 'data.name': data.available(),
+             'train.optimizer': optim.OPTIMIZERS, 'train.schedule': optim.SCHEDULES,
              'train.precision': ('fp32', 'fp16', 'bf16'), 'train.amp_level': ('O1', 'O2'),
              'rdrop.reduction': REDUCTIONS, 'rdrop.form': FORMS}
-  for key, allowed in choices.items():
-    group, field = key.split('.')
-    if config[group][field] not in allowed:
-      raise ValueError(f'config.{key}={config[group][field]!r}: choose one of {", ".join(allowed)}')
-  if config.rdrop.alpha < 0:
-    raise ValueError(f'config.rdrop.alpha={config.rdrop.alpha} must be >= 0')
-  minimum = {'accum_steps': 1, 'log_every': 1, 'keep_checkpoints': 1, 'eval_every': 0, 'checkpoint_every': 0}
-  for field, low in minimum.items():
-    if config.train[field] < low:
-      raise ValueError(f'config.train.{field}={config.train[field]} must be >= {low}')
+  problems = [f'config.{key}={_field(config, key)!r}: choose one of {", ".join(allowed)}'
+              for key, allowed in choices.items() if _field(config, key) not in allowed]
+  for key, (test, allowed) in FIELD_RULES.items():
+    value = _field(config, key)
+    if value is not None and not test(value):
+      problems.append(f'config.{key}={value!r}: {allowed}')
+  tc = config.train
+  if tc.updates == 0 and tc.epochs == 0:
+    problems.append('config.train.updates=0 and config.train.epochs=0: nothing to train; set either > 0')
   if config.model.get('recompute', False) and world_size > 1:
     # Recompute replays each block in a second, re-entrant backward pass, which DataParallel's gradient
     # hooks do not support (parameters reported ready twice, Paddle issue 52980).
-    raise ValueError('config.model.recompute=True is not supported under paddle.distributed.launch; '
-                     'lower the micro-batch through train.accum_steps instead')
+    problems.append('config.model.recompute=True is not supported under paddle.distributed.launch; '
+                    'lower the micro-batch through train.accum_steps instead')
+  if len(problems) > 1:
+    raise ValueError(f'{len(problems)} config values are not allowed:\n  ' + '\n  '.join(problems))
+  if problems:
+    raise ValueError(problems[0])
   micro_batch_size(config.train, world_size)
 
 
@@ -129,8 +179,12 @@ def _seed_update(config, rank, update):
   paddle.seed(pipeline.derived_seed(config.seed, 1_000_003 + rank, update))
 
 
-def train(config, workdir, resume_from=''):
-  """Train `config` into `workdir`; with `resume_from` (a checkpoint folder) continue from it."""
+def train(config, workdir, resume_from='', stop=None):
+  """Train `config` into `workdir`; with `resume_from` (a checkpoint folder) continue from it.
+
+  `stop` is the process's StopRequest (main.py installs one at start); without it, one is installed for
+  the duration of the loop.
+  """
   rank, world_size = distributed.setup()
   is_main = rank == 0
   micro = micro_batch_size(config.train, world_size)
@@ -148,7 +202,7 @@ def train(config, workdir, resume_from=''):
   say = print if is_main else lambda _: None
   precision = Precision(tc, log=say)
   model, optimizer = precision.decorate(model, optimizer)
-  start, best, seconds_before = 0, {'top1': -1.0, 'update': 0}, 0.0
+  start, best, seconds_before, evaluation_due = 0, {'top1': -1.0, 'update': 0}, 0.0, False
   if resume_from:
     manifest, state = checkpoint.load(resume_from)
     check_fits(manifest, config, resume_from, train_set.num_classes)
@@ -156,6 +210,7 @@ def train(config, workdir, resume_from=''):
     optimizer.set_state_dict(precision.optimizer_state(state['optimizer.pdopt'], model, state['model.pdparams']))
     precision.load_state_dict(state['trainer.pdstate']['precision'], log=say)
     start, best, seconds_before = manifest['update'], manifest['best'], manifest.get('train_seconds', 0.0)
+    evaluation_due = manifest.get('evaluation_due', False)  # stopped before evaluating update `start`
   if is_main:  # only now that data, weights and checkpoint have loaded: a failed start leaves no trace
     workdir_lib.start_run(workdir, config, world_size, resume_from)
   net = model
@@ -172,15 +227,36 @@ def train(config, workdir, resume_from=''):
            f'R-Drop alpha={config.rdrop.alpha} ({config.rdrop.reduction}, {config.rdrop.form}), '
            f'{"from update " + str(start) if start else "from scratch"}; writing to {workdir}')
 
-  def save(update):
+  def save(update, evaluation_due=False):
+    nonlocal last_save
+    last_save = time.monotonic()
     if is_main:
       optimizer_state = optimizer.state_dict()
       pieces = {'model.pdparams': checkpoint.float32_weights(net.state_dict(), optimizer_state.get('master_weights')),
                 'optimizer.pdopt': optimizer_state, 'trainer.pdstate': {'precision': precision.state_dict()}}
       meta = {'best': best, 'experiment': config.experiment, 'model': config.model.name,
-              'num_classes': train_set.num_classes, 'total_updates': updates,
+              'num_classes': train_set.num_classes, 'total_updates': updates, 'evaluation_due': evaluation_due,
               'train_seconds': seconds_before + time.monotonic() - started, 'config': config.to_dict()}
-      return checkpoint.save(ckpt_dir, update, pieces, meta, tc.keep_checkpoints, protect={best['update']})
+      with stop.writing():
+        checkpoint.save(ckpt_dir, update, pieces, meta, tc.keep_checkpoints, protect={best['update']})
+
+  def evaluate_and_log(update):
+    nonlocal best
+    # One process stops an evaluation at a signal (Interrupted); ranks under the launcher finish theirs,
+    # since they could not agree on where to stop without one all-reduce per batch.
+    metrics = evaluate(net, eval_set, config, rank, world_size, autocast=precision.autocast,
+                       stop=stop if world_size == 1 else None)
+    if metrics['top1'] > best['top1']:
+      best = {'top1': metrics['top1'], 'update': update}
+    log.scalars(update, 'eval', {**{k: metrics[k] for k in ('top1', 'top5', 'loss')}, 'best_top1': best['top1']})
+    log.info(f'update {update}: {config.eval.split} top1 {metrics["top1"]:.2f}% top5 {metrics["top5"]:.2f}% '
+             f'loss {metrics["loss"]:.4f} (best {best["top1"]:.2f}% at update {best["update"]})')
+
+  def stopped(update, evaluation_due=False):
+    unevaluated = ' before its evaluation was complete (it runs first on resume)' if evaluation_due else ''
+    return TrainingStopped(f'stopped by a signal after update {update}{unevaluated}, checkpoint saved. Continue '
+                           f'with:\n  python main.py --mode resume --workdir {shlex.quote(str(workdir))}',
+                           128 + (stop.signum or signal.SIGTERM))
 
   # Layers whose behaviour follows training progress (e.g. DropBlock's keep_prob ramp) get the update.
   progress_layers = [layer for layer in net.sublayers(include_self=True) if hasattr(layer, 'on_update')]
@@ -188,12 +264,20 @@ def train(config, workdir, resume_from=''):
   if expected_first_loss:
     log.info(f'check: the head starts at zero, so the first loss must be {expected_first_loss:.4f} '
              f'({"2 ln" if config.rdrop.alpha else "ln"} {train_set.num_classes})')
-  stop = StopRequest()
-  started = time.monotonic()
+  own_stop = stop is None
+  stop = StopRequest() if own_stop else stop
+  started = last_save = time.monotonic()
   sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl summed over the applied updates since the last log
   updates_in_sums = skipped_in_window = skipped_in_a_row = skipped_total = 0
   model.train()  # evaluate() puts it back after each evaluation
+  stop.defer(True)  # from here a signal stops the loop at the end of an update, or during an evaluation
   try:
+    if evaluation_due:
+      try:
+        evaluate_and_log(start)
+      except Interrupted:
+        raise stopped(start, evaluation_due=True) from None
+      save(start)
     for update in range(start + 1, updates + 1):
       _seed_update(config, rank, update)
       for layer in progress_layers:
@@ -210,9 +294,11 @@ def train(config, workdir, resume_from=''):
 
       loss_value = float(update_sums[0])  # the one host sync of an update
       # Ranks must agree before stepping: a NaN on any rank stops them all; a signal on any rank stops
-      # them all after this update (one all-reduce for both under the launcher).
-      faulty, stopping = distributed.any_rank(
-          [not math.isfinite(loss_value) and not precision.scaling, bool(stop)], world_size)
+      # them all after this update; rank 0's clock decides a time-based checkpoint (one all-reduce).
+      checkpoint_time = (is_main and tc.checkpoint_every_minutes > 0
+                         and time.monotonic() - last_save >= 60 * tc.checkpoint_every_minutes)
+      faulty, stopping, checkpoint_time = distributed.any_rank(
+          [not math.isfinite(loss_value) and not precision.scaling, bool(stop), checkpoint_time], world_size)
       if faulty:
         last = checkpoint.latest_valid(ckpt_dir)
         raise FloatingPointError(f'the training loss is not finite at update {update} (here: {loss_value}); '
@@ -250,21 +336,21 @@ def train(config, workdir, resume_from=''):
 
       evaluated = update % tc.eval_every == 0 or update == updates
       if evaluated:
-        metrics = evaluate(net, eval_set, config, rank, world_size, autocast=precision.autocast)
-        if metrics['top1'] > best['top1']:
-          best = {'top1': metrics['top1'], 'update': update}
-        log.scalars(update, 'eval', {**{k: metrics[k] for k in ('top1', 'top5', 'loss')}, 'best_top1': best['top1']})
-        log.info(f'update {update}: {config.eval.split} top1 {metrics["top1"]:.2f}% top5 {metrics["top5"]:.2f}% '
-                 f'loss {metrics["loss"]:.4f} (best {best["top1"]:.2f}% at update {best["update"]})')
-      if (evaluated or stopping or update == updates
+        try:
+          evaluate_and_log(update)
+        except Interrupted:
+          save(update, evaluation_due=True)
+          raise stopped(update, evaluation_due=True) from None
+      if (evaluated or stopping or checkpoint_time or update == updates
           or (tc.checkpoint_every and update % tc.checkpoint_every == 0)):
         save(update)
       if stopping:
         distributed.barrier(world_size)  # the launcher ends every rank when one exits: let rank 0 finish saving
-        raise TrainingStopped(f'stopped by a signal after update {update}, checkpoint saved. Continue with:\n'
-                              f'  python main.py --mode resume --workdir {workdir}', 128 + (stop.signum or 15))
+        raise stopped(update)
   finally:
-    stop.restore()
+    stop.defer(False)
+    if own_stop:
+      stop.restore()
     log.close()
   return {'updates': updates, 'best': best}
 

@@ -50,6 +50,8 @@ def get_base_config():
   c.train.log_every = 10
   c.train.eval_every = 100         # updates; 0 evaluates once per epoch
   c.train.checkpoint_every = 100   # updates; 0 checkpoints only at evaluations and at the end
+  c.train.checkpoint_every_minutes = 30.0  # and once this long has passed since the last one (0: never):
+                                          # a preemption loses at most this much work, whatever the model
   c.train.keep_checkpoints = 2     # newest N, plus the best
 
   c.rdrop = ml_collections.ConfigDict()

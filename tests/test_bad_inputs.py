@@ -159,3 +159,111 @@ def test_an_unlabelled_eval_split_stops_training_before_it_starts(tmp_path):
   assert proc.returncode == 1
   assert "config.eval.split='test': that split of cat12 is unlabelled" in proc.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def _numeric_fields(config_dict, prefix=''):
+  """Dotted names of the int, float and number-tuple fields of a config dict."""
+  fields = []
+  for key, value in config_dict.items():
+    if isinstance(value, dict):
+      fields += _numeric_fields(value, f'{prefix}{key}.')
+    elif (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+        isinstance(value, (tuple, list)) and value and all(isinstance(v, (int, float)) for v in value)):
+      fields.append(f'{prefix}{key}')
+  return fields
+
+
+def test_every_numeric_field_of_every_config_has_a_validation_rule():
+  import importlib
+  import pkgutil
+  import configs
+  import train
+  unchecked = set()
+  for module in pkgutil.iter_modules(configs.__path__):
+    get_config = getattr(importlib.import_module(f'configs.{module.name}'), 'get_config', None)
+    if get_config:
+      unchecked |= set(_numeric_fields(get_config().to_dict())) - set(train.FIELD_RULES)
+  assert not unchecked, f'add these fields to train.FIELD_RULES: {sorted(unchecked)}'
+
+
+@pytest.mark.parametrize('field,value,allowed', [
+    ('train.batch_size', -64, 'must be > 0'), ('train.batch_size', 0, 'must be > 0'),
+    ('train.updates', -5, 'must be >= 0'), ('train.epochs', -1.0, 'must be >= 0'),
+    ('train.lr', -1.0, 'must be > 0'), ('train.lr', 0.0, 'must be > 0'),
+    ('train.momentum', 1.0, 'must be in [0, 1)'), ('model.dropout_rate', 1.5, 'must be in [0, 1)'),
+    ('model.attention_dropout_rate', -0.1, 'must be in [0, 1)'), ('train.accum_steps', 0, 'must be > 0'),
+    ('train.checkpoint_every', -1, 'must be >= 0'), ('train.checkpoint_every_minutes', -5.0, 'must be >= 0'),
+    ('train.eval_every', -1, 'must be >= 0'), ('train.keep_checkpoints', 0, 'must be > 0'),
+    ('train.warmup_updates', -1, 'must be >= 0'), ('train.weight_decay', -0.1, 'must be >= 0'),
+    ('eval.batch_size', -8, 'must be > 0'), ('data.num_workers', -2, 'must be >= -1'),
+    ('data.std', (0.0,), 'must be positive numbers'), ('seed', -1, 'must be >= 0'),
+    ('rdrop.alpha', -1.0, 'must be >= 0'), ('reference.top1', 101.0, 'must be a percentage in [0, 100]'),
+    ('train.optimizer', 'adamm', 'choose one of sgd, momentum, adam, adamw'),
+    ('data.name', 'digit', 'choose one of '),
+])
+def test_a_bad_value_is_refused_naming_the_field_its_value_and_what_is_allowed(field, value, allowed):
+  import train
+  from configs import digits_vit_rdrop
+  config = digits_vit_rdrop.get_config()
+  group, _, name = field.rpartition('.')
+  (config[group] if group else config)[name] = value
+  with pytest.raises(ValueError) as refused:
+    train.check_config(config, world_size=1)
+  assert str(refused.value).startswith(f'config.{field}={value!r}: {allowed}')
+
+
+def test_bad_values_are_refused_through_the_cli_at_once_before_any_work(tmp_path):
+  """A negative batch size used to wait forever in Paddle's reader; -5 updates silently meant 'use epochs'."""
+  proc = run_main('--config', 'configs/digits_vit.py', '--workdir', tmp_path / 'run', '--config.train.batch_size=-64',
+                  '--config.train.updates=-5', '--config.train.lr=-1', '--config.model.dropout_rate=1.5',
+                  check=False, timeout=60)
+  assert proc.returncode == 1
+  assert proc.stderr.splitlines() == [
+      'error: 4 config values are not allowed:', '  config.model.dropout_rate=1.5: must be in [0, 1)',
+      '  config.train.batch_size=-64: must be > 0', '  config.train.updates=-5: must be >= 0',
+      '  config.train.lr=-1.0: must be > 0']
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('target,message', [
+    ('vdl', 'is not a checkpoint: it holds no manifest.json and no weights; checkpoints are the update_<N> folders'),
+    ('empty', 'is not a checkpoint: it holds no manifest.json and no weights'),
+    ('.', 'is not a checkpoint: it holds no manifest.json and no weights (it is a run folder: leave --checkpoint out)'),
+    ('model.pdparams', 'is a file, not a checkpoint folder: pass its folder '),
+])
+def test_a_checkpoint_argument_that_is_not_a_checkpoint_says_what_it_is(digits_run, tmp_path, target, message):
+  workdir = shutil.copytree(digits_run, tmp_path / 'run')
+  (workdir / 'empty').mkdir()
+  path = os.path.join(_newest(workdir), target) if target == 'model.pdparams' else str(workdir / target)
+  with pytest.raises(checkpoint.CheckpointError) as refused:
+    checkpoint.read_manifest(path)
+  assert message in str(refused.value)
+  if target == 'model.pdparams':  # and so it reaches the user
+    proc = run_main('--mode', 'eval', '--workdir', workdir, '--checkpoint', path, check=False)
+    assert proc.returncode == 1 and f'error: {path} is a file, not a checkpoint folder: pass its folder ' \
+                                    f'{_newest(workdir)}' in proc.stderr
+
+
+def test_eval_prints_its_numbers_before_a_failed_write_which_names_the_file(digits_run, tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  out = tmp_path / 'a_file' / 'eval.json'
+  proc = run_main('--mode', 'eval', '--workdir', digits_run, '--output', out, check=False)
+  assert proc.returncode == 1 and 'top1 ' in proc.stdout and '(360 samples)' in proc.stdout
+  assert f'error: metrics not written to {out}: ' in proc.stderr and 'the results above are complete' in proc.stderr
+
+
+def test_predict_refuses_an_output_it_could_not_write_before_predicting(digits_run, tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  proc = run_main('--mode', 'predict', '--workdir', digits_run, '--output', tmp_path / 'a_file' / 'p.csv',
+                  check=False)
+  assert proc.returncode == 1 and 'predict: checkpoint' not in proc.stdout
+  assert (f'error: cannot write to the output folder {tmp_path / "a_file"}: {tmp_path / "a_file"} is not a '
+          'writable folder') in proc.stderr
+
+
+def test_a_workdir_that_is_a_file_is_named(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  for mode in ('train', 'eval'):
+    proc = run_main('--mode', mode, '--config', 'configs/digits_vit.py:smoke', '--workdir', tmp_path / 'a_file',
+                    check=False)
+    assert proc.returncode == 1 and f'error: --workdir {tmp_path / "a_file"} is a file, not a run folder' in proc.stderr

@@ -193,6 +193,7 @@ def test_a_second_signal_exits_at_once():
             f'sys.path.insert(0, {ROOT!r})\n'
             'from utils.preemption import StopRequest\n'
             'stop = StopRequest()\n'
+            'stop.defer(True)\n'
             'os.kill(os.getpid(), signal.SIGTERM)\n'
             'time.sleep(0.2)\n'
             'print("asked to stop:", bool(stop), stop.signum, flush=True)\n'

@@ -1,12 +1,15 @@
-"""Kill it at any moment, run resume, and the result is the one you would have had.
+"""Kill it at any moment, start it twice, repeat the command: the result is the one you would have had.
 
 Real processes are killed: from outside at seeded random points (mid-training, as a checkpoint folder
 appears) and from inside at chosen points of a checkpoint write (half a file written; committed but not
-yet pruned), then resumed until done; SIGTERM and a second signal; a NaN loss.
+yet pruned), then the repeatable command (--autoresume) runs until done; a kill before the first
+checkpoint; a second training into a running workdir; SIGTERM after an update, during an evaluation,
+while the data stalls, and a second one; time-based checkpoints; a NaN loss.
 """
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import paddle
 import pytest
 
 from conftest import ROOT, child_env, run_main
+from fakedata import make_cat12
 from test_training import DEMO, TINY, _max_difference, _train_rows, _weights
 from utils import checkpoint
 
@@ -24,11 +28,16 @@ UPDATES = 16
 # Checkpoints at 3, 5, 6, 9, 10, 12, 15, 16 (every 3rd and every evaluation); 2 kept plus the best.
 RUN = [*TINY, f'--config.train.updates={UPDATES}', '--config.train.checkpoint_every=3',
        '--config.train.eval_every=5', '--config.train.keep_checkpoints=2']
+EXIT_BUSY = 75
 
 # `python main.py ARGS` with a fault planted in this process: argv = [fault, n, ARGS...].
 #   half_written_save n: on the n-th paddle.save, write half of the file, then SIGKILL (Paddle issue 26348)
 #   before_pruning n:    SIGKILL after the n-th checkpoint is committed, before old ones are removed
 #   slow_save n:         from the n-th paddle.save on, announce it on stderr and hang for a minute
+#   sigterm_in_evaluation n: the n-th evaluation starts with a SIGTERM to this process
+#   stalled_sample n:    from the n-th image a process reads on, announce it and hang for an hour (a file
+#                        system that stopped answering), in the main process or a DataLoader worker
+#   stalled_decode n:    the same in Cat-12's start-up check, which decodes every image once in a thread pool
 FAULT_RUNNER = '''
 import os, runpy, signal, sys, time
 fault, n = sys.argv[1], int(sys.argv[2])
@@ -37,6 +46,8 @@ sys.path.insert(0, os.getcwd())
 from utils import threads
 threads.configure()
 import paddle
+import evaluate
+from data import digits, images
 from utils import checkpoint
 calls = 0
 
@@ -63,12 +74,30 @@ def slow(save, obj, path, *args, **kwargs):
   time.sleep(60)
   return save(obj, path, *args, **kwargs)
 
+def signalled(original, *args, **kwargs):
+  os.kill(os.getpid(), signal.SIGTERM)
+  return original(*args, **kwargs)
+
+def stalled(sample, *args, **kwargs):
+  print(f'FAULT: reading an image stalls in process {os.getpid()}', file=sys.stderr, flush=True)
+  time.sleep(3600)
+
+def stalled_decode(decode_problem, *args, **kwargs):
+  print('FAULT: decoding an image stalls', file=sys.stderr, flush=True)
+  time.sleep(3600)
+
 if fault == 'half_written_save':
   paddle.save = nth_call(paddle.save, half_written)
 elif fault == 'before_pruning':
   checkpoint._retain = nth_call(checkpoint._retain, before_pruning)
 elif fault == 'slow_save':
   paddle.save = nth_call(paddle.save, slow)
+elif fault == 'sigterm_in_evaluation':
+  evaluate.evaluate = nth_call(evaluate.evaluate, signalled)
+elif fault == 'stalled_sample':
+  digits.Digits.sample = nth_call(digits.Digits.sample, stalled)
+elif fault == 'stalled_decode':
+  images.decode_problem = nth_call(images.decode_problem, stalled_decode)
 else:
   raise SystemExit(f'unknown fault {fault}')
 runpy.run_path('main.py', run_name='__main__')
@@ -110,6 +139,21 @@ def _started(tmp_path, name):
   return '\ntrain: ' in '\n' + (tmp_path / f'{name}.out').read_text()
 
 
+def _children(pid):
+  """Process ids of the children of `pid` (Linux /proc)."""
+  with open(f'/proc/{pid}/task/{pid}/children') as f:
+    return [int(child) for child in f.read().split()]
+
+
+def _running(pid):
+  """True while process `pid` exists and is not a zombie waiting to be reaped."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except FileNotFoundError:
+    return False
+
+
 def _optimizer_state(workdir, update):
   path = os.path.join(checkpoint.folder(os.path.join(workdir, 'checkpoints'), update), 'optimizer.pdopt')
   return {k: v.numpy() for k, v in paddle.load(path).items() if isinstance(v, paddle.Tensor)}
@@ -142,23 +186,25 @@ def reference(tmp_path_factory):
   return workdir
 
 
-def test_resume_after_kill_9_at_random_points_matches_the_uninterrupted_run(reference, tmp_path):
+def test_the_repeatable_command_killed_four_times_then_run_twice_ends_equal_to_the_uninterrupted_run(
+    reference, tmp_path):
+  """A job script's loop: the same command each time, killed before its first checkpoint, then at seeded
+  random points outside and inside checkpoint writes; the fifth run finishes, the sixth does nothing."""
   rng = random.Random(2024)
-  # Every fault fires within at most 5 updates of the process's start, so all four fire before the end.
+  # Every fault fires within at most 5 updates of the process's start, so all of them fire before the end.
   faults = [('outside, mid-training', rng.randint(1, 3)), ('outside, as a checkpoint folder appears', None),
-            ('half_written_save', rng.randint(1, 6)), ('before_pruning', rng.randint(1, 2))]
+            ('before_pruning', rng.randint(1, 2))]
   rng.shuffle(faults)
+  faults.insert(0, ('half_written_save', 1))  # killed while writing its first checkpoint
   workdir = tmp_path / 'run'
   ckpts = os.path.join(workdir, 'checkpoints')
+  command = ['--config', DEMO, '--workdir', workdir, *RUN, '--autoresume']
   history = []
   for i, (kind, n) in enumerate(faults):
     name = f'attempt{i}'
-    # As run.sh does: resume when the workdir holds checkpoints, else train (again).
     resumed_from = checkpoint.update_of(checkpoint.latest_valid(ckpts)) if checkpoint.committed(ckpts) else 0
-    args = (['--mode', 'resume', '--workdir', workdir] if resumed_from
-            else ['--config', DEMO, '--workdir', workdir, *RUN])
     inside = kind in ('half_written_save', 'before_pruning')
-    proc = _start(tmp_path, name, args, fault=(kind, n) if inside else None)
+    proc = _start(tmp_path, name, command, fault=(kind, n) if inside else None)
     if kind == 'outside, mid-training':
       _wait_for(lambda: _started(tmp_path, name) and max(_logged_updates(workdir), default=0) >= resumed_from + n,
                 proc)
@@ -172,21 +218,64 @@ def test_resume_after_kill_9_at_random_points_matches_the_uninterrupted_run(refe
       proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGKILL, f'{kind}: the fault did not fire\n' + (tmp_path / f'{name}.err').read_text()
+    if i:  # each restart takes over the lock of the killed process and says so
+      assert 'which ended without releasing it (killed?); taking it over' in (tmp_path / f'{name}.out').read_text()
     leftovers = [name for name in os.listdir(ckpts) if name.startswith('.tmp-')] if os.path.isdir(ckpts) else []
     if kind == 'half_written_save':
       assert leftovers, 'the half-written checkpoint should be left as a temporary folder'
     history.append((kind, n, resumed_from, max(_logged_updates(workdir), default=0), leftovers))
+  assert history[0][2:4] == (0, 3)  # the first kill came before any checkpoint, after 3 logged updates
   start = checkpoint.update_of(checkpoint.latest_valid(ckpts))
-  proc = run_main('--mode', 'resume', '--workdir', workdir)
+  proc = run_main(*command)
   last = checkpoint.update_of(checkpoint.latest_valid(ckpts))
   assert f'from update {start}' in proc.stdout, history
   assert not [name for name in os.listdir(ckpts) if name.startswith('.tmp-')]
   assert all(resumed < UPDATES for _, _, resumed, _, _ in history) and last == UPDATES
   _assert_same_run(workdir, reference)
+  again = run_main(*command)
+  assert f'finished at update {UPDATES}' in again.stdout and 'nothing to do' in again.stdout
+  _assert_same_run(workdir, reference)
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_trains_it_again_equal_to_the_uninterrupted_run(
+    reference, tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *RUN], fault=('half_written_save', 1))
+  proc.wait(timeout=120)
+  assert proc.returncode == -signal.SIGKILL and not checkpoint.committed(os.path.join(workdir, 'checkpoints'))
+  assert _logged_updates(workdir) == [1, 2, 3]
+  resumed = run_main('--mode', 'resume', '--workdir', workdir)
+  assert (f'resume: {workdir} has no checkpoint yet: training again from update 0 with the saved config and seed'
+          in resumed.stdout) and 'from scratch' in resumed.stdout
+  _assert_same_run(workdir, reference)
+
+
+def test_a_second_training_into_a_running_workdir_is_refused_naming_the_first_which_resumes_exactly(
+    reference, tmp_path):
+  """The baseline started into the R-Drop run's workdir while it writes a checkpoint; then the R-Drop run
+  is killed and resumed, taking its lock over."""
+  workdir = tmp_path / 'run'
+  first = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *RUN], fault=('slow_save', 4))
+  _wait_for(lambda: 'FAULT: saving' in (tmp_path / 'first.err').read_text(), first)  # the checkpoint of update 5
+  before = {name: (workdir / name).read_text() for name in ('config.json', 'config.py', 'metrics.jsonl', 'lock')}
+  ckpts_before = sorted(os.listdir(workdir / 'checkpoints'))
+  second = run_main('--config', 'configs/digits_vit.py', '--workdir', workdir, *RUN, check=False)
+  assert second.returncode == EXIT_BUSY
+  assert (f'error: {workdir} is in use by another training: pid {first.pid} on ' in second.stderr
+          and f'--workdir {workdir}' in second.stderr and 'wait for it to end, stop it, or use another' in second.stderr)
+  assert {name: (workdir / name).read_text() for name in before} == before
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ckpts_before
+  first.send_signal(signal.SIGKILL)
+  first.wait(timeout=60)
+  resumed = run_main('--mode', 'resume', '--workdir', workdir)
+  assert f'lock: {workdir} was held by pid {first.pid} on ' in resumed.stdout and 'taking it over' in resumed.stdout
+  assert 'from update 3' in resumed.stdout and not (workdir / 'lock').exists()
+  _assert_same_run(workdir, reference)
+  assert json.loads((workdir / 'config.json').read_text())['experiment'] == 'digits_vit_rdrop'
 
 
 def test_sigterm_saves_at_the_update_reached_says_how_to_resume_and_resume_matches(reference, tmp_path):
-  workdir = tmp_path / 'run'
+  workdir = tmp_path / 'my run'  # printed commands are quoted for the shell
   proc = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *RUN])
   _wait_for(lambda: _started(tmp_path, 'first') and max(_logged_updates(workdir), default=0) >= 7, proc)
   proc.send_signal(signal.SIGTERM)
@@ -198,11 +287,78 @@ def test_sigterm_saves_at_the_update_reached_says_how_to_resume_and_resume_match
   assert 'SIGTERM: finishing this update, then saving a checkpoint' in stderr
   reached = max(_logged_updates(workdir))
   assert f'stopped by a signal after update {reached}, checkpoint saved' in stderr
-  assert f'python main.py --mode resume --workdir {workdir}' in stderr
+  assert f'python main.py --mode resume --workdir {shlex.quote(str(workdir))}\n' in stderr
   newest = checkpoint.latest_valid(os.path.join(workdir, 'checkpoints'))
   assert reached < UPDATES and checkpoint.update_of(newest) == reached
   run_main('--mode', 'resume', '--workdir', workdir)
   _assert_same_run(workdir, reference)
+
+
+def test_sigterm_during_an_evaluation_saves_the_update_and_resume_evaluates_it_first(reference, tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *RUN],
+                fault=('sigterm_in_evaluation', 1))
+  proc.wait(timeout=120)
+  stderr = (tmp_path / 'first.err').read_text()
+  assert proc.returncode == 128 + signal.SIGTERM, stderr
+  assert ('stopped by a signal after update 5 before its evaluation was complete (it runs first on resume), '
+          'checkpoint saved') in stderr
+  ckpts = os.path.join(workdir, 'checkpoints')
+  assert checkpoint.read_manifest(checkpoint.latest_valid(ckpts), files=())['evaluation_due'] is True
+  assert not _rows(workdir, 'eval')
+  run_main('--config', DEMO, '--workdir', workdir, *RUN, '--autoresume')
+  _assert_same_run(workdir, reference)
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_sigterm_while_reading_an_image_stalls_ends_the_process_and_its_workers(tmp_path, workers):
+  """Paddle's reader blocks the main thread in C++, where Python never runs a signal handler."""
+  workdir = tmp_path / 'run'
+  proc = _start(tmp_path, 'run', ['--config', DEMO, '--workdir', workdir, *RUN,
+                                  f'--config.data.num_workers={workers}'], fault=('stalled_sample', 1))
+  _wait_for(lambda: _started(tmp_path, 'run') and 'FAULT: reading an image stalls' in (tmp_path / 'run.err').read_text(),
+            proc)
+  time.sleep(0.5)
+  children = _children(proc.pid)
+  assert len(children) >= workers
+  proc.send_signal(signal.SIGTERM)
+  signalled = time.time()
+  proc.wait(timeout=60)
+  assert time.time() - signalled < 15
+  stderr = (tmp_path / 'run.err').read_text()
+  assert proc.returncode == 128 + signal.SIGTERM, stderr
+  assert 'SIGTERM: blocked for 5 s in ' in stderr and 'exiting now; the newest complete checkpoint is kept' in stderr
+  assert not [pid for pid in children if _running(pid)], 'a DataLoader worker was left behind'
+
+
+def test_sigterm_while_the_start_up_check_waits_for_an_image_ends_the_process(tmp_path):
+  """Cat-12 decodes every image once before training, in a thread pool that a stalled read blocks."""
+  make_cat12(tmp_path / 'cat12', n_plain=4, odd=False, broken=False)
+  workdir = tmp_path / 'run'
+  proc = _start(tmp_path, 'run', ['--config', 'configs/resnet50_cat12.py:smoke', '--workdir', workdir,
+                                  f'--config.data.root={tmp_path / "cat12"}'], fault=('stalled_decode', 1))
+  _wait_for(lambda: 'FAULT: decoding an image stalls' in (tmp_path / 'run.err').read_text(), proc)
+  proc.send_signal(signal.SIGTERM)
+  signalled = time.time()
+  proc.wait(timeout=60)
+  assert time.time() - signalled < 15
+  assert proc.returncode == 128 + signal.SIGTERM, (tmp_path / 'run.err').read_text()
+  assert not workdir.exists() or not (workdir / 'config.py').exists()
+
+
+def test_a_time_based_checkpoint_appears_before_any_update_based_one(tmp_path):
+  """No checkpoint cadence, one evaluation at the end of 10000 updates: only the clock can save one."""
+  workdir = tmp_path / 'run'
+  ckpts = os.path.join(workdir, 'checkpoints')
+  proc = _start(tmp_path, 'run', ['--config', DEMO, '--workdir', workdir, *TINY, '--config.train.updates=10000',
+                                  '--config.train.checkpoint_every=0', '--config.train.eval_every=10000',
+                                  '--config.train.checkpoint_every_minutes=0.01'])
+  _wait_for(lambda: bool(checkpoint.committed(ckpts)), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  first = checkpoint.committed(ckpts)[0]
+  manifest = checkpoint.read_manifest(first)
+  assert 0 < manifest['update'] < 10000 and manifest['train_seconds'] >= 0.6
 
 
 def test_a_second_sigterm_during_the_checkpoint_write_exits_at_once_keeping_the_previous(tmp_path):

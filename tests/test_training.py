@@ -64,10 +64,24 @@ def test_the_demo_really_learns(tmp_path):
   assert final['update'] == 300 and final['top1'] >= 90.0
 
 
-def test_train_refuses_to_overwrite_a_run(tmp_path):
+def test_train_refuses_to_overwrite_a_run_and_autoresume_leaves_a_finished_one_alone(tmp_path):
   run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', tmp_path)
+  files = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
   proc = run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', tmp_path, check=False)
-  assert proc.returncode != 0 and 'already holds checkpoints' in proc.stderr and '--mode resume' in proc.stderr
+  assert proc.returncode == 1 and f'{tmp_path} already holds a run' in proc.stderr and '--mode resume' in proc.stderr
+  proc = run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', tmp_path, '--autoresume')
+  assert f'{tmp_path} finished at update 2' in proc.stdout and 'nothing to do' in proc.stdout
+  assert {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == files
+
+
+def test_autoresume_refuses_a_command_whose_config_differs_from_the_run_naming_each_field(tmp_path):
+  run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', tmp_path)
+  proc = run_main('--config', 'configs/digits_vit_rdrop.py:smoke', '--workdir', tmp_path, '--autoresume',
+                  '--config.data.num_workers=1', check=False)  # where and how data loads may differ
+  assert proc.returncode == 1 and f'--autoresume: {tmp_path} holds a run of another config:' in proc.stderr
+  assert "config.experiment: 'digits_vit' in the run, 'digits_vit_rdrop' in this command" in proc.stderr
+  assert 'config.rdrop.alpha: 0.0 in the run, 1.0 in this command' in proc.stderr
+  assert 'num_workers' not in proc.stderr
 
 
 @pytest.mark.parametrize('args,message', [

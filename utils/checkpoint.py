@@ -19,6 +19,7 @@ import paddle
 
 MANIFEST = 'manifest.json'
 PREFIX = 'update_'
+WHAT_IS_A_CHECKPOINT = f"checkpoints are the {PREFIX}<N> folders in a run's checkpoints/ folder"
 
 
 class CheckpointError(RuntimeError):
@@ -78,10 +79,14 @@ def save(directory, update, pieces, meta, keep, protect=()):
       f.flush()
       os.fsync(f.fileno())
     _fsync_dir(tmp)
+    replaced = None
     if os.path.exists(final):  # the same update saved again (e.g. a resumed run's last update)
-      shutil.rmtree(final)
+      replaced = os.path.join(directory, f'.tmp-replaced-{PREFIX}{update:08d}-{os.getpid()}')
+      os.rename(final, replaced)  # a reader sees the old or the new folder, not one being deleted
     os.rename(tmp, final)
     _fsync_dir(directory)
+    if replaced:
+      shutil.rmtree(replaced)
   except OSError as err:
     shutil.rmtree(tmp, ignore_errors=True)
     raise CheckpointError(f'could not write the checkpoint of update {update} to {final}: {err}; '
@@ -138,8 +143,17 @@ def read_manifest(path, files=None):
   checkpoint need not be hashed again for its metadata, nor its optimizer state for an evaluation.
   """
   manifest_path = os.path.join(path, MANIFEST)
+  if os.path.isfile(path):
+    folder_of_file = os.path.dirname(os.path.abspath(path))
+    hint = (f': pass its folder {folder_of_file}' if os.path.exists(os.path.join(folder_of_file, MANIFEST))
+            else f'; {WHAT_IS_A_CHECKPOINT}')
+    raise CheckpointError(f'{path} is a file, not a checkpoint folder{hint}')
   if not os.path.isdir(path):
     raise CheckpointError(f'checkpoint {path} does not exist')
+  if not os.path.exists(manifest_path) and not any(n.endswith(('.pdparams', '.pdopt')) for n in os.listdir(path)):
+    hint = ' (it is a run folder: leave --checkpoint out)' if os.path.isdir(os.path.join(path, 'checkpoints')) else ''
+    raise CheckpointError(f'{path} is not a checkpoint: it holds no {MANIFEST} and no weights{hint}; '
+                          f'{WHAT_IS_A_CHECKPOINT}')
   try:
     with open(manifest_path) as f:
       manifest = json.load(f)
