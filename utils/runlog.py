@@ -20,7 +20,8 @@ PLAIN_LINE_SECONDS = 30
 # Config fields that name, locate or pace a run without changing what it learns.
 NOT_HYPERPARAMETERS = frozenset({
     'reference.top1', 'reference.source', 'data.root', 'data.num_workers', 'eval.batch_size', 'train.log_every',
-    'train.eval_every', 'train.checkpoint_every', 'train.keep_checkpoints', 'train.max_skipped_updates'})
+    'train.eval_every', 'train.checkpoint_every', 'train.checkpoint_every_minutes', 'train.keep_checkpoints',
+    'train.max_skipped_updates'})
 # VisualDL's hyper-parameter table keeps the order it is given: what usually sets runs apart comes first.
 FIRST_HYPERPARAMETERS = ('experiment', 'seed', 'rdrop')
 # Scalars VisualDL's hyper-parameter view shows beside the hyper-parameters (their last logged value): only
