@@ -112,7 +112,7 @@ def test_a_config_file_with_a_syntax_error_is_named(tmp_path):
 @pytest.mark.parametrize('config,error', [
     ('configs/digits_vit.py:smok', "unknown argument 'smok': the only one is 'smoke' (a few tiny updates)\n"
                                    '  at configs/digits_vit.py, line '),
-    ('configs/lenet5_cifar10.py:E', 'give one network of'),
+    ('configs/lenet5_cifar10.py:E', "argument 'E': give one network of"),
     ('{raising}', 'ZeroDivisionError: division by zero\n  at {raising}, line 4\n'),
 ])
 def test_a_config_file_that_raises_is_named_with_the_line_in_two_lines(tmp_path, config, error):
