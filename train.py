@@ -317,7 +317,7 @@ def train(config, workdir, resume_from='', stop=None):
               f'{update}; loss scale now {precision.loss_scale():g}), more than train.max_skipped_updates='
               f'{tc.max_skipped_updates}. Last good checkpoint: {checkpoint.latest_valid(ckpt_dir) or "none"}; '
               f'continue from it in bf16 (or with a lower train.lr):\n'
-              f'  python main.py --mode resume --workdir {workdir} --config.train.precision=bf16')
+              f'  python main.py --mode resume --workdir {shlex.quote(str(workdir))} --config.train.precision=bf16')
       else:
         skipped_in_a_row = 0
         sums += update_sums  # the log averages the updates applied: a skipped one's loss may be inf
