@@ -10,6 +10,7 @@ that neither side's idle threads spin into the other's time, and the ratio is ta
 Then single operations at the tiny ViT's shapes are timed the same way in both frameworks (forward and
 backward), so the part of the gap that lies in the frameworks' kernels can be told from ours.
 """
+import argparse
 import json
 import os
 import statistics
@@ -59,7 +60,7 @@ CASES = {
 }
 UPDATES = {'vit': 2, 'resnet': 1}  # per timed chunk
 ROUNDS = 5
-KERNEL_CALLS, KERNEL_ROUNDS = 10, 5
+KERNEL_CALLS = 10
 
 
 class Peer:
@@ -167,7 +168,7 @@ def alternate(ours, theirs, rounds):
   return statistics.median(ratios), statistics.median(sides['ours']), statistics.median(sides['peer'])
 
 
-def compare_updates(peer, name):
+def compare_updates(peer, name, rounds):
   c = CASES[name]
   update, parameters = build_ours(c)
   theirs = peer.ask(setup=c)['parameters']
@@ -176,23 +177,29 @@ def compare_updates(peer, name):
   n = UPDATES[name]
   update()  # warm-up, both sides
   peer.ask(updates=1)
-  ratio, ours, peers = alternate(lambda: timed(update, n), lambda: peer.ask(updates=n)['seconds'], ROUNDS)
+  ratio, ours, peers = alternate(lambda: timed(update, n), lambda: peer.ask(updates=n)['seconds'], rounds)
   return {'ratio': ratio, 'ours_s': ours / n, 'peer_s': peers / n, 'parameters': parameters}
 
 
-def compare_kernels(peer):
-  """{kernel: (shape, ours ms, peer ms, ratio)} at the tiny ViT's shapes (the peer is set up for 'vit')."""
+def compare_kernels(peer, rounds):
+  """{kernel: (shape, ours ms, peer ms, ratio)} at the tiny ViT's shapes."""
+  peer.ask(setup=CASES['vit'])
   rows = {}
   for name, (fn, shape) in our_kernels(CASES['vit']).items():
     fn()
     peer.ask(kernel=name, calls=1)
     ratio, ours, peers = alternate(lambda: timed(fn, KERNEL_CALLS),
-                                   lambda: peer.ask(kernel=name, calls=KERNEL_CALLS)['seconds'], KERNEL_ROUNDS)
+                                   lambda: peer.ask(kernel=name, calls=KERNEL_CALLS)['seconds'], rounds)
     rows[name] = (shape, 1000 * ours / KERNEL_CALLS, 1000 * peers / KERNEL_CALLS, ratio)
   return rows
 
 
 def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--cases', nargs='*', choices=CASES, default=list(CASES), help='models to compare')
+  parser.add_argument('--rounds', type=int, default=ROUNDS, help='alternating rounds per comparison')
+  parser.add_argument('--results', help='also write the figures as JSON here (run_all.py)')
+  args = parser.parse_args()
   print('### 7. Against a PyTorch peer (one R-Drop update of ours / the same update in PyTorch)\n')
   if not os.path.exists(PEER_PYTHON):
     print(f'Not measured: the peer\'s environment {PEER_PYTHON} does not exist. Create it with `{SETUP}`, '
@@ -201,8 +208,8 @@ def main():
     return
   peer = Peer(common.KERNEL_THREADS)
   try:
-    updates = {name: compare_updates(peer, name) for name in ('resnet', 'vit')}  # 'vit' last: kernels use it
-    kernels = compare_kernels(peer)
+    updates = {name: compare_updates(peer, name, args.rounds) for name in args.cases}
+    kernels = compare_kernels(peer, args.rounds) if 'vit' in args.cases else {}
   finally:
     peer.close()
   v = peer.versions
@@ -211,14 +218,14 @@ def main():
        'ours / peer'],
       [(f'{c["title"]} ({c["rdrop"]["form"]}, {c["rdrop"]["reduction"]}, {c["rdrop"]["alpha"]:g})',
         f'{r["parameters"]:,}', f'{r["ours_s"]:.2f}', f'{r["peer_s"]:.2f}', f'**{r["ratio"]:.2f}**')
-       for c, r in ((CASES[name], updates[name]) for name in ('vit', 'resnet'))]))
+       for c, r in ((CASES[name], updates[name]) for name in args.cases)]))
   print(f'\nPeer: PyTorch {v["torch"]}, timm {v["timm"]} (VisionTransformer, dropout after the position embedding, '
         f'GELU and fc2 as ours), torchvision {v["torchvision"]} (resnet50 + our head), Python {v["python"]}, '
         f'{v["threads"]} threads; ours {common.KERNEL_THREADS}. Both: momentum SGD, the same KL, fp32 on the CPU. '
-        f'{ROUNDS} rounds of {UPDATES["vit"]} (ViT) or {UPDATES["resnet"]} (ResNet) updates a side after one '
+        f'{args.rounds} rounds of {UPDATES["vit"]} (ViT) or {UPDATES["resnet"]} (ResNet) updates a side after one '
         'warm-up update, sides alternating, median of the per-round ratios. Target for the tiny ViT: at most 2.0.\n')
   print('Single operations at the tiny ViT\'s shapes, forward and backward (of `op(x).sum()`), each '
-        f'framework\'s own kernel, {KERNEL_ROUNDS} alternating rounds of {KERNEL_CALLS} calls:\n')
+        f'framework\'s own kernel, {args.rounds} alternating rounds of {KERNEL_CALLS} calls:\n')
   print(common.table(['operation', 'shape', 'Paddle ms', 'PyTorch ms', 'Paddle / PyTorch'],
                      [(name, shape, f'{ours:.2f}', f'{peers:.2f}', f'{ratio:.2f}')
                       for name, (shape, ours, peers, ratio) in kernels.items()]))

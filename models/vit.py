@@ -1,8 +1,9 @@
 """Vision Transformer with the names of the official PyTorch port (jeonsworld/ViT-pytorch), loading
 Google's `.npz` checkpoints (e.g. ImageNet-21k `ViT-B_16.npz`) through `load_from(np.load(path))`.
 
-Differences from the port, both for speed with identical results: query/key/value are one fused
-projection, and attention runs through `F.scaled_dot_product_attention` (flash attention on GPUs).
+Differences from the port, all for speed with the same results: query/key/value are one fused
+projection, attention runs through `F.scaled_dot_product_attention` (flash attention on GPUs), and on
+the CPU the linear layers take their bias gradient from a matrix product (see `Linear`).
 """
 import os
 import warnings
@@ -40,6 +41,24 @@ CONFIGS = {
 }
 
 
+class Linear(nn.Linear):
+  """nn.Linear (same parameters, same outputs) whose bias gradient is a matrix product on the CPU.
+
+  Paddle's CPU kernels sum a broadcast add's gradient over rows (the bias gradient of x @ W + b) about 20x
+  slower than the matrix product ones @ grad (bench/profile_update.py: AddGradNode, a tenth of a tiny ViT's
+  update). Adding the bias as the outer product ones x b gives the same forward values, and its backward
+  is that matrix product. GPUs keep Paddle's fused linear.
+  """
+
+  def forward(self, x):
+    if self.bias is None or not x.place.is_cpu_place():
+      return super().forward(x)
+    rows = x.reshape([-1, x.shape[-1]])
+    ones = paddle.ones([rows.shape[0], 1], dtype=rows.dtype)
+    out = paddle.matmul(rows, self.weight) + paddle.matmul(ones, self.bias.unsqueeze(0))
+    return out.reshape([*x.shape[:-1], out.shape[-1]])
+
+
 class Embeddings(nn.Layer):
   def __init__(self, config, img_size, in_channels):
     super().__init__()
@@ -64,8 +83,8 @@ class Attention(nn.Layer):
     super().__init__()
     self.num_heads = config.transformer.num_heads
     hidden = config.hidden_size
-    self.qkv = nn.Linear(hidden, 3 * hidden)
-    self.out = nn.Linear(hidden, hidden)
+    self.qkv = Linear(hidden, 3 * hidden)
+    self.out = Linear(hidden, hidden)
     self.attention_dropout_rate = config.transformer.attention_dropout_rate
     self.proj_dropout = nn.Dropout(config.transformer.attention_dropout_rate)
 
@@ -79,10 +98,8 @@ class Attention(nn.Layer):
 class Mlp(nn.Layer):
   def __init__(self, config):
     super().__init__()
-    self.fc1 = nn.Linear(config.hidden_size, config.transformer.mlp_dim,
-                         bias_attr=nn.initializer.Normal(std=1e-6))
-    self.fc2 = nn.Linear(config.transformer.mlp_dim, config.hidden_size,
-                         bias_attr=nn.initializer.Normal(std=1e-6))
+    self.fc1 = Linear(config.hidden_size, config.transformer.mlp_dim, bias_attr=nn.initializer.Normal(std=1e-6))
+    self.fc2 = Linear(config.transformer.mlp_dim, config.hidden_size, bias_attr=nn.initializer.Normal(std=1e-6))
     self.dropout = nn.Dropout(config.transformer.dropout_rate)
 
   def forward(self, x):
@@ -134,7 +151,7 @@ class VisionTransformer(nn.Layer):
     self.zero_head = zero_head
     self.classifier = config.classifier
     self.transformer = Transformer(config, img_size, in_channels)
-    self.head = nn.Linear(config.hidden_size, num_classes)
+    self.head = Linear(config.hidden_size, num_classes)
     if zero_head:
       self.head.weight.set_value(paddle.zeros_like(self.head.weight))
       self.head.bias.set_value(paddle.zeros_like(self.head.bias))
