@@ -6,8 +6,8 @@ one JSON request per line on stdin and answers one JSON line on stdout, so bench
 timed chunks between the two frameworks while both processes stay warm:
 
   {"setup": CASE}                    build the case (bench/peer.py's CASES describe it)  -> {"parameters": N}
-  {"updates": K}                     run K updates                                        -> {"seconds": s}
-  {"kernel": NAME, "calls": K}       run K calls of one kernel (forward and backward)     -> {"seconds": s}
+  {"updates": K}                     run K updates                 -> {"seconds": wall, "cpu_seconds": cpu}
+  {"kernel": I, "calls": K}          K calls of the case's census kernel I (forward, backward): the same
 """
 import json
 import platform
@@ -75,61 +75,66 @@ def update_fn(case):
   return update, sum(p.numel() for p in model.parameters())
 
 
-def kernels(case):
-  """{name: forward+backward of one operation} at the shapes of the case's ViT (see bench/peer.py)."""
-  m = case['model']
-  rows, width = case['batch'] * m['tokens'], m['width']
+def kernel(kind, shape):
+  """Forward and backward of one of bench/peer.py's census kernels, as timm's ViT runs it."""
   generator = torch.Generator().manual_seed(0)
 
-  def leaf(*shape):
-    return torch.randn(*shape, generator=generator).requires_grad_()
+  def leaf(*dims):
+    return torch.randn(*dims, generator=generator).requires_grad_()
 
-  x, hidden = leaf(rows, width), leaf(rows, m['mlp'])
-  weight, bias = leaf(m['mlp'], width), leaf(m['mlp'])  # torch's Linear stores (out, in)
-  norm_w, norm_b = leaf(width), leaf(width)
-  heads = m['heads']
-  q, k, v = (leaf(case['batch'], heads, m['tokens'], width // heads) for _ in range(3))
-  scores = leaf(case['batch'], heads, m['tokens'], m['tokens'])
-  ops = {
-      'matmul': lambda: x @ weight.t(),
-      'linear': lambda: F.linear(x, weight, bias),
-      'gelu': lambda: F.gelu(hidden),
-      'dropout': lambda: F.dropout(hidden, m['dropout'], training=True),
-      'layer_norm': lambda: F.layer_norm(x, (width,), norm_w, norm_b, 1e-6),
-      'softmax': lambda: F.softmax(scores, dim=-1),
-      'attention': lambda: F.scaled_dot_product_attention(q, k, v),
-  }
+  if kind == 'linear':
+    rows, fan_in, fan_out = shape
+    layer, x = nn.Linear(fan_in, fan_out), leaf(rows, fan_in)
+    op, inputs = lambda: layer(x), [x, layer.weight, layer.bias]
+  elif kind == 'attention':
+    batch, heads, tokens, head_dim = shape
+    q, k, v = (leaf(batch, heads, tokens, head_dim) for _ in range(3))  # PyTorch's layout
+    op, inputs = lambda: F.scaled_dot_product_attention(q, k, v), [q, k, v]
+  elif kind == 'layer_norm':
+    x, weight, bias = leaf(*shape), leaf(shape[-1]), leaf(shape[-1])
+    op, inputs = lambda: F.layer_norm(x, (shape[-1],), weight, bias, 1e-6), [x, weight, bias]
+  elif kind == 'gelu':
+    x = leaf(*shape)
+    op, inputs = lambda: F.gelu(x), [x]
+  elif kind == 'dropout':
+    x = leaf(*shape[:2])
+    op, inputs = lambda: F.dropout(x, shape[2], training=True), [x]
+  else:
+    x, y = leaf(*shape), leaf(*shape)
+    op, inputs = lambda: x + y, [x, y]
+  grad = torch.randn(op().shape, generator=generator)
 
-  def forward_backward(op):
-    def run():
-      op().sum().backward()
-    return run
-  return {name: forward_backward(op) for name, op in ops.items()}
+  def forward_backward():
+    op().backward(grad)
+    for tensor in inputs:
+      tensor.grad = None
+  return forward_backward
 
 
 def timed(fn, calls):
-  start = time.perf_counter()
+  """Wall and CPU seconds (all threads of this process) of `calls` calls of `fn`."""
+  wall, cpu = time.perf_counter(), time.process_time()
   for _ in range(calls):
     fn()
-  return time.perf_counter() - start
+  return {'seconds': time.perf_counter() - wall, 'cpu_seconds': time.process_time() - cpu}
 
 
 def main():
   torch.set_num_threads(int(sys.argv[1]))
   torch.manual_seed(0)
-  update, ops = None, {}
+  update, ops = None, []
   print(json.dumps({'torch': torch.__version__, 'torchvision': torchvision.__version__, 'timm': timm.__version__,
                     'python': platform.python_version(), 'threads': torch.get_num_threads()}), flush=True)
   for line in sys.stdin:
     request = json.loads(line)
     if 'setup' in request:
       update, parameters = update_fn(request['setup'])
-      ops = kernels(request['setup']) if request['setup']['model']['name'] == 'vit' else {}
+      ops = [kernel(kind, shape) for kind, shape, _ in request['setup'].get('census', [])]
       answer = {'parameters': parameters}
     elif 'updates' in request:
-      answer = {'seconds': timed(update, request['updates'])}
+      answer = timed(update, request['updates'])
     else:
-      answer = {'seconds': timed(ops[request['kernel']], request['calls'])}
+      answer = timed(ops[request['kernel']], request['calls'])
     print(json.dumps(answer), flush=True)
 
 

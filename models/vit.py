@@ -35,8 +35,10 @@ CONFIGS = {
     'ViT-L_16': lambda: _config(16, 1024, 4096, 16, 24),
     'ViT-L_32': lambda: _config(32, 1024, 4096, 16, 24),
     'ViT-H_14': lambda: _config(14, 1280, 5120, 16, 32),
-    # Small sizes for the offline demo and tests.
+    # Small sizes for the offline demo, benchmarks (ViT-Ti's width and heads, 6 blocks, patch 4 for 32 px:
+    # bench/peer.py's model) and tests.
     'ViT-Ti_2': lambda: _config(2, 64, 128, 4, 4),
+    'ViT-Ti_4x6': lambda: _config(4, 192, 768, 3, 6),
     'testing': lambda: _config(4, 16, 32, 2, 2),
 }
 
