@@ -3,7 +3,7 @@ Google's `.npz` checkpoints (e.g. ImageNet-21k `ViT-B_16.npz`) through `load_fro
 
 Differences from the port, all for speed with the same results: query/key/value are one fused
 projection, attention runs through `F.scaled_dot_product_attention` (flash attention on GPUs), and on
-the CPU the linear layers take their bias gradient from a matrix product (see `Linear`).
+the CPU the linear layers take their bias gradient from a matrix product (`Linear`).
 """
 import os
 import warnings
@@ -43,22 +43,39 @@ CONFIGS = {
 }
 
 
-class Linear(nn.Linear):
-  """nn.Linear (same parameters, same outputs) whose bias gradient is a matrix product on the CPU.
+class _LinearBiasGradByMatmul(paddle.autograd.PyLayer):
+  """F.linear whose backward takes the bias gradient as the matrix product ones @ grad (see Linear)."""
 
-  Paddle's CPU kernels sum a broadcast add's gradient over rows (the bias gradient of x @ W + b) about 20x
-  slower than the matrix product ones @ grad (bench/profile_update.py: AddGradNode, a tenth of a tiny ViT's
-  update). Adding the bias as the outer product ones x b gives the same forward values, and its backward
-  is that matrix product. GPUs keep Paddle's fused linear.
+  @staticmethod
+  def forward(ctx, x, weight, bias):
+    ctx.save_for_backward(x, weight)
+    ctx.wanted = [not t.stop_gradient for t in (x, weight, bias)]
+    return F.linear(x, weight, bias)
+
+  @staticmethod
+  def backward(ctx, grad):
+    x, weight = ctx.saved_tensor()
+    rows = grad.reshape([-1, grad.shape[-1]])
+    grads = (lambda: paddle.matmul(grad, weight, transpose_y=True),
+             lambda: paddle.matmul(x.reshape([-1, x.shape[-1]]), rows, transpose_x=True),
+             lambda: paddle.matmul(paddle.ones([1, rows.shape[0]], dtype=rows.dtype), rows).reshape([-1]))
+    return tuple(g() if wanted else None for g, wanted in zip(grads, ctx.wanted))
+
+
+class Linear(nn.Linear):
+  """nn.Linear (same parameters, same outputs) with a faster bias gradient when training in fp32 on a CPU.
+
+  Paddle's CPU kernels sum the bias gradient over rows about 20x slower than the matrix product
+  ones @ grad that gives the same sums (bench/profile_update.py: AddGradNode, a tenth of a tiny ViT's
+  update), so that case takes its backward by hand. GPUs, mixed precision and exported graphs keep
+  Paddle's own linear.
   """
 
   def forward(self, x):
-    if self.bias is None or not x.place.is_cpu_place():
-      return super().forward(x)
-    rows = x.reshape([-1, x.shape[-1]])
-    ones = paddle.ones([rows.shape[0], 1], dtype=rows.dtype)
-    out = paddle.matmul(rows, self.weight) + paddle.matmul(ones, self.bias.unsqueeze(0))
-    return out.reshape([*x.shape[:-1], out.shape[-1]])
+    if (paddle.in_dynamic_mode() and x.place.is_cpu_place() and not paddle.amp.is_autocast_enabled()
+        and self.bias is not None and x.dtype == self.weight.dtype == paddle.float32):
+      return _LinearBiasGradByMatmul.apply(x, self.weight, self.bias)
+    return super().forward(x)
 
 
 class Embeddings(nn.Layer):

@@ -216,23 +216,26 @@ def test_activation_recompute_gives_the_same_gradients_with_dropout_on():
 
 
 def test_cpu_linear_gives_paddles_linear_outputs_and_gradients():
-  """vit.Linear adds its bias as an outer product on the CPU (for a fast bias gradient): same values."""
+  """vit.Linear computes its bias gradient by hand on the CPU (a matrix product): the same values as
+  Paddle's linear, also for an input that needs no gradient (the first layer of a frozen stem)."""
   paddle.seed(0)
   layer = vit.Linear(16, 24)
-  x = paddle.randn([3, 5, 16])
-  x.stop_gradient = False
   grad = paddle.randn([3, 5, 24])
-  results = []
-  for forward in (layer, lambda t: paddle.nn.functional.linear(t, layer.weight, layer.bias)):
-    out = forward(x)
-    out.backward(grad)
-    results.append([out.numpy(), x.grad.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy()])
-    for tensor in (x, layer.weight, layer.bias):
-      tensor.clear_gradient()
-  ours, paddles = results
-  np.testing.assert_array_equal(ours[0], paddles[0])
-  for name, a, b in zip(('x', 'weight', 'bias'), ours[1:], paddles[1:]):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+  for input_needs_grad in (True, False):
+    x = paddle.randn([3, 5, 16])
+    x.stop_gradient = not input_needs_grad
+    results = []
+    for forward in (layer, lambda t: paddle.nn.functional.linear(t, layer.weight, layer.bias)):
+      out = forward(x)
+      out.backward(grad)
+      results.append([out.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy()]
+                     + ([x.grad.numpy()] if input_needs_grad else []))
+      for tensor in (x, layer.weight, layer.bias):
+        tensor.clear_gradient()
+    ours, paddles = results
+    np.testing.assert_array_equal(ours[0], paddles[0])
+    for name, a, b in zip(('weight', 'bias', 'x'), ours[1:], paddles[1:]):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_training_updates_are_bit_identical_without_stride_kernels():
