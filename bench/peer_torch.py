@@ -51,6 +51,7 @@ def kl(p, q, reduction):
 
 
 def update_fn(case):
+  """(one R-Drop update on a fixed random batch, trainable parameter count) of the case, as bench/peer.py's."""
   model = {'vit': vit, 'resnet': resnet}[case['model']['name']](case)
   model.train()
   t = case['train']
