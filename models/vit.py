@@ -43,14 +43,14 @@ CONFIGS = {
 }
 
 
-class _LinearBiasGradByMatmul(paddle.autograd.PyLayer):
-  """F.linear whose backward takes the bias gradient as the matrix product ones @ grad (see Linear)."""
+class _CpuLinear(paddle.autograd.PyLayer):
+  """x @ weight + bias as one addmm kernel, its bias gradient as the matrix product ones @ grad (see Linear)."""
 
   @staticmethod
   def forward(ctx, x, weight, bias):
     ctx.save_for_backward(x, weight)
     ctx.wanted = [not t.stop_gradient for t in (x, weight, bias)]
-    return F.linear(x, weight, bias)
+    return paddle.addmm(bias, x.reshape([-1, x.shape[-1]]), weight).reshape([*x.shape[:-1], weight.shape[-1]])
 
   @staticmethod
   def backward(ctx, grad):
@@ -63,18 +63,19 @@ class _LinearBiasGradByMatmul(paddle.autograd.PyLayer):
 
 
 class Linear(nn.Linear):
-  """nn.Linear (same parameters, same outputs) with a faster bias gradient when training in fp32 on a CPU.
+  """nn.Linear (same parameters, same values up to float rounding), faster when training in fp32 on a CPU.
 
-  Paddle's CPU kernels sum the bias gradient over rows about 20x slower than the matrix product
-  ones @ grad that gives the same sums (bench/profile_update.py: AddGradNode, a tenth of a tiny ViT's
-  update), so that case takes its backward by hand. GPUs, mixed precision and exported graphs keep
-  Paddle's own linear.
+  There Paddle's linear is a matrix product followed by a broadcast add of the bias, and the add's backward
+  sums the bias gradient over rows; both broadcast kernels are slow on the CPU (bench/profile_update.py:
+  add and AddGradNode, a seventh of a tiny ViT's update). addmm adds the bias inside the matrix product,
+  and ones @ grad is the same row sum as a matrix product. GPUs, mixed precision and exported models
+  keep Paddle's own linear.
   """
 
   def forward(self, x):
     if (paddle.in_dynamic_mode() and x.place.is_cpu_place() and not paddle.amp.is_autocast_enabled()
         and self.bias is not None and x.dtype == self.weight.dtype == paddle.float32):
-      return _LinearBiasGradByMatmul.apply(x, self.weight, self.bias)
+      return _CpuLinear.apply(x, self.weight, self.bias)
     return super().forward(x)
 
 

@@ -216,8 +216,8 @@ def test_activation_recompute_gives_the_same_gradients_with_dropout_on():
 
 
 def test_cpu_linear_gives_paddles_linear_outputs_and_gradients():
-  """vit.Linear computes its bias gradient by hand on the CPU (a matrix product): the same values as
-  Paddle's linear, also for an input that needs no gradient (the first layer of a frozen stem)."""
+  """vit.Linear runs addmm and a hand-written backward on the CPU: the values of Paddle's linear up to float
+  rounding, also for an input that needs no gradient (the first layer of a frozen stem)."""
   paddle.seed(0)
   layer = vit.Linear(16, 24)
   grad = paddle.randn([3, 5, 24])
@@ -233,8 +233,7 @@ def test_cpu_linear_gives_paddles_linear_outputs_and_gradients():
       for tensor in (x, layer.weight, layer.bias):
         tensor.clear_gradient()
     ours, paddles = results
-    np.testing.assert_array_equal(ours[0], paddles[0])
-    for name, a, b in zip(('weight', 'bias', 'x'), ours[1:], paddles[1:]):
+    for name, a, b in zip(('output', 'weight', 'bias', 'x'), ours, paddles):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
