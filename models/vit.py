@@ -1,9 +1,10 @@
 """Vision Transformer with the names of the official PyTorch port (jeonsworld/ViT-pytorch), loading
 Google's `.npz` checkpoints (e.g. ImageNet-21k `ViT-B_16.npz`) through `load_from(np.load(path))`.
 
-Differences from the port, all for speed with the same results: query/key/value are one fused
-projection, attention runs through `F.scaled_dot_product_attention` (flash attention on GPUs), and on
-the CPU the linear layers take their bias gradient from a matrix product (`Linear`).
+Differences from the port, all for speed with the same results (up to float rounding): query/key/value
+are one fused projection, attention runs through `F.scaled_dot_product_attention` (flash attention on
+GPUs), and on the CPU the linear layers add their bias inside the matrix product and take its gradient
+as one (`Linear`).
 """
 import os
 import warnings
@@ -67,7 +68,7 @@ class Linear(nn.Linear):
 
   There Paddle's linear is a matrix product followed by a broadcast add of the bias, and the add's backward
   sums the bias gradient over rows; both broadcast kernels are slow on the CPU (bench/profile_update.py:
-  add and AddGradNode, a seventh of a tiny ViT's update). addmm adds the bias inside the matrix product,
+  add and AddGradNode, about a tenth of a tiny ViT's update). addmm adds the bias inside the matrix product,
   and ones @ grad is the same row sum as a matrix product. GPUs, mixed precision and exported models
   keep Paddle's own linear.
   """
