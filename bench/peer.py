@@ -280,7 +280,8 @@ def main():
         f'{v["threads"]} kernel threads, as ours. Both: the same KL, momentum SGD, fp32. {args.rounds} rounds of '
         f'{UPDATES["vit"]} (ViT) or {UPDATES["resnet"]} (ResNet) updates a side after a warm-up update, sides '
         'alternating; medians of the per-round ratios (CPU time: all threads of the process). Target for the tiny '
-        'ViT: at most 2.0.')
+        'ViT: at most 2.0. When other jobs take turns on the cores, PyTorch\'s threads wait on each other in every '
+        'operation, which flatters us: quote a quiet machine\'s run, or compare with OMP_NUM_THREADS=1.')
   if kernels:
     ours_sum = sum(calls * r['ours_s'] for _, calls, r in kernels)
     peer_sum = sum(calls * r['peer_s'] for _, calls, r in kernels)
