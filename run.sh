@@ -10,7 +10,7 @@
 #   bash run.sh lenet5_cifar10       LeNet-5 networks A-D (dropout ablation)
 #   bash run.sh repconv_cifar10      RepConv network, trained then fused for evaluation
 #   bash run.sh all                  every paper run above
-#   bash run.sh bench                regenerate BENCHMARKS.md
+#   bash run.sh bench                regenerate BENCHMARKS.md and docs/results/bench.md (PyTorch peer: .venv-peer)
 #
 # Where things are (environment variables, with defaults):
 #   DATA_DIR=./datasets      CIFAR100=$DATA_DIR/cifar-100-python.tar.gz  CIFAR10=$DATA_DIR/cifar-10-python.tar.gz

@@ -51,6 +51,7 @@ def main():
     best = max(evals, key=lambda e: e[1]) if evals else (0, 0.0)
     print(f'Not reached: best {best[1]:.2f}% at update {best[0]} of the full run.')
     return
+  common.save_results({'target': TARGET, 'update': reached[0], 'top1': reached[1], 'seconds_from_launch': seen - launched})
   print(common.table(['reached at update', 'top-1 there', 's from launch', 's from run start (run.jsonl)'],
                      [(reached[0], f'{reached[1]:.2f}%', f'{seen - launched:.1f}', f'{seen - started:.1f}')]))
   print('\nTest top-1 at each evaluation until then: '

@@ -1,8 +1,10 @@
 """Vision Transformer with the names of the official PyTorch port (jeonsworld/ViT-pytorch), loading
 Google's `.npz` checkpoints (e.g. ImageNet-21k `ViT-B_16.npz`) through `load_from(np.load(path))`.
 
-Differences from the port, both for speed with identical results: query/key/value are one fused
-projection, and attention runs through `F.scaled_dot_product_attention` (flash attention on GPUs).
+Differences from the port, all for speed with the same results (up to float rounding): query/key/value
+are one fused projection, attention runs through `F.scaled_dot_product_attention` (flash attention on
+GPUs), and on the CPU the linear layers add their bias inside the matrix product and take its gradient
+as one (`Linear`).
 """
 import os
 import warnings
@@ -34,10 +36,48 @@ CONFIGS = {
     'ViT-L_16': lambda: _config(16, 1024, 4096, 16, 24),
     'ViT-L_32': lambda: _config(32, 1024, 4096, 16, 24),
     'ViT-H_14': lambda: _config(14, 1280, 5120, 16, 32),
-    # Small sizes for the offline demo and tests.
+    # Small sizes for the offline demo, benchmarks (ViT-Ti's width and heads, 6 blocks, patch 4 for 32 px:
+    # bench/peer.py's model) and tests.
     'ViT-Ti_2': lambda: _config(2, 64, 128, 4, 4),
+    'ViT-Ti_4x6': lambda: _config(4, 192, 768, 3, 6),
     'testing': lambda: _config(4, 16, 32, 2, 2),
 }
+
+
+class _CpuLinear(paddle.autograd.PyLayer):
+  """x @ weight + bias as one addmm kernel, its bias gradient as the matrix product ones @ grad (see Linear)."""
+
+  @staticmethod
+  def forward(ctx, x, weight, bias):
+    ctx.save_for_backward(x, weight)
+    ctx.wanted = [not t.stop_gradient for t in (x, weight, bias)]
+    return paddle.addmm(bias, x.reshape([-1, x.shape[-1]]), weight).reshape([*x.shape[:-1], weight.shape[-1]])
+
+  @staticmethod
+  def backward(ctx, grad):
+    x, weight = ctx.saved_tensor()
+    rows = grad.reshape([-1, grad.shape[-1]])
+    grads = (lambda: paddle.matmul(grad, weight, transpose_y=True),
+             lambda: paddle.matmul(x.reshape([-1, x.shape[-1]]), rows, transpose_x=True),
+             lambda: paddle.matmul(paddle.ones([1, rows.shape[0]], dtype=rows.dtype), rows).reshape([-1]))
+    return tuple(g() if wanted else None for g, wanted in zip(grads, ctx.wanted))
+
+
+class Linear(nn.Linear):
+  """nn.Linear (same parameters, same values up to float rounding), faster when training in fp32 on a CPU.
+
+  There Paddle's linear is a matrix product followed by a broadcast add of the bias, and the add's backward
+  sums the bias gradient over rows; both broadcast kernels are slow on the CPU (bench/profile_update.py:
+  add and AddGradNode, about a tenth of a tiny ViT's update). addmm adds the bias inside the matrix product,
+  and ones @ grad is the same row sum as a matrix product. GPUs, mixed precision and exported models
+  keep Paddle's own linear.
+  """
+
+  def forward(self, x):
+    if (paddle.in_dynamic_mode() and x.place.is_cpu_place() and not paddle.amp.is_autocast_enabled()
+        and self.bias is not None and x.dtype == self.weight.dtype == paddle.float32):
+      return _CpuLinear.apply(x, self.weight, self.bias)
+    return super().forward(x)
 
 
 class Embeddings(nn.Layer):
@@ -64,8 +104,8 @@ class Attention(nn.Layer):
     super().__init__()
     self.num_heads = config.transformer.num_heads
     hidden = config.hidden_size
-    self.qkv = nn.Linear(hidden, 3 * hidden)
-    self.out = nn.Linear(hidden, hidden)
+    self.qkv = Linear(hidden, 3 * hidden)
+    self.out = Linear(hidden, hidden)
     self.attention_dropout_rate = config.transformer.attention_dropout_rate
     self.proj_dropout = nn.Dropout(config.transformer.attention_dropout_rate)
 
@@ -79,10 +119,8 @@ class Attention(nn.Layer):
 class Mlp(nn.Layer):
   def __init__(self, config):
     super().__init__()
-    self.fc1 = nn.Linear(config.hidden_size, config.transformer.mlp_dim,
-                         bias_attr=nn.initializer.Normal(std=1e-6))
-    self.fc2 = nn.Linear(config.transformer.mlp_dim, config.hidden_size,
-                         bias_attr=nn.initializer.Normal(std=1e-6))
+    self.fc1 = Linear(config.hidden_size, config.transformer.mlp_dim, bias_attr=nn.initializer.Normal(std=1e-6))
+    self.fc2 = Linear(config.transformer.mlp_dim, config.hidden_size, bias_attr=nn.initializer.Normal(std=1e-6))
     self.dropout = nn.Dropout(config.transformer.dropout_rate)
 
   def forward(self, x):
@@ -134,7 +172,7 @@ class VisionTransformer(nn.Layer):
     self.zero_head = zero_head
     self.classifier = config.classifier
     self.transformer = Transformer(config, img_size, in_channels)
-    self.head = nn.Linear(config.hidden_size, num_classes)
+    self.head = Linear(config.hidden_size, num_classes)
     if zero_head:
       self.head.weight.set_value(paddle.zeros_like(self.head.weight))
       self.head.bias.set_value(paddle.zeros_like(self.head.bias))

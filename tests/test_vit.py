@@ -213,3 +213,48 @@ def test_activation_recompute_gives_the_same_gradients_with_dropout_on():
     grads.append({name: p.grad.numpy() for name, p in model.named_parameters()})
   assert max(float(np.abs(grads[0][k] - grads[1][k]).max()) for k in grads[0]) < 1e-6
   assert any(np.abs(g).max() > 0 for g in grads[0].values())
+
+
+def test_cpu_linear_gives_paddles_linear_outputs_and_gradients():
+  """vit.Linear runs addmm and a hand-written backward on the CPU: the values of Paddle's linear up to float
+  rounding, also for an input that needs no gradient (the first layer of a frozen stem)."""
+  paddle.seed(0)
+  layer = vit.Linear(16, 24)
+  grad = paddle.randn([3, 5, 24])
+  for input_needs_grad in (True, False):
+    x = paddle.randn([3, 5, 16])
+    x.stop_gradient = not input_needs_grad
+    results = []
+    for forward in (layer, lambda t: paddle.nn.functional.linear(t, layer.weight, layer.bias)):
+      out = forward(x)
+      out.backward(grad)
+      results.append([out.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy()]
+                     + ([x.grad.numpy()] if input_needs_grad else []))
+      for tensor in (x, layer.weight, layer.bias):
+        tensor.clear_gradient()
+    ours, paddles = results
+    for name, a, b in zip(('output', 'weight', 'bias', 'x'), ours, paddles):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_training_updates_are_bit_identical_without_stride_kernels():
+  """utils/threads turns Paddle's strided views off on the CPU for speed; the weights must not change."""
+  weights = []
+  flag = paddle.get_flags(['FLAGS_use_stride_kernel'])
+  try:
+    for strided in (True, False):
+      paddle.set_flags({'FLAGS_use_stride_kernel': strided})
+      paddle.seed(0)
+      model = build(dropout=0.2)
+      model.train()
+      optimizer = paddle.optimizer.Momentum(0.1, 0.9, model.parameters(), grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
+      images = paddle.randn([4, 3, 16, 16])
+      for _ in range(2):
+        model(images).square().mean().backward()
+        optimizer.step()
+        optimizer.clear_grad()
+      weights.append(state(model))
+  finally:
+    paddle.set_flags(flag)
+  for name in weights[0]:
+    np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)

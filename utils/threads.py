@@ -1,10 +1,11 @@
-"""CPU threads for Paddle's kernels, set up before anything else imports Paddle."""
+"""CPU threads and kernel choices for Paddle, set up before anything else imports Paddle."""
 import os
 import warnings
 
 
 def configure():
-  """Use every core this process may run on, shared among the local processes of a distributed launch.
+  """Use every core this process may run on (shared among the local processes of a distributed launch),
+  and on the CPU no strided views (below).
 
   Paddle runs its CPU kernels on one thread unless OMP_NUM_THREADS says otherwise (and then prints a
   warning meant for old OpenBLAS builds); `set_num_threads` after import gives the same speed quietly.
@@ -26,6 +27,12 @@ def configure():
     # (a launcher's workers, a test's subprocess) would take for the user's choice.
     os.environ.pop('OMP_NUM_THREADS', None)
     paddle.base.core.set_num_threads(cores_per_process())
+  if paddle.device.get_device() == 'cpu':
+    # View ops (transpose, unbind, split) return strided views, which the next CPU kernel first copies
+    # with a generic strided loop, ~7x slower than Paddle's transpose kernel (55 vs 8 ms for a ViT's q/k/v
+    # here; a third of a tiny ViT's R-Drop update, bench/profile_update.py). Without stride kernels these
+    # ops make their copy at once: the same values, bit for bit.
+    paddle.set_flags({'FLAGS_use_stride_kernel': False})
 
 
 def cores_per_process():
