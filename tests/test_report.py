@@ -165,7 +165,7 @@ def test_rerun_resumes_the_interrupted_seed_and_leaves_the_finished_ones_alone(d
   before = {path: open(path).read() for path in glob.glob(str(tmp_path / 'demo' / '*' / 'seed_*' / 'metrics.jsonl'))}
   proc = run_sh(tmp_path, 'demo', *TINY_DEMO)
   assert f'resume: from {interrupted}/checkpoints/{older}' in proc.stdout
-  assert proc.stdout.count('nothing to resume') == 3
+  assert proc.stdout.count('finished at update 4') == 3 and proc.stdout.count('nothing to do') == 3
   after = {path: open(path).read() for path in before}
   assert after == before  # the resumed seed ends exactly as it had; the others were not touched
   variants = _rows((tmp_path / 'demo' / 'report.md').read_text(), 'group', 'variant')
