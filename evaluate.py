@@ -17,7 +17,12 @@ from utils.workdir import write_atomic
 
 @paddle.no_grad()
 def evaluate(model, dataset, config, rank=0, world_size=1, split=''):
-  """{'top1', 'top5', 'loss', 'count'} with accuracies in percent. Sums stay on the device until the end."""
+  """{'top1', 'top5', 'loss', 'count', 'majority_class', 'majority_fraction'}, accuracies in percent.
+
+  `majority_fraction` is the share of samples predicted as the most frequent predicted class (1/C for a
+  balanced classifier, 1.0 for one that predicts one class for everything: see train.collapse_warning).
+  Sums and the histogram of predictions stay on the device until the end.
+  """
   split = split or config.eval.split
   if len(dataset) == 0:
     raise ValueError(f'the {split!r} split of {config.data.name} is empty: nothing to evaluate')
@@ -25,7 +30,9 @@ def evaluate(model, dataset, config, rank=0, world_size=1, split=''):
     raise ValueError(f'the {split!r} split of {config.data.name} has no labels: use --mode predict')
   was_training = model.training
   model.eval()
-  sums = paddle.zeros([4], dtype='float64')  # correct@1, correct@5, summed loss, count
+  classes = dataset.num_classes
+  # correct@1, correct@5, summed loss, count, then the number of predictions of each class
+  sums = paddle.zeros([4 + classes], dtype='float64')
   batches = pipeline.EvalBatches(len(dataset), config.eval.batch_size, rank, world_size)
   for images, labels in pipeline.loader(dataset, batches, config.data.num_workers):
     logits = model(pipeline.to_model_input(images, config.data)).astype('float32')
@@ -33,12 +40,16 @@ def evaluate(model, dataset, config, rank=0, world_size=1, split=''):
     top = paddle.topk(logits, k, axis=1)[1]
     hits = (top == labels.unsqueeze(1)).astype('float64')
     loss = F.cross_entropy(logits, labels, reduction='sum').astype('float64')
-    sums += paddle.stack([hits[:, 0].sum(), hits.sum(), loss, paddle.to_tensor(len(labels), dtype='float64')])
+    predicted = F.one_hot(top[:, 0], classes).sum(axis=0).astype('float64')  # one_hot: no host sync, unlike bincount
+    sums += paddle.concat([paddle.stack([hits[:, 0].sum(), hits.sum(), loss,
+                                         paddle.to_tensor(len(labels), dtype='float64')]), predicted])
   distributed.all_reduce_sum(sums, world_size)
   model.train(was_training)
-  correct1, correct5, loss, count = sums.numpy().tolist()
+  totals = sums.numpy()
+  (correct1, correct5, loss, count), per_class = totals[:4].tolist(), totals[4:]
   return {'top1': 100.0 * correct1 / count, 'top5': 100.0 * correct5 / count, 'loss': loss / count,
-          'count': int(count)}
+          'count': int(count), 'majority_class': int(per_class.argmax()),
+          'majority_fraction': float(per_class.max() / count)}
 
 
 @paddle.no_grad()

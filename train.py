@@ -21,7 +21,7 @@ from utils import checkpoint, distributed, optim
 from utils import workdir as workdir_lib
 from utils.precision import Precision
 from utils.preemption import StopRequest
-from utils.rdrop import FORMS, REDUCTIONS, rdrop_loss
+from utils.rdrop import CE_OF_PASSES, FORMS, REDUCTIONS, rdrop_loss
 from utils.runlog import RunLog
 
 
@@ -31,6 +31,10 @@ class TrainingStopped(Exception):
   def __init__(self, message, exit_code):
     super().__init__(message)
     self.exit_code = exit_code
+
+
+class TrainingCollapsed(ValueError):
+  """An evaluation collapsed and config.eval.stop_on_collapse asked to stop (reported as a one-line error)."""
 
 
 def micro_batch_size(train_config, world_size):
@@ -48,13 +52,15 @@ def check_config(config, world_size):
   """Fail before any work on values that would only break later (names of choices, the batch split)."""
   choices = {'train.optimizer': optim.OPTIMIZERS, 'train.schedule': optim.SCHEDULES,
              'train.precision': ('fp32', 'fp16', 'bf16'), 'train.amp_level': ('O1', 'O2'),
-             'rdrop.reduction': REDUCTIONS, 'rdrop.form': FORMS}
+             'rdrop.reduction': REDUCTIONS, 'rdrop.ce_of_passes': CE_OF_PASSES, 'rdrop.form': FORMS}
   for key, allowed in choices.items():
     group, field = key.split('.')
     if config[group][field] not in allowed:
       raise ValueError(f'config.{key}={config[group][field]!r}: choose one of {", ".join(allowed)}')
   if config.rdrop.alpha < 0:
     raise ValueError(f'config.rdrop.alpha={config.rdrop.alpha} must be >= 0')
+  if not 0 < config.eval.collapse_fraction <= 1:
+    raise ValueError(f'config.eval.collapse_fraction={config.eval.collapse_fraction} must be in (0, 1]')
   minimum = {'accum_steps': 1, 'log_every': 1, 'keep_checkpoints': 1, 'eval_every': 0, 'checkpoint_every': 0}
   for field, low in minimum.items():
     if config.train[field] < low:
@@ -113,7 +119,39 @@ def _expected_first_loss(net, config, num_classes):
   """With a zero head every class is equally likely: CE = ln C per pass and the KL term is 0."""
   if not getattr(net, 'zero_head', False):
     return None
-  return (2 if config.rdrop.alpha else 1) * math.log(num_classes)
+  return (2 if config.rdrop.alpha and config.rdrop.ce_of_passes == 'sum' else 1) * math.log(num_classes)
+
+
+def data_summary(config, train_set, eval_set, per_epoch):
+  """One log line: what the run trains and evaluates on."""
+  def split(name, dataset):
+    return f'{name} {len(dataset)} samples ({len(dataset.left_out)} images left out)'
+  return (f'data: {config.data.name}, {train_set.num_classes} classes; {split("train", train_set)}, '
+          f'{split(config.eval.split, eval_set)}; {per_epoch:g} updates of {config.train.batch_size} per epoch')
+
+
+def collapse_warning(update, metrics, config, num_classes, recent_train):
+  """The log line for an evaluation that predicts one class for (nearly) every sample, naming the likely cause.
+
+  R-Drop's KL is smallest when both passes give the same distribution whatever the dropout mask; with
+  dropout on the logits (the Cat-12 head) that is all logits at zero: one constant prediction, training CE
+  at ln C, the KL near 0. A KL weight too large against the cross entropy, or a step too large (R-Drop
+  sums two cross entropies), pushes the model there. Training CE near ln C alone is not a trigger: a
+  healthy model trained from random weights sits there during its first epochs too.
+  """
+  rc = config.rdrop
+  text = (f'WARNING: collapse at update {update}: {metrics["majority_fraction"]:.1%} of the {metrics["count"]} '
+          f'{config.eval.split} samples are predicted as class {metrics["majority_class"]} '
+          f'(config.eval.collapse_fraction={config.eval.collapse_fraction:g})')
+  if recent_train:
+    text += (f'; training CE {recent_train["ce"]:.4f} (ln {num_classes} = {math.log(num_classes):.4f}), '
+             f'KL {recent_train["kl"]:.3g}')
+  if rc.alpha > 0:
+    remedies = 'lower rdrop.alpha or train.lr' + (', or average the two cross entropies (rdrop.ce_of_passes=mean)'
+                                                  if rc.ce_of_passes == 'sum' else '')
+    return (f'{text}. Likely cause: the R-Drop KL term (rdrop.alpha={rc.alpha:g}, reduction {rc.reduction}) '
+            f'outweighs the cross entropy and drives both passes to one constant output; {remedies}')
+  return f'{text}. Likely cause: a step too large for this model or too little training so far: lower train.lr'
 
 
 def check_fits(manifest, config, path, num_classes=None):
@@ -169,8 +207,10 @@ def train(config, workdir, resume_from=''):
   log.hyperparameters(config)
   log.info(f'train: {config.experiment} for {updates} updates of {tc.batch_size} samples '
            f'({tc.accum_steps} x {micro} per device on {world_size} device(s)), '
-           f'R-Drop alpha={config.rdrop.alpha} ({config.rdrop.reduction}, {config.rdrop.form}), '
+           f'R-Drop alpha={config.rdrop.alpha} (KL {config.rdrop.reduction}, CE {config.rdrop.ce_of_passes} of the '
+           f'passes, {config.rdrop.form}), '
            f'{"from update " + str(start) if start else "from scratch"}; writing to {workdir}')
+  log.info(data_summary(config, train_set, eval_set, updates_per_epoch(tc, len(train_set))))
 
   def save(update):
     if is_main:
@@ -191,6 +231,7 @@ def train(config, workdir, resume_from=''):
   started = time.monotonic()
   sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl summed over the updates since the last log
   updates_in_sums = 0
+  recent_train = None  # the last logged training averages, for the collapse warning
   skipped_in_a_row = skipped_total = 0
   model.train()  # evaluate() puts it back after each evaluation
   try:
@@ -239,19 +280,29 @@ def train(config, workdir, resume_from=''):
         updates_in_sums = 0
         log.scalars(update, 'train', {'loss': loss_avg, 'ce': ce_avg, 'kl': kl_avg, 'lr': optimizer.get_lr(),
                                       'loss_scale': precision.loss_scale(), 'skipped_updates': skipped_total})
+        recent_train = {'ce': ce_avg, 'kl': kl_avg}
       log.progress(update, loss=loss_value, lr=optimizer.get_lr())
 
       evaluated = update % tc.eval_every == 0 or update == updates
+      collapse = None
       if evaluated:
         metrics = evaluate(net, eval_set, config, rank, world_size)
         if metrics['top1'] > best['top1']:
           best = {'top1': metrics['top1'], 'update': update}
-        log.scalars(update, 'eval', {**{k: metrics[k] for k in ('top1', 'top5', 'loss')}, 'best_top1': best['top1']})
+        if metrics['majority_fraction'] >= config.eval.collapse_fraction:
+          collapse = collapse_warning(update, metrics, config, train_set.num_classes, recent_train)
+        log.scalars(update, 'eval', {**{k: metrics[k] for k in ('top1', 'top5', 'loss', 'majority_fraction')},
+                                     'best_top1': best['top1'], 'collapsed': collapse is not None})
         log.info(f'update {update}: {config.eval.split} top1 {metrics["top1"]:.2f}% top5 {metrics["top5"]:.2f}% '
                  f'loss {metrics["loss"]:.4f} (best {best["top1"]:.2f}% at update {best["update"]})')
+        if collapse:
+          log.info(collapse)
       if (evaluated or stopping or update == updates
           or (tc.checkpoint_every and update % tc.checkpoint_every == 0)):
         save(update)
+      if collapse and config.eval.stop_on_collapse:
+        raise TrainingCollapsed(f'config.eval.stop_on_collapse=True stopped the run (checkpoint saved): '
+                                f'{collapse.removeprefix("WARNING: ")}')
       if stopping:
         distributed.barrier(world_size)  # the launcher ends every rank when one exits: let rank 0 finish saving
         raise TrainingStopped(f'stopped by a signal after update {update}, checkpoint saved. Continue with:\n'

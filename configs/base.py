@@ -54,12 +54,18 @@ def get_base_config():
 
   c.rdrop = ml_collections.ConfigDict()
   c.rdrop.alpha = 0.0          # 0 = plain training with one forward pass
-  c.rdrop.reduction = 'batchmean'  # batchmean: invariant to the batch split; sum: the authors' code
+  c.rdrop.reduction = 'batchmean'  # of the KL: sum (the authors' code), batchmean (invariant to the batch
+  #   split) or mean (over samples, classes and both directions: Paddle's kl_div default, the Cat-12 source)
+  c.rdrop.ce_of_passes = 'sum'  # sum: CE(p1) + CE(p2) (authors; twice a baseline's step at the same lr) | mean
   c.rdrop.form = 'concat'      # concat: one pass on [x; x]; twice: two model calls (authors' code)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = 'test'
   c.eval.batch_size = 128
+  # An evaluation where one class takes at least this share of the predictions is flagged as collapsed
+  # (a warning, `collapsed` in metrics.jsonl); stop_on_collapse ends the run there instead.
+  c.eval.collapse_fraction = 0.9
+  c.eval.stop_on_collapse = False
 
   c.reference = ml_collections.ConfigDict()
   c.reference.top1 = 0.0       # the source's reported test accuracy (%), 0 if none
