@@ -34,7 +34,7 @@ class TrainingStopped(Exception):
 
 
 class TrainingCollapsed(ValueError):
-  """An evaluation collapsed and config.eval.stop_on_collapse asked to stop (reported as a one-line error)."""
+  """Evaluations collapsed config.eval.stop_after_collapses times in a row (reported as a one-line error)."""
 
 
 def micro_batch_size(train_config, world_size):
@@ -61,6 +61,9 @@ def check_config(config, world_size):
     raise ValueError(f'config.rdrop.alpha={config.rdrop.alpha} must be >= 0')
   if not 0 < config.eval.collapse_fraction <= 1:
     raise ValueError(f'config.eval.collapse_fraction={config.eval.collapse_fraction} must be in (0, 1]')
+  if config.eval.stop_after_collapses < 0:
+    raise ValueError(f'config.eval.stop_after_collapses={config.eval.stop_after_collapses} must be >= 0 '
+                     f'(0: never stop)')
   minimum = {'accum_steps': 1, 'log_every': 1, 'keep_checkpoints': 1, 'eval_every': 0, 'checkpoint_every': 0}
   for field, low in minimum.items():
     if config.train[field] < low:
@@ -125,9 +128,10 @@ def _expected_first_loss(net, config, num_classes):
 def data_summary(config, train_set, eval_set, per_epoch):
   """One log line: what the run trains and evaluates on."""
   def split(name, dataset):
-    return f'{name} {len(dataset)} samples ({len(dataset.left_out)} images left out)'
+    return f'{name} {len(dataset)} samples (left out: {len(dataset.left_out)} undecodable)'
   return (f'data: {config.data.name}, {train_set.num_classes} classes; {split("train", train_set)}, '
-          f'{split(config.eval.split, eval_set)}; {per_epoch:g} updates of {config.train.batch_size} per epoch')
+          f'{split(config.eval.split, eval_set)}; updates per epoch: {per_epoch:g} '
+          f'(of {config.train.batch_size} samples)')
 
 
 def collapse_warning(update, metrics, config, num_classes, recent_train):
@@ -233,6 +237,7 @@ def train(config, workdir, resume_from=''):
   updates_in_sums = 0
   recent_train = None  # the last logged training averages, for the collapse warning
   skipped_in_a_row = skipped_total = 0
+  collapses_in_a_row = 0
   model.train()  # evaluate() puts it back after each evaluation
   try:
     for update in range(start + 1, updates + 1):
@@ -284,25 +289,25 @@ def train(config, workdir, resume_from=''):
       log.progress(update, loss=loss_value, lr=optimizer.get_lr())
 
       evaluated = update % tc.eval_every == 0 or update == updates
-      collapse = None
       if evaluated:
         metrics = evaluate(net, eval_set, config, rank, world_size)
         if metrics['top1'] > best['top1']:
           best = {'top1': metrics['top1'], 'update': update}
-        if metrics['majority_fraction'] >= config.eval.collapse_fraction:
-          collapse = collapse_warning(update, metrics, config, train_set.num_classes, recent_train)
+        collapsed = metrics['majority_fraction'] >= config.eval.collapse_fraction
+        collapses_in_a_row = collapses_in_a_row + 1 if collapsed else 0
         log.scalars(update, 'eval', {**{k: metrics[k] for k in ('top1', 'top5', 'loss', 'majority_fraction')},
-                                     'best_top1': best['top1'], 'collapsed': collapse is not None})
+                                     'best_top1': best['top1'], 'collapsed': collapsed})
         log.info(f'update {update}: {config.eval.split} top1 {metrics["top1"]:.2f}% top5 {metrics["top5"]:.2f}% '
                  f'loss {metrics["loss"]:.4f} (best {best["top1"]:.2f}% at update {best["update"]})')
-        if collapse:
-          log.info(collapse)
+        if collapsed:
+          log.info(collapse_warning(update, metrics, config, train_set.num_classes, recent_train))
       if (evaluated or stopping or update == updates
           or (tc.checkpoint_every and update % tc.checkpoint_every == 0)):
         save(update)
-      if collapse and config.eval.stop_on_collapse:
-        raise TrainingCollapsed(f'config.eval.stop_on_collapse=True stopped the run (checkpoint saved): '
-                                f'{collapse.removeprefix("WARNING: ")}')
+      if config.eval.stop_after_collapses and collapses_in_a_row == config.eval.stop_after_collapses:
+        raise TrainingCollapsed(f'stopped after {collapses_in_a_row} collapsed evaluation(s) in a row, the last at '
+                                f'update {update} (config.eval.stop_after_collapses={collapses_in_a_row}); '
+                                f'checkpoint saved. The warning above names the likely cause')
       if stopping:
         distributed.barrier(world_size)  # the launcher ends every rank when one exits: let rank 0 finish saving
         raise TrainingStopped(f'stopped by a signal after update {update}, checkpoint saved. Continue with:\n'

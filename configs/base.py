@@ -63,9 +63,10 @@ def get_base_config():
   c.eval.split = 'test'
   c.eval.batch_size = 128
   # An evaluation where one class takes at least this share of the predictions is flagged as collapsed
-  # (a warning, `collapsed` in metrics.jsonl); stop_on_collapse ends the run there instead.
+  # (a warning, `collapsed` in metrics.jsonl); after stop_after_collapses such evaluations in a row the
+  # run stops (0: never). A run from random weights may predict mostly one class at its first evaluations.
   c.eval.collapse_fraction = 0.9
-  c.eval.stop_on_collapse = False
+  c.eval.stop_after_collapses = 0
 
   c.reference = ml_collections.ConfigDict()
   c.reference.top1 = 0.0       # the source's reported test accuracy (%), 0 if none
