@@ -63,23 +63,31 @@ def _eval_rows(workdir):
     return [row for row in map(json.loads, f) if row['group'] == 'eval']
 
 
-def test_a_flagged_evaluation_is_in_the_metrics_the_visualdl_scalars_and_a_warning_naming_the_kl_weight(tmp_path):
-  # Every evaluation predicts some class for at least 1% of the samples: a threshold that always fires.
-  proc = run_main('--config', SMOKE, '--workdir', tmp_path, '--config.eval.collapse_fraction=0.01')
-  rows = _eval_rows(tmp_path)
+@pytest.fixture(scope='module')
+def flagged_run(tmp_path_factory):
+  """A demo smoke run whose every evaluation is flagged (some class always has at least 1% of the
+  predictions), told to stop after 2 collapsed evaluations in a row, out of 4 planned."""
+  workdir = tmp_path_factory.mktemp('flagged')
+  proc = run_main('--config', SMOKE, '--workdir', workdir, '--config.eval.collapse_fraction=0.01',
+                  '--config.eval.stop_after_collapses=2', '--config.train.updates=8', check=False)
+  return workdir, proc
+
+
+def test_a_flagged_evaluation_is_in_the_metrics_the_visualdl_scalars_and_a_warning_naming_the_kl_weight(flagged_run):
+  workdir, proc = flagged_run
+  rows = _eval_rows(workdir)
   assert rows and all(row['collapsed'] is True and 0.1 <= row['majority_fraction'] <= 1.0 for row in rows)
   warning = next(line for line in proc.stdout.splitlines() if line.startswith('WARNING: collapse at update 2'))
   assert 'of the 360 test samples are predicted as class' in warning and 'training CE' in warning
   assert 'Likely cause: the R-Drop KL term (rdrop.alpha=1' in warning and 'lower rdrop.alpha' in warning
-  record = next((tmp_path / 'vdl').glob('vdlrecords*')).read_bytes()
+  record = next((workdir / 'vdl').glob('vdlrecords*')).read_bytes()
   assert b'eval/collapsed' in record and b'eval/majority_fraction' in record
 
 
-def test_the_run_stops_after_the_configured_number_of_collapsed_evaluations_in_a_row(tmp_path):
-  proc = run_main('--config', SMOKE, '--workdir', tmp_path, '--config.eval.collapse_fraction=0.01',
-                  '--config.eval.stop_after_collapses=2', '--config.train.updates=8', check=False)
+def test_the_run_stops_after_the_configured_number_of_collapsed_evaluations_in_a_row(flagged_run):
+  workdir, proc = flagged_run
   assert proc.returncode == 1
   assert ('error: stopped after 2 collapsed evaluation(s) in a row, the last at update 4 '
           '(config.eval.stop_after_collapses=2); checkpoint saved') in proc.stderr
-  assert [row['update'] for row in _eval_rows(tmp_path)] == [2, 4]
-  assert (tmp_path / 'checkpoints' / 'update_00000004').is_dir()
+  assert [row['update'] for row in _eval_rows(workdir)] == [2, 4]
+  assert (workdir / 'checkpoints' / 'update_00000004').is_dir()
