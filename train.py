@@ -209,11 +209,12 @@ def train(config, workdir, resume_from=''):
                                        start_micro_step=start * tc.accum_steps), config.data.num_workers))
   log = RunLog(workdir, is_main, start, updates)
   log.hyperparameters(config)
+  rc = config.rdrop
   log.info(f'train: {config.experiment} for {updates} updates of {tc.batch_size} samples '
            f'({tc.accum_steps} x {micro} per device on {world_size} device(s)), '
-           f'R-Drop alpha={config.rdrop.alpha} (KL {config.rdrop.reduction}, CE {config.rdrop.ce_of_passes} of the '
-           f'passes, {config.rdrop.form}), '
-           f'{"from update " + str(start) if start else "from scratch"}; writing to {workdir}')
+           + (f'R-Drop alpha={rc.alpha} (KL {rc.reduction}, CE {rc.ce_of_passes} of the passes, {rc.form}), '
+              if rc.alpha else 'without R-Drop, ')
+           + f'{"from update " + str(start) if start else "from scratch"}; writing to {workdir}')
   log.info(data_summary(config, train_set, eval_set, updates_per_epoch(tc, len(train_set))))
 
   def save(update):
