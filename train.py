@@ -153,9 +153,11 @@ def collapse_warning(update, metrics, config, num_classes, recent_train):
   if rc.alpha > 0:
     remedies = 'lower rdrop.alpha or train.lr' + (', or average the two cross entropies (rdrop.ce_of_passes=mean)'
                                                   if rc.ce_of_passes == 'sum' else '')
-    return (f'{text}. Likely cause: the R-Drop KL term (rdrop.alpha={rc.alpha:g}, reduction {rc.reduction}) '
-            f'outweighs the cross entropy and drives both passes to one constant output; {remedies}')
-  return f'{text}. Likely cause: a step too large for this model or too little training so far: lower train.lr'
+    return (f'{text}. If it persists, the likely cause is the R-Drop KL term (rdrop.alpha={rc.alpha:g}, reduction '
+            f'{rc.reduction}) outweighing the cross entropy, which drives both passes to one constant output: '
+            f'{remedies}')
+  return (f'{text}. If it persists, the likely cause is a step too large for this model: lower train.lr '
+          f'(a model from random weights can start this way and recover)')
 
 
 def check_fits(manifest, config, path, num_classes=None):
