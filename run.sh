@@ -49,9 +49,10 @@ run() {
   fi
 }
 
-need() {  # need VAR WHAT: stop before any run, naming the variable to set, when the path in $VAR does not exist
-  [ -e "${!1}" ] && return
-  echo "run.sh: $1=${!1} does not exist: set $1 to $2" >&2
+need() {  # need VAR WHAT [FILE]: stop before any run, naming the variable to set, when $VAR[/FILE] does not exist
+  local path=${!1}${3:+/$3}
+  [ -e "$path" ] && return
+  echo "run.sh: $path does not exist: set $1 to $2" >&2
   exit 2
 }
 
@@ -74,7 +75,7 @@ vit_cifar100() {
 
 resnet50_cat12() {
   local out=$RUNS_DIR/resnet50_cat12 variant=''
-  need CAT12_DIR 'the folder holding train_list.txt, cat_12_train/ and cat_12_test/'
+  need CAT12_DIR 'the folder holding train_list.txt, cat_12_train/ and cat_12_test/' train_list.txt
   if [ -z "$RESNET50_WEIGHTS" ]; then
     out=$RUNS_DIR/resnet18_cat12_scratch variant=:scratch
     echo "RESNET50_WEIGHTS is empty: training ResNet18 at 64 px from random weights (the configs' :scratch variant)"

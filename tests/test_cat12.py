@@ -211,14 +211,14 @@ def _run_sh(tmp_path, *args, **env):
                         env=child_env(RUNS_DIR=str(tmp_path / 'runs'), **env))
 
 
-@pytest.mark.parametrize('env, variable', [
-    ({'CAT12_DIR': '/nowhere/cat12'}, 'CAT12_DIR'),
-    ({'RESNET50_WEIGHTS': '/nowhere/resnet50.pdparams'}, 'RESNET50_WEIGHTS'),
+@pytest.mark.parametrize('env, missing, variable', [
+    ({'CAT12_DIR': '/nowhere/cat12'}, '/nowhere/cat12/train_list.txt', 'CAT12_DIR'),
+    ({'RESNET50_WEIGHTS': '/nowhere/resnet50.pdparams'}, '/nowhere/resnet50.pdparams', 'RESNET50_WEIGHTS'),
 ])
-def test_run_sh_names_the_variable_to_set_for_missing_data_or_weights(tmp_path, env, variable):
+def test_run_sh_names_the_variable_to_set_for_missing_data_or_weights(tmp_path, env, missing, variable):
   make_cat12(tmp_path / 'cat12', n_plain=2, odd=False, broken=False)
   proc = _run_sh(tmp_path, 'resnet50_cat12', **{'CAT12_DIR': str(tmp_path / 'cat12'), **env})
-  assert proc.returncode == 2 and f'run.sh: {variable}={env[variable]} does not exist: set {variable} to' in proc.stderr
+  assert proc.returncode == 2 and f'run.sh: {missing} does not exist: set {variable} to' in proc.stderr
   assert not (tmp_path / 'runs').exists()
 
 
