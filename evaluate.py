@@ -6,7 +6,9 @@ the sums are all-reduced, so accuracy is exact for any dataset size and any numb
 import csv
 import io
 import json
+import math
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 
@@ -17,11 +19,14 @@ from utils.workdir import write_atomic
 
 @paddle.no_grad()
 def evaluate(model, dataset, config, rank=0, world_size=1, split=''):
-  """{'top1', 'top5', 'loss', 'count', 'majority_class', 'majority_fraction'}, accuracies in percent.
+  """{'top1', 'top5', 'loss', 'count', 'majority_class', 'majority_fraction', 'prediction_information'}.
 
-  `majority_fraction` is the share of samples predicted as the most frequent predicted class (1/C for a
-  balanced classifier, 1.0 for one that predicts one class for everything: see train.collapse_warning).
-  Sums and the histogram of predictions stay on the device until the end.
+  Accuracies are in percent. Two measures of a collapsed model (see train.collapse_warning):
+  `majority_fraction`, the share of samples predicted as the most frequent predicted class (1.0 for a
+  model that predicts one class for everything), and `prediction_information`, the mutual information
+  between the image and the predicted distribution, H(mean p) - mean H(p), as a fraction of ln C: 0 when
+  the model outputs the same distribution whatever the image, even if tiny differences still vary its argmax.
+  Sums, the histogram of predictions and the summed probabilities stay on the device until the end.
   """
   split = split or config.eval.split
   if len(dataset) == 0:
@@ -31,8 +36,8 @@ def evaluate(model, dataset, config, rank=0, world_size=1, split=''):
   was_training = model.training
   model.eval()
   classes = dataset.num_classes
-  # correct@1, correct@5, summed loss, count, then the number of predictions of each class
-  sums = paddle.zeros([4 + classes], dtype='float64')
+  # correct@1, correct@5, summed loss, count, summed entropy, then per class: predictions, summed probability
+  sums = paddle.zeros([5 + 2 * classes], dtype='float64')
   batches = pipeline.EvalBatches(len(dataset), config.eval.batch_size, rank, world_size)
   for images, labels in pipeline.loader(dataset, batches, config.data.num_workers):
     logits = model(pipeline.to_model_input(images, config.data)).astype('float32')
@@ -40,16 +45,23 @@ def evaluate(model, dataset, config, rank=0, world_size=1, split=''):
     top = paddle.topk(logits, k, axis=1)[1]
     hits = (top == labels.unsqueeze(1)).astype('float64')
     loss = F.cross_entropy(logits, labels, reduction='sum').astype('float64')
+    log_p = F.log_softmax(logits.astype('float64'), axis=1)  # float64: the information of a collapse is ~1e-5
+    p = log_p.exp()
+    entropy = -(p * log_p).sum()
     predicted = F.one_hot(top[:, 0], classes).sum(axis=0).astype('float64')  # one_hot: no host sync, unlike bincount
-    sums += paddle.concat([paddle.stack([hits[:, 0].sum(), hits.sum(), loss,
-                                         paddle.to_tensor(len(labels), dtype='float64')]), predicted])
+    count = paddle.to_tensor(len(labels), dtype='float64')
+    sums += paddle.concat([paddle.stack([hits[:, 0].sum(), hits.sum(), loss, count, entropy]), predicted,
+                           p.sum(axis=0)])
   distributed.all_reduce_sum(sums, world_size)
   model.train(was_training)
   totals = sums.numpy()
-  (correct1, correct5, loss, count), per_class = totals[:4].tolist(), totals[4:]
+  (correct1, correct5, loss, count, entropy), per_class = totals[:5].tolist(), totals[5:5 + classes]
+  mean_p = totals[5 + classes:] / count
+  information = -(mean_p * np.log(np.maximum(mean_p, 1e-300))).sum() - entropy / count
   return {'top1': 100.0 * correct1 / count, 'top5': 100.0 * correct5 / count, 'loss': loss / count,
           'count': int(count), 'majority_class': int(per_class.argmax()),
-          'majority_fraction': float(per_class.max() / count)}
+          'majority_fraction': float(per_class.max() / count),
+          'prediction_information': float(max(information, 0.0) / math.log(classes))}
 
 
 @paddle.no_grad()

@@ -25,6 +25,10 @@ from utils.rdrop import CE_OF_PASSES, FORMS, REDUCTIONS, rdrop_loss
 from utils.runlog import RunLog
 
 
+# What each evaluation logs as eval/<name> (besides best_top1 and collapsed).
+EVAL_SCALARS = ('top1', 'top5', 'loss', 'majority_fraction', 'prediction_information')
+
+
 class TrainingStopped(Exception):
   """The run stopped early on purpose (signal) after saving; carries the exit code."""
 
@@ -59,8 +63,10 @@ def check_config(config, world_size):
       raise ValueError(f'config.{key}={config[group][field]!r}: choose one of {", ".join(allowed)}')
   if config.rdrop.alpha < 0:
     raise ValueError(f'config.rdrop.alpha={config.rdrop.alpha} must be >= 0')
-  if not 0 < config.eval.collapse_fraction <= 1:
-    raise ValueError(f'config.eval.collapse_fraction={config.eval.collapse_fraction} must be in (0, 1]')
+  if not 0 < config.eval.collapse_majority <= 1:
+    raise ValueError(f'config.eval.collapse_majority={config.eval.collapse_majority} must be in (0, 1]')
+  if not 0 <= config.eval.collapse_information < 1:
+    raise ValueError(f'config.eval.collapse_information={config.eval.collapse_information} must be in [0, 1)')
   if config.eval.stop_after_collapses < 0:
     raise ValueError(f'config.eval.stop_after_collapses={config.eval.stop_after_collapses} must be >= 0 '
                      f'(0: never stop)')
@@ -134,19 +140,28 @@ def data_summary(config, train_set, eval_set, per_epoch):
           f'(of {config.train.batch_size} samples)')
 
 
+def collapsed(metrics, eval_config):
+  """Whether an evaluation shows a collapsed model: (nearly) one predicted class, or one output for all."""
+  return (metrics['majority_fraction'] >= eval_config.collapse_majority
+          or metrics['prediction_information'] < eval_config.collapse_information)
+
+
 def collapse_warning(update, metrics, config, num_classes, recent_train):
-  """The log line for an evaluation that predicts one class for (nearly) every sample, naming the likely cause.
+  """The log line for a collapsed evaluation (see `collapsed`), naming the likely cause.
 
   R-Drop's KL is smallest when both passes give the same distribution whatever the dropout mask; with
-  dropout on the logits (the Cat-12 head) that is all logits at zero: one constant prediction, training CE
-  at ln C, the KL near 0. A KL weight too large against the cross entropy, or a step too large (R-Drop
-  sums two cross entropies), pushes the model there. Training CE near ln C alone is not a trigger: a
-  healthy model trained from random weights sits there during its first epochs too.
+  dropout on the logits (the Cat-12 head) that is all logits at zero: one output for every image, training
+  CE at ln C, the KL near 0, and either one constant predicted class or an argmax left to tiny differences.
+  A KL weight too large against the cross entropy, or a step too large (R-Drop sums two cross entropies),
+  pushes the model there. Training CE near ln C alone is no trigger: a healthy model trained from random
+  weights sits there during its first epochs too.
   """
   rc = config.rdrop
   text = (f'WARNING: collapse at update {update}: {metrics["majority_fraction"]:.1%} of the {metrics["count"]} '
           f'{config.eval.split} samples are predicted as class {metrics["majority_class"]} '
-          f'(config.eval.collapse_fraction={config.eval.collapse_fraction:g})')
+          f'(eval.collapse_majority={config.eval.collapse_majority:g}); the predictions carry '
+          f'{metrics["prediction_information"]:.2g} x ln {num_classes} of information about the image '
+          f'(eval.collapse_information={config.eval.collapse_information:g})')
   if recent_train:
     text += (f'; training CE {recent_train["ce"]:.4f} (ln {num_classes} = {math.log(num_classes):.4f}), '
              f'KL {recent_train["kl"]:.3g}')
@@ -154,8 +169,8 @@ def collapse_warning(update, metrics, config, num_classes, recent_train):
     remedies = 'lower rdrop.alpha or train.lr' + (', or average the two cross entropies (rdrop.ce_of_passes=mean)'
                                                   if rc.ce_of_passes == 'sum' else '')
     return (f'{text}. If it persists, the likely cause is the R-Drop KL term (rdrop.alpha={rc.alpha:g}, reduction '
-            f'{rc.reduction}) outweighing the cross entropy, which drives both passes to one constant output: '
-            f'{remedies}')
+            f'{rc.reduction}) outweighing the cross entropy, which drives both passes to one output for every '
+            f'image: {remedies}')
   return (f'{text}. If it persists, the likely cause is a step too large for this model: lower train.lr '
           f'(a model from random weights can start this way and recover)')
 
@@ -296,13 +311,13 @@ def train(config, workdir, resume_from=''):
         metrics = evaluate(net, eval_set, config, rank, world_size)
         if metrics['top1'] > best['top1']:
           best = {'top1': metrics['top1'], 'update': update}
-        collapsed = metrics['majority_fraction'] >= config.eval.collapse_fraction
-        collapses_in_a_row = collapses_in_a_row + 1 if collapsed else 0
-        log.scalars(update, 'eval', {**{k: metrics[k] for k in ('top1', 'top5', 'loss', 'majority_fraction')},
-                                     'best_top1': best['top1'], 'collapsed': collapsed})
+        collapse = collapsed(metrics, config.eval)
+        collapses_in_a_row = collapses_in_a_row + 1 if collapse else 0
+        log.scalars(update, 'eval', {**{k: metrics[k] for k in EVAL_SCALARS}, 'best_top1': best['top1'],
+                                     'collapsed': collapse})
         log.info(f'update {update}: {config.eval.split} top1 {metrics["top1"]:.2f}% top5 {metrics["top5"]:.2f}% '
                  f'loss {metrics["loss"]:.4f} (best {best["top1"]:.2f}% at update {best["update"]})')
-        if collapsed:
+        if collapse:
           log.info(collapse_warning(update, metrics, config, train_set.num_classes, recent_train))
       if (evaluated or stopping or update == updates
           or (tc.checkpoint_every and update % tc.checkpoint_every == 0)):

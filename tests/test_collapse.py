@@ -2,14 +2,15 @@
 (near) single-class model in metrics.jsonl, VisualDL and the log, and can stop the run."""
 import json
 
-import ml_collections
 import numpy as np
 import paddle
 import pytest
 
+from configs import base
 from conftest import run_main
 from data.pipeline import SeededDataset
 from evaluate import evaluate
+from train import collapsed
 
 SMOKE = 'configs/digits_vit_rdrop.py:smoke'
 
@@ -29,33 +30,57 @@ class _LabelledPixels(SeededDataset):
 
 
 class _Predicts(paddle.nn.Layer):
-  """Logits peaking at `constant` for every input, or (constant None) at the class its pixel encodes."""
+  """Logits `scale` x one-hot of `constant` for every input, or (constant None) of the class its pixel encodes."""
 
-  def __init__(self, constant=None):
+  def __init__(self, constant=None, scale=10.0):
     super().__init__()
-    self.constant = constant
+    self.constant, self.scale = constant, scale
 
   def forward(self, x):
     # to_model_input maps pixel v to (v / 255 - 0.5) / 0.5: undo it to read the label back.
     label = paddle.round(((x.flatten(1)[:, 0] * 0.5 + 0.5) * 255)).astype('int64')
     if self.constant is not None:
       label = paddle.full_like(label, self.constant)
-    return paddle.nn.functional.one_hot(label, 4) * 10.0
+    return paddle.nn.functional.one_hot(label, 4) * self.scale
 
 
 def _config():
-  return ml_collections.ConfigDict({'data': {'name': 'pixels', 'mean': (0.5,), 'std': (0.5,), 'num_workers': 0},
-                                    'eval': {'split': 'val', 'batch_size': 2}})
+  c = base.get_base_config()
+  c.data.update({'name': 'pixels', 'mean': (0.5,), 'std': (0.5,), 'num_workers': 0})
+  c.eval.update({'split': 'val', 'batch_size': 2})
+  return c
 
 
-def test_majority_fraction_is_the_share_of_the_most_predicted_class():
-  dataset = _LabelledPixels([0, 0, 1, 2, 3])
-  faithful = evaluate(_Predicts(), dataset, _config())
+def _information(probabilities):
+  """H(mean p) - mean H(p), over ln C: the reference for evaluate's prediction_information."""
+  p = np.asarray(probabilities, np.float64)
+
+  def entropy(q):
+    return -(q * np.log(q)).sum(axis=-1)
+  return (entropy(p.mean(axis=0)) - entropy(p).mean()) / np.log(p.shape[1])
+
+
+def test_majority_fraction_and_information_tell_a_faithful_model_from_a_collapsed_one():
+  dataset, c = _LabelledPixels([0, 0, 1, 2, 3]), _config()
+  confident = np.exp(10.0) / (np.exp(10.0) + 3)  # softmax of 10 x one-hot over 4 classes
+  rest = (1 - confident) / 3
+  faithful = evaluate(_Predicts(), dataset, c)
   assert faithful['top1'] == 100.0
   assert (faithful['majority_class'], faithful['majority_fraction']) == (0, pytest.approx(0.4))
-  constant = evaluate(_Predicts(constant=2), dataset, _config())
+  rows = [[confident if j == label else rest for j in range(4)] for label in (0, 0, 1, 2, 3)]
+  assert faithful['prediction_information'] == pytest.approx(_information(rows), rel=1e-6)
+  assert not collapsed(faithful, c.eval)
+
+  constant = evaluate(_Predicts(constant=2), dataset, c)  # one class for everything
   assert constant['top1'] == pytest.approx(20.0)
   assert (constant['majority_class'], constant['majority_fraction']) == (2, 1.0)
+  assert constant['prediction_information'] == pytest.approx(0.0, abs=1e-9) and collapsed(constant, c.eval)
+
+  # Nearly the same output for every image: the argmax still follows the label (100% top-1, no majority),
+  # but the predictions say almost nothing about the image, as after R-Drop drove the logits to zero.
+  whisper = evaluate(_Predicts(scale=1e-3), dataset, c)
+  assert whisper['top1'] == 100.0 and whisper['majority_fraction'] == pytest.approx(0.4)
+  assert whisper['prediction_information'] < 1e-6 and collapsed(whisper, c.eval)
 
 
 def _eval_rows(workdir):
@@ -68,7 +93,7 @@ def flagged_run(tmp_path_factory):
   """A demo smoke run whose every evaluation is flagged (some class always has at least 1% of the
   predictions), told to stop after 2 collapsed evaluations in a row, out of 4 planned."""
   workdir = tmp_path_factory.mktemp('flagged')
-  proc = run_main('--config', SMOKE, '--workdir', workdir, '--config.eval.collapse_fraction=0.01',
+  proc = run_main('--config', SMOKE, '--workdir', workdir, '--config.eval.collapse_majority=0.01',
                   '--config.eval.stop_after_collapses=2', '--config.train.updates=8', check=False)
   return workdir, proc
 
@@ -76,12 +101,13 @@ def flagged_run(tmp_path_factory):
 def test_a_flagged_evaluation_is_in_the_metrics_the_visualdl_scalars_and_a_warning_naming_the_kl_weight(flagged_run):
   workdir, proc = flagged_run
   rows = _eval_rows(workdir)
-  assert rows and all(row['collapsed'] is True and 0.1 <= row['majority_fraction'] <= 1.0 for row in rows)
+  assert rows and all(row['collapsed'] is True and 0.1 <= row['majority_fraction'] <= 1.0
+                      and 0.0 <= row['prediction_information'] <= 1.0 for row in rows)
   warning = next(line for line in proc.stdout.splitlines() if line.startswith('WARNING: collapse at update 2'))
   assert 'of the 360 test samples are predicted as class' in warning and 'training CE' in warning
   assert 'the likely cause is the R-Drop KL term (rdrop.alpha=1' in warning and 'lower rdrop.alpha' in warning
   record = next((workdir / 'vdl').glob('vdlrecords*')).read_bytes()
-  assert b'eval/collapsed' in record and b'eval/majority_fraction' in record
+  assert all(tag in record for tag in (b'eval/collapsed', b'eval/majority_fraction', b'eval/prediction_information'))
 
 
 def test_the_run_stops_after_the_configured_number_of_collapsed_evaluations_in_a_row(flagged_run):
