@@ -156,12 +156,15 @@ def collapse_warning(update, metrics, config, num_classes, recent_train):
   pushes the model there. Training CE near ln C alone is no trigger: a healthy model trained from random
   weights sits there during its first epochs too.
   """
-  rc = config.rdrop
-  text = (f'WARNING: collapse at update {update}: {metrics["majority_fraction"]:.1%} of the {metrics["count"]} '
-          f'{config.eval.split} samples are predicted as class {metrics["majority_class"]} '
-          f'(eval.collapse_majority={config.eval.collapse_majority:g}); the predictions carry '
-          f'{metrics["prediction_information"]:.2g} x ln {num_classes} of information about the image '
-          f'(eval.collapse_information={config.eval.collapse_information:g})')
+  rc, ec = config.rdrop, config.eval
+  signs = []
+  if metrics['majority_fraction'] >= ec.collapse_majority:
+    signs.append(f'{metrics["majority_fraction"]:.1%} of the {metrics["count"]} {ec.split} samples are predicted as '
+                 f'class {metrics["majority_class"]} (eval.collapse_majority={ec.collapse_majority:g})')
+  if metrics['prediction_information'] < ec.collapse_information:
+    signs.append(f'the predictions carry {metrics["prediction_information"]:.2g} x ln {num_classes} of information '
+                 f'about the image, nearly one output for all (eval.collapse_information={ec.collapse_information:g})')
+  text = f'WARNING: collapse at update {update}: {"; ".join(signs)}'
   if recent_train:
     text += (f'; training CE {recent_train["ce"]:.4f} (ln {num_classes} = {math.log(num_classes):.4f}), '
              f'KL {recent_train["kl"]:.3g}')

@@ -10,7 +10,7 @@ from configs import base
 from conftest import run_main
 from data.pipeline import SeededDataset
 from evaluate import evaluate
-from train import collapsed
+from train import collapse_warning, collapsed
 
 SMOKE = 'configs/digits_vit_rdrop.py:smoke'
 
@@ -83,6 +83,24 @@ def test_majority_fraction_and_information_tell_a_faithful_model_from_a_collapse
   assert whisper['prediction_information'] < 1e-6 and collapsed(whisper, c.eval)
 
 
+def test_the_warning_names_the_measure_that_fired_the_training_state_and_what_to_change():
+  c = _config()
+  c.eval.split = 'val'
+  c.rdrop.update({'alpha': 50.0, 'reduction': 'mean', 'ce_of_passes': 'sum'})
+  uniform = {'count': 216, 'majority_class': 5, 'majority_fraction': 0.449, 'prediction_information': 1.8e-5}
+  warning = collapse_warning(60, uniform, c, 12, {'ce': 2.4849, 'kl': 2.3e-5})
+  assert warning.startswith('WARNING: collapse at update 60: the predictions carry 1.8e-05 x ln 12 of information '
+                            'about the image, nearly one output for all (eval.collapse_information=0.0003); '
+                            'training CE 2.4849 (ln 12 = 2.4849), KL 2.3e-05.')
+  assert 'the R-Drop KL term (rdrop.alpha=50, reduction mean)' in warning
+  assert warning.endswith('lower rdrop.alpha or train.lr, or average the two cross entropies (rdrop.ce_of_passes=mean)')
+  c.rdrop.alpha = 0.0
+  one_class = {'count': 216, 'majority_class': 3, 'majority_fraction': 1.0, 'prediction_information': 0.01}
+  warning = collapse_warning(60, one_class, c, 12, None)
+  assert warning.startswith('WARNING: collapse at update 60: 100.0% of the 216 val samples are predicted as class 3 '
+                            '(eval.collapse_majority=0.9). If it persists, the likely cause is a step too large')
+
+
 def _eval_rows(workdir):
   with open(workdir / 'metrics.jsonl') as f:
     return [row for row in map(json.loads, f) if row['group'] == 'eval']
@@ -94,6 +112,7 @@ def flagged_run(tmp_path_factory):
   predictions), told to stop after 2 collapsed evaluations in a row, out of 4 planned."""
   workdir = tmp_path_factory.mktemp('flagged')
   proc = run_main('--config', SMOKE, '--workdir', workdir, '--config.eval.collapse_majority=0.01',
+                  '--config.eval.collapse_information=0',
                   '--config.eval.stop_after_collapses=2', '--config.train.updates=8', check=False)
   return workdir, proc
 
@@ -105,6 +124,7 @@ def test_a_flagged_evaluation_is_in_the_metrics_the_visualdl_scalars_and_a_warni
                       and 0.0 <= row['prediction_information'] <= 1.0 for row in rows)
   warning = next(line for line in proc.stdout.splitlines() if line.startswith('WARNING: collapse at update 2'))
   assert 'of the 360 test samples are predicted as class' in warning and 'training CE' in warning
+  assert 'information about the image' not in warning  # only the measure that fired is named
   assert 'the likely cause is the R-Drop KL term (rdrop.alpha=1' in warning and 'lower rdrop.alpha' in warning
   record = next((workdir / 'vdl').glob('vdlrecords*')).read_bytes()
   assert all(tag in record for tag in (b'eval/collapsed', b'eval/majority_fraction', b'eval/prediction_information'))
