@@ -119,7 +119,8 @@ def _check_config_file(spec):
 
 def train_or_resume(config, workdir, stop):
   """train, resume or train --autoresume, as the only trainer of the workdir (rank 0 holds its lock)."""
-  from train import TrainingStopped, check_config, train
+  from train import TrainingStopped, train
+  from utils.config_check import check_config
   rank, world_size = distributed.rank_and_world_size()
   check_config(config, world_size)
   workdir_lib.check_writable(workdir)
@@ -223,7 +224,8 @@ def main(argv, stop):
     return train_or_resume(config, workdir, stop)
 
   # eval, predict, export: one checkpoint, no lock (every file a training writes is replaced atomically)
-  from train import check_config, check_fits, load_trained_model
+  from train import check_fits, load_trained_model
+  from utils.config_check import check_config
   check_config(config, world_size=1)
   path = FLAGS.checkpoint or workdir_lib.best_checkpoint(workdir)
   if not path:

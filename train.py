@@ -22,9 +22,15 @@ from evaluate import evaluate
 from utils import checkpoint, distributed, optim
 from utils import workdir as workdir_lib
 from utils.precision import Precision
+from utils.collapse import collapse_warning, collapsed
+from utils.config_check import micro_batch_size
 from utils.preemption import Interrupted, StopRequest
-from utils.rdrop import FORMS, REDUCTIONS, rdrop_loss
+from utils.rdrop import rdrop_loss
 from utils.runlog import RunLog
+
+
+# What each evaluation logs as eval/<name> (besides best_top1 and collapsed).
+EVAL_SCALARS = ('top1', 'top5', 'loss', 'majority_fraction', 'prediction_information')
 
 
 class TrainingStopped(Exception):
@@ -35,86 +41,8 @@ class TrainingStopped(Exception):
     self.exit_code = exit_code
 
 
-def micro_batch_size(train_config, world_size):
-  """Per-device micro-batch: the global batch split over accumulation steps and devices."""
-  tc = train_config
-  micro, rest = divmod(tc.batch_size, tc.accum_steps * world_size)
-  if rest or micro == 0:
-    raise ValueError(f'config.train.batch_size={tc.batch_size} cannot be split into {tc.accum_steps} '
-                     f'accumulation steps on {world_size} devices: make it a multiple of '
-                     f'{tc.accum_steps * world_size} or change config.train.accum_steps')
-  return micro
-
-
-# (test, what is allowed) of a field's value.
-POSITIVE = (lambda v: v > 0, 'must be > 0')
-NON_NEGATIVE = (lambda v: v >= 0, 'must be >= 0')
-RATE = (lambda v: 0 <= v < 1, 'must be in [0, 1)')
-ALL_POSITIVE = (lambda v: len(v) > 0 and all(x > 0 for x in v), 'must be positive numbers')
-# What every numeric field allows (a field absent from a config is skipped); names of choices are below.
-# tests/test_bad_inputs.py checks that every numeric field of every config in configs/ has a rule here.
-FIELD_RULES = {
-    'seed': NON_NEGATIVE,
-    'data.img_size': POSITIVE, 'data.num_workers': (lambda v: v >= -1, 'must be >= -1 (-1: one per core)'),
-    'data.mean': (lambda v: len(v) > 0 and all(0 <= x <= 1 for x in v), 'must be numbers in [0, 1]'),
-    'data.std': ALL_POSITIVE, 'data.classes': POSITIVE, 'data.resize': POSITIVE, 'data.val_every': NON_NEGATIVE,
-    'model.img_size': POSITIVE, 'model.in_channels': POSITIVE, 'model.depth': POSITIVE, 'model.head_width': POSITIVE,
-    'model.blocks_per_stage': POSITIVE, 'model.widths': ALL_POSITIVE,
-    'model.dropout_rate': RATE, 'model.attention_dropout_rate': RATE, 'model.head_dropout': RATE,
-    'model.conv_dropout': RATE, 'model.fc_dropout': RATE,
-    'model.dropblock.block_size': POSITIVE, 'model.dropblock.keep_prob': (lambda v: 0 < v <= 1, 'must be in (0, 1]'),
-    'model.dropblock.ramp_updates': NON_NEGATIVE,
-    'train.batch_size': POSITIVE, 'train.accum_steps': POSITIVE, 'train.updates': NON_NEGATIVE,
-    'train.epochs': NON_NEGATIVE, 'train.lr': POSITIVE, 'train.momentum': RATE, 'train.weight_decay': NON_NEGATIVE,
-    'train.clip_grad_norm': NON_NEGATIVE, 'train.warmup_updates': NON_NEGATIVE, 'train.warmup_epochs': NON_NEGATIVE,
-    'train.end_lr_ratio': NON_NEGATIVE, 'train.decay_updates': NON_NEGATIVE, 'train.decay_epochs': NON_NEGATIVE,
-    'train.poly_power': POSITIVE, 'train.step_gamma': POSITIVE, 'train.init_loss_scale': POSITIVE,
-    'train.max_skipped_updates': NON_NEGATIVE, 'train.log_every': POSITIVE, 'train.eval_every': NON_NEGATIVE,
-    'train.checkpoint_every': NON_NEGATIVE, 'train.checkpoint_every_minutes': NON_NEGATIVE,
-    'train.keep_checkpoints': POSITIVE,
-    'rdrop.alpha': NON_NEGATIVE,
-    'eval.batch_size': POSITIVE,
-    'reference.top1': (lambda v: 0 <= v <= 100, 'must be a percentage in [0, 100]'),
-}
-
-
-def _field(config, dotted):
-  """The value of `config.a.b.c`, or None when the config has no such field."""
-  value = config
-  for part in dotted.split('.'):
-    if not isinstance(value, ml_collections.ConfigDict) or part not in value:
-      return None
-    value = value[part]
-  return value
-
-
-def check_config(config, world_size):
-  """Fail before any work on a value that would only break later, or hang (a negative batch size used to
-  wait forever in Paddle's reader): every problem at once, each naming `config.<field>`, its value and what
-  is allowed."""
-  choices = {'model.name': models.available(), 'data.name': data.available(),
-             'train.optimizer': optim.OPTIMIZERS, 'train.schedule': optim.SCHEDULES,
-             'train.precision': ('fp32', 'fp16', 'bf16'), 'train.amp_level': ('O1', 'O2'),
-             'rdrop.reduction': REDUCTIONS, 'rdrop.form': FORMS}
-  problems = [f'config.{key}={_field(config, key)!r}: choose one of {", ".join(allowed)}'
-              for key, allowed in choices.items() if _field(config, key) not in allowed]
-  for key, (test, allowed) in FIELD_RULES.items():
-    value = _field(config, key)
-    if value is not None and not test(value):
-      problems.append(f'config.{key}={value!r}: {allowed}')
-  tc = config.train
-  if tc.updates == 0 and tc.epochs == 0:
-    problems.append('config.train.updates=0 and config.train.epochs=0: nothing to train; set either > 0')
-  if config.model.get('recompute', False) and world_size > 1:
-    # Recompute replays each block in a second, re-entrant backward pass, which DataParallel's gradient
-    # hooks do not support (parameters reported ready twice, Paddle issue 52980).
-    problems.append('config.model.recompute=True is not supported under paddle.distributed.launch; '
-                    'lower the micro-batch through train.accum_steps instead')
-  if len(problems) > 1:
-    raise ValueError(f'{len(problems)} config values are not allowed:\n  ' + '\n  '.join(problems))
-  if problems:
-    raise ValueError(problems[0])
-  micro_batch_size(config.train, world_size)
+class TrainingCollapsed(ValueError):
+  """Evaluations collapsed config.eval.stop_after_collapses times in a row (reported as a one-line error)."""
 
 
 def updates_per_epoch(train_config, num_samples):
@@ -163,7 +91,16 @@ def _expected_first_loss(net, config, num_classes):
   """With a zero head every class is equally likely: CE = ln C per pass and the KL term is 0."""
   if not getattr(net, 'zero_head', False):
     return None
-  return (2 if config.rdrop.alpha else 1) * math.log(num_classes)
+  return (2 if config.rdrop.alpha and config.rdrop.ce_of_passes == 'sum' else 1) * math.log(num_classes)
+
+
+def data_summary(config, train_set, eval_set, per_epoch):
+  """One log line: what the run trains and evaluates on."""
+  def split(name, dataset):
+    return f'{name} {len(dataset)} samples (left out: {len(dataset.left_out)} undecodable)'
+  return (f'data: {config.data.name}, {train_set.num_classes} classes; {split("train", train_set)}, '
+          f'{split(config.eval.split, eval_set)}; updates per epoch: {per_epoch:g} '
+          f'(of {config.train.batch_size} samples)')
 
 
 def check_fits(manifest, config, path, num_classes=None):
@@ -222,10 +159,13 @@ def train(config, workdir, resume_from='', stop=None):
                                        start_micro_step=start * tc.accum_steps), config.data.num_workers))
   log = RunLog(workdir, is_main, start, updates, samples_per_update=tc.batch_size)
   log.hyperparameters(config)
+  rc = config.rdrop
   log.info(f'train: {config.experiment} for {updates} updates of {tc.batch_size} samples '
            f'({tc.accum_steps} x {micro} per device on {world_size} device(s)), '
-           f'R-Drop alpha={config.rdrop.alpha} ({config.rdrop.reduction}, {config.rdrop.form}), '
-           f'{"from update " + str(start) if start else "from scratch"}; writing to {workdir}')
+           + (f'R-Drop alpha={rc.alpha} (KL {rc.reduction}, CE {rc.ce_of_passes} of the passes, {rc.form}), '
+              if rc.alpha else 'without R-Drop, ')
+           + f'{"from update " + str(start) if start else "from scratch"}; writing to {workdir}')
+  log.info(data_summary(config, train_set, eval_set, updates_per_epoch(tc, len(train_set))))
 
   def save(update, evaluation_due=False):
     nonlocal last_save
@@ -248,9 +188,14 @@ def train(config, workdir, resume_from='', stop=None):
                        stop=stop if world_size == 1 else None)
     if metrics['top1'] > best['top1']:
       best = {'top1': metrics['top1'], 'update': update}
-    log.scalars(update, 'eval', {**{k: metrics[k] for k in ('top1', 'top5', 'loss')}, 'best_top1': best['top1']})
+    collapse = collapsed(metrics, config.eval)
+    log.scalars(update, 'eval', {**{k: metrics[k] for k in EVAL_SCALARS}, 'best_top1': best['top1'],
+                                 'collapsed': collapse})
     log.info(f'update {update}: {config.eval.split} top1 {metrics["top1"]:.2f}% top5 {metrics["top5"]:.2f}% '
              f'loss {metrics["loss"]:.4f} (best {best["top1"]:.2f}% at update {best["update"]})')
+    if collapse:
+      log.info(collapse_warning(update, metrics, config, train_set.num_classes, recent_train))
+    return collapse
 
   def stopped(update, evaluation_due=False):
     unevaluated = ' before its evaluation was complete (it runs first on resume)' if evaluation_due else ''
@@ -268,7 +213,8 @@ def train(config, workdir, resume_from='', stop=None):
   stop = StopRequest() if own_stop else stop
   started = last_save = time.monotonic()
   sums = paddle.zeros([3], dtype='float32')  # loss, ce, kl summed over the applied updates since the last log
-  updates_in_sums = skipped_in_window = skipped_in_a_row = skipped_total = 0
+  updates_in_sums = skipped_in_window = skipped_in_a_row = skipped_total = collapses_in_a_row = 0
+  recent_train = {}  # the last logged training averages, for the collapse warning
   model.train()  # evaluate() puts it back after each evaluation
   stop.defer(True)  # from here a signal stops the loop at the end of an update, or during an evaluation
   try:
@@ -332,18 +278,23 @@ def train(config, workdir, resume_from='', stop=None):
                                       'skipped_in_window': skipped_in_window, 'skipped_updates': skipped_total})
         sums.zero_()
         updates_in_sums = skipped_in_window = 0
+        recent_train = averages or recent_train
       log.progress(update, objective=loss_value, lr=optimizer.get_lr())
 
       evaluated = update % tc.eval_every == 0 or update == updates
       if evaluated:
         try:
-          evaluate_and_log(update)
+          collapses_in_a_row = collapses_in_a_row + 1 if evaluate_and_log(update) else 0
         except Interrupted:
           save(update, evaluation_due=True)
           raise stopped(update, evaluation_due=True) from None
       if (evaluated or stopping or checkpoint_time or update == updates
           or (tc.checkpoint_every and update % tc.checkpoint_every == 0)):
         save(update)
+      if config.eval.stop_after_collapses and collapses_in_a_row == config.eval.stop_after_collapses:
+        raise TrainingCollapsed(f'stopped after {collapses_in_a_row} collapsed evaluation(s) in a row, the last at '
+                                f'update {update} (config.eval.stop_after_collapses={collapses_in_a_row}); '
+                                f'checkpoint saved. The warning above names the likely cause')
       if stopping:
         distributed.barrier(world_size)  # the launcher ends every rank when one exits: let rank 0 finish saving
         raise stopped(update)

@@ -41,7 +41,8 @@ def measure(model, train_config, batch, shape, classes, repeats, calls):
   model.train()
   forms = {'plain': ml_collections.ConfigDict({'alpha': 0.0, 'reduction': 'batchmean', 'form': 'concat'})}
   for form in ('concat', 'twice'):
-    forms[form] = ml_collections.ConfigDict({'alpha': 1.0, 'reduction': 'batchmean', 'form': form})
+    forms[form] = ml_collections.ConfigDict({'alpha': 1.0, 'reduction': 'batchmean', 'ce_of_passes': 'sum',
+                                             'form': form})
   updates = {name: common.per_call(update_fn(model, optimizer, images, labels, rdrop), calls)
              for name, rdrop in forms.items()}
   seconds = common.interleaved(updates, repeats)

@@ -56,12 +56,22 @@ def get_base_config():
 
   c.rdrop = ml_collections.ConfigDict()
   c.rdrop.alpha = 0.0          # 0 = plain training with one forward pass
-  c.rdrop.reduction = 'batchmean'  # batchmean: invariant to the batch split; sum: the authors' code
+  c.rdrop.reduction = 'batchmean'  # of the KL: sum (the authors' code), batchmean (invariant to the batch
+  #   split) or mean (over samples, classes and both directions: Paddle's kl_div default, the Cat-12 source)
+  c.rdrop.ce_of_passes = 'sum'  # sum: CE(p1) + CE(p2) (authors; twice a baseline's step at the same lr) | mean
   c.rdrop.form = 'concat'      # concat: one pass on [x; x]; twice: two model calls (authors' code)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = 'test'
   c.eval.batch_size = 128
+  # An evaluation is flagged as collapsed (a warning, `collapsed` in metrics.jsonl) when one class takes at
+  # least collapse_majority of the predictions, or when the predictions tell less than collapse_information
+  # (mutual information with the image, as a fraction of ln C) about the image: the same output for every
+  # image. After stop_after_collapses such evaluations in a row the run stops (0: never); a model from random
+  # weights can start that way and recover. Cat-12 measurements behind 3e-4: configs/resnet50_cat12_rdrop.py.
+  c.eval.collapse_majority = 0.9
+  c.eval.collapse_information = 3e-4
+  c.eval.stop_after_collapses = 0
 
   c.reference = ml_collections.ConfigDict()
   c.reference.top1 = 0.0       # the source's reported test accuracy (%), 0 if none

@@ -23,8 +23,8 @@ SPLITS = ('train', 'val', 'test')
 class Cat12(SeededDataset):
   num_classes = NUM_CLASSES
 
-  def __init__(self, paths, labels, transform, decode_size, labelled=True):
-    self.paths, self.labels = paths, labels
+  def __init__(self, paths, labels, transform, decode_size, labelled=True, left_out=()):
+    self.paths, self.labels, self.left_out = paths, labels, left_out
     self.names = [os.path.basename(p) for p in paths]
     self.transform, self.decode_size, self.labelled = transform, decode_size, labelled
 
@@ -37,10 +37,16 @@ class Cat12(SeededDataset):
 
 
 def read_list(list_path, num_classes=NUM_CLASSES):
-  """[(relative path, label)] of a Cat-12 list file, checked line by line."""
+  """[(relative path, label)] of a Cat-12 list file, checked line by line.
+
+  Blank lines (anywhere), Windows line ends and a UTF-8 byte-order mark, as editors leave them, are
+  accepted; any other malformed line is refused with its line number.
+  """
   entries = []
-  with open(list_path, encoding='utf-8') as f:
+  with open(list_path, encoding='utf-8-sig') as f:  # text mode reads \r\n as \n
     for number, line in enumerate(f.read().splitlines(), start=1):
+      if not line.strip():
+        continue
       path, _, label_text = line.partition('\t')
       try:
         label = int(label_text)
@@ -113,6 +119,8 @@ def build(data_config, split):
           '\n'.join(f'  {path}: {reason}' for path, reason in broken.items()))
     kept = [i for i, path in enumerate(paths) if path not in broken]
     paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
+  left_out = tuple(broken)
   if split == 'train':
-    return Cat12(paths, labels, train_transform(dc), (dc.resize, dc.resize))
-  return Cat12(paths, labels, eval_transform(dc), (dc.img_size, dc.img_size), labelled=split != 'test')
+    return Cat12(paths, labels, train_transform(dc), (dc.resize, dc.resize), left_out=left_out)
+  return Cat12(paths, labels, eval_transform(dc), (dc.img_size, dc.img_size), labelled=split != 'test',
+               left_out=left_out)

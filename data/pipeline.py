@@ -25,6 +25,7 @@ class SeededDataset(paddle.io.Dataset):
   num_classes = 0
   names = None      # one file name per sample, for predictions
   labelled = True   # False for an unlabelled test folder (labels are -1)
+  left_out = ()     # files of the split that cannot be decoded and were left out
 
   def __getitem__(self, key):
     index, seed = key

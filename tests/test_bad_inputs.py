@@ -177,13 +177,13 @@ def test_every_numeric_field_of_every_config_has_a_validation_rule():
   import importlib
   import pkgutil
   import configs
-  import train
+  from utils import config_check
   unchecked = set()
   for module in pkgutil.iter_modules(configs.__path__):
     get_config = getattr(importlib.import_module(f'configs.{module.name}'), 'get_config', None)
     if get_config:
-      unchecked |= set(_numeric_fields(get_config().to_dict())) - set(train.FIELD_RULES)
-  assert not unchecked, f'add these fields to train.FIELD_RULES: {sorted(unchecked)}'
+      unchecked |= set(_numeric_fields(get_config().to_dict())) - set(config_check.FIELD_RULES)
+  assert not unchecked, f'add these fields to config_check.FIELD_RULES: {sorted(unchecked)}'
 
 
 @pytest.mark.parametrize('field,value,allowed', [
@@ -198,17 +198,19 @@ def test_every_numeric_field_of_every_config_has_a_validation_rule():
     ('eval.batch_size', -8, 'must be > 0'), ('data.num_workers', -2, 'must be >= -1'),
     ('data.std', (0.0,), 'must be positive numbers'), ('seed', -1, 'must be >= 0'),
     ('rdrop.alpha', -1.0, 'must be >= 0'), ('reference.top1', 101.0, 'must be a percentage in [0, 100]'),
+    ('eval.collapse_majority', 0.0, 'must be in (0, 1]'), ('eval.stop_after_collapses', -1, 'must be >= 0'),
+    ('rdrop.ce_of_passes', 'avg', 'choose one of sum, mean'),
     ('train.optimizer', 'adamm', 'choose one of sgd, momentum, adam, adamw'),
     ('data.name', 'digit', 'choose one of '),
 ])
 def test_a_bad_value_is_refused_naming_the_field_its_value_and_what_is_allowed(field, value, allowed):
-  import train
+  from utils import config_check
   from configs import digits_vit_rdrop
   config = digits_vit_rdrop.get_config()
   group, _, name = field.rpartition('.')
   (config[group] if group else config)[name] = value
   with pytest.raises(ValueError) as refused:
-    train.check_config(config, world_size=1)
+    config_check.check_config(config, world_size=1)
   assert str(refused.value).startswith(f'config.{field}={value!r}: {allowed}')
 
 

@@ -1,6 +1,8 @@
 """Cat-12 loader, ResNet model and the ResNet50 + R-Drop config, on tiny generated data in the real layout."""
 import csv
+import json
 import os
+import subprocess
 
 import ml_collections
 import numpy as np
@@ -12,7 +14,7 @@ from paddle.utils import download
 
 import models
 from configs import resnet50_cat12, resnet50_cat12_rdrop
-from conftest import run_main
+from conftest import ROOT, child_env, run_main
 from fakedata import BROKEN, ODD_FILES, make_cat12
 from data import cat12
 from models import resnet
@@ -81,6 +83,23 @@ def test_malformed_line_or_label_out_of_range_names_the_line(tmp_path, bad_line,
   assert str(tmp_path / 'train_list.txt') in str(error.value) and message in str(error.value)
 
 
+def test_list_files_as_editors_write_them_are_read_like_the_plain_one(tmp_path):
+  """Blank lines (inside and trailing), Windows line ends and a UTF-8 byte-order mark change nothing."""
+  lines = make_cat12(tmp_path, n_plain=4, odd=False, broken=False)
+  plain = cat12.read_list(tmp_path / 'train_list.txt')
+  messy = '\ufeff' + '\r\n'.join(lines[:2] + ['', '  '] + lines[2:]) + '\r\n\r\n\n'
+  (tmp_path / 'train_list.txt').write_bytes(messy.encode('utf-8'))
+  assert cat12.read_list(tmp_path / 'train_list.txt') == plain == [(line.split('\t')[0], i % 12)
+                                                                   for i, line in enumerate(lines)]
+
+
+def test_a_malformed_line_after_blank_lines_is_named_by_its_line_in_the_file(tmp_path):
+  lines = make_cat12(tmp_path, n_plain=3, odd=False, broken=False)
+  (tmp_path / 'train_list.txt').write_text('\n'.join([lines[0], '', lines[1] + ' 7', lines[2]]) + '\n')
+  with pytest.raises(ValueError, match='line 3: '):
+    cat12.read_list(tmp_path / 'train_list.txt')
+
+
 def test_missing_root_or_listed_file_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=str(tmp_path / 'nowhere')):
     cat12.build(data_config(tmp_path / 'nowhere'), 'train')
@@ -145,9 +164,18 @@ def test_download_uses_a_file_already_in_the_cache_without_network(tmp_path, mon
   np.testing.assert_array_equal(loaded.backbone.conv1.weight.numpy(), source.backbone.conv1.weight.numpy())
 
 
-def test_baseline_is_the_rdrop_recipe_without_rdrop():
-  rdrop, baseline = resnet50_cat12_rdrop.get_config().to_dict(), resnet50_cat12.get_config().to_dict()
+def test_the_recipe_is_the_notebook_as_it_ran():
+  """Constant lr 3e-5 (its decay is never stepped); its loss CE_A + CE_B + 5 * 0.5 * (kl_div + kl_div)."""
+  c = resnet50_cat12_rdrop.get_config()
+  assert (c.train.lr, c.train.schedule, c.train.warmup_updates, c.train.clip_grad_norm) == (3e-5, 'constant', 0, 0.0)
+  assert (c.rdrop.alpha, c.rdrop.reduction, c.rdrop.ce_of_passes, c.rdrop.form) == (5.0, 'mean', 'sum', 'twice')
+
+
+@pytest.mark.parametrize('arg', ['', 'scratch'])
+def test_baseline_is_the_rdrop_recipe_without_rdrop(arg):
+  rdrop, baseline = resnet50_cat12_rdrop.get_config(arg).to_dict(), resnet50_cat12.get_config(arg).to_dict()
   assert (rdrop['rdrop']['alpha'], baseline['rdrop']['alpha']) == (5.0, 0.0)
+  assert rdrop['experiment'] == baseline['experiment'] + '_rdrop'
   for config in (rdrop, baseline):
     config.pop('experiment')
     config['rdrop'].pop('alpha')
@@ -163,9 +191,47 @@ def test_smoke_train_then_predict_writes_one_result_line_per_test_image(tmp_path
   output = trained.stdout + trained.stderr
   assert 'cat12 train: 1 of 6 images cannot be decoded and are left out' in output and BROKEN in output
   assert 'train: resnet50_cat12_rdrop for 2 updates' in output and 'done: best val top1' in output
+  assert ('data: cat12, 12 classes; train 5 samples (left out: 1 undecodable), val 6 samples (left out: 0 '
+          'undecodable); updates per epoch: 1 (of 4 samples)') in output
 
   run_main('--mode', 'predict', '--workdir', workdir)
   with open(workdir / 'result.csv', newline='') as f:
     rows = list(csv.reader(f))
   assert sorted(name for name, _ in rows) == [f'test_{i}.jpg' for i in range(5)]
   assert all(label.isdigit() and 0 <= int(label) < 12 for _, label in rows), rows
+
+
+def test_a_wrong_config_argument_names_the_file_given(tmp_path):
+  proc = run_main('--config', 'configs/resnet50_cat12.py:scrach', '--workdir', tmp_path, check=False)
+  assert proc.returncode != 0 and "--config configs/resnet50_cat12.py:scrach: unknown argument(s) ['scrach']" in proc.stderr
+
+
+def _run_sh(tmp_path, *args, **env):
+  return subprocess.run(['bash', 'run.sh', *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env=child_env(RUNS_DIR=str(tmp_path / 'runs'), **env))
+
+
+@pytest.mark.parametrize('env, missing, variable', [
+    ({'CAT12_DIR': '/nowhere/cat12'}, '/nowhere/cat12/train_list.txt', 'CAT12_DIR'),
+    ({'RESNET50_WEIGHTS': '/nowhere/resnet50.pdparams'}, '/nowhere/resnet50.pdparams', 'RESNET50_WEIGHTS'),
+])
+def test_run_sh_names_the_variable_to_set_for_missing_data_or_weights(tmp_path, env, missing, variable):
+  make_cat12(tmp_path / 'cat12', n_plain=2, odd=False, broken=False)
+  proc = _run_sh(tmp_path, 'resnet50_cat12', **{'CAT12_DIR': str(tmp_path / 'cat12'), **env})
+  assert proc.returncode == 2 and f'run.sh: {missing} does not exist: set {variable} to' in proc.stderr
+  assert not (tmp_path / 'runs').exists()
+
+
+def test_run_sh_with_empty_resnet50_weights_trains_both_variants_from_random_weights(tmp_path):
+  make_cat12(tmp_path / 'cat12', n_plain=8, odd=False, broken=False, n_test=2)
+  tiny = ['--config.train.updates=1', '--config.train.batch_size=4', '--config.eval.batch_size=8',
+          '--config.data.val_every=2', '--config.data.num_workers=0', '--config.data.img_size=32',
+          '--config.data.resize=36']
+  proc = _run_sh(tmp_path, 'resnet50_cat12', *tiny, CAT12_DIR=str(tmp_path / 'cat12'), RESNET50_WEIGHTS='')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'RESNET50_WEIGHTS is empty: training ResNet18 at 64 px from random weights' in proc.stdout
+  out = tmp_path / 'runs' / 'resnet18_cat12_scratch'
+  for variant, alpha in (('baseline', 0.0), ('rdrop', 5.0)):
+    saved = json.loads(next((out / variant / 'checkpoints').glob('update_*/manifest.json')).read_text())['config']
+    assert (saved['model']['depth'], saved['model']['backbone_weights'], saved['rdrop']['alpha']) == (18, '', alpha)
+  assert len((out / 'result.csv').read_text().splitlines()) == 2 and (out / 'report.md').exists()

@@ -101,7 +101,7 @@ def _cnn(keep_prob):
 
 @pytest.mark.parametrize('form', ['concat', 'twice'])
 def test_rdrop_kl_is_positive_with_dropblock_alone_and_zero_without_randomness(form):
-  rdrop = ml_collections.ConfigDict({'alpha': 1.0, 'reduction': 'batchmean', 'form': form})
+  rdrop = ml_collections.ConfigDict({'alpha': 1.0, 'reduction': 'batchmean', 'ce_of_passes': 'sum', 'form': form})
   images, labels = paddle.randn([4, 3, 32, 32]), paddle.to_tensor([0, 1, 2, 3])
   _, _, kl_with = rdrop_loss(_cnn(0.9), images, labels, rdrop)
   _, _, kl_without = rdrop_loss(_cnn(1.0), images, labels, rdrop)

@@ -61,10 +61,32 @@ def test_kl_of_identical_logits_is_zero(logits):
   assert float(compute_kl_loss(a, a, 'sum')) == pytest.approx(0.0, abs=1e-6)
 
 
+def _paddle_kl_div_mean(log_input, label):
+  """Paddle's F.kl_div(input, label) with its default reduction 'mean': over all N x C elements."""
+  return np.mean(label * (np.log(label) - log_input))
+
+
+def _cat12_source_kl(a, b):
+  """The Cat-12 notebook's KL_loss, 0.5 * (kl_div(A, B) + kl_div(B, A)), with log-probabilities as input."""
+  log_a, log_b = _log_softmax(a.astype(np.float64)), _log_softmax(b.astype(np.float64))
+  return 0.5 * (_paddle_kl_div_mean(log_a, np.exp(log_b)) + _paddle_kl_div_mean(log_b, np.exp(log_a)))
+
+
+def test_kl_mean_is_the_cat12_sources_term_with_the_log_fixed(logits):
+  a, b = logits
+  assert float(compute_kl_loss(paddle.to_tensor(a), paddle.to_tensor(b), 'mean')) == pytest.approx(
+      _cat12_source_kl(a, b), rel=1e-5)
+  assert _cat12_source_kl(a, b) == pytest.approx(_symmetric_kl_reference(a, b).sum() / (2 * a.size), rel=1e-12)
+  # The transcription is what Paddle computes by default:
+  a_, b_ = paddle.to_tensor(a), paddle.to_tensor(b)
+  assert float(F.kl_div(F.log_softmax(a_), F.softmax(b_))) == pytest.approx(
+      _paddle_kl_div_mean(_log_softmax(a.astype(np.float64)), np.exp(_log_softmax(b.astype(np.float64)))), rel=1e-5)
+
+
 def test_unknown_reduction_is_named():
   a = paddle.zeros([2, 3])
-  with pytest.raises(ValueError, match="reduction='mean'"):
-    compute_kl_loss(a, a, 'mean')
+  with pytest.raises(ValueError, match="reduction='average'"):
+    compute_kl_loss(a, a, 'average')
 
 
 class _CountingModel(paddle.nn.Layer):
@@ -79,8 +101,8 @@ class _CountingModel(paddle.nn.Layer):
     return self.fc(self.dropout(x))
 
 
-def _config(alpha, form='concat', reduction='batchmean'):
-  return ConfigDict(dict(alpha=alpha, form=form, reduction=reduction))
+def _config(alpha, form='concat', reduction='batchmean', ce_of_passes='sum'):
+  return ConfigDict(dict(alpha=alpha, form=form, reduction=reduction, ce_of_passes=ce_of_passes))
 
 
 def test_alpha_zero_is_one_plain_pass():
@@ -109,3 +131,43 @@ def test_dropout_makes_the_two_passes_differ_and_alpha_weights_the_kl():
   loss, ce, kl = rdrop_loss(model, x, y, _config(2.0, reduction='sum'))
   assert float(kl) > 1e-3
   assert float(loss) == pytest.approx(2 * float(ce) + 2.0 * float(kl), rel=1e-5)
+
+
+class _Scripted(paddle.nn.Layer):
+  """Returns the given logits, one per call: the two passes of R-Drop's 'twice' form, chosen by the test."""
+
+  def __init__(self, *outputs):
+    super().__init__()
+    self.outputs = list(outputs)
+
+  def forward(self, x):
+    return paddle.to_tensor(self.outputs.pop(0))
+
+
+def _ce_reference(logits, labels):
+  return -_log_softmax(logits.astype(np.float64))[np.arange(len(labels)), labels].mean()
+
+
+@pytest.mark.parametrize('ce_of_passes, ce_weight', [('sum', 1.0), ('mean', 0.5)])
+def test_cat12_source_loss_at_alpha_5_with_summed_or_averaged_cross_entropies(logits, ce_of_passes, ce_weight):
+  """The notebook's loss = CE_A + CE_B + 5 * KL_loss; ce_of_passes='mean' halves the cross-entropy part."""
+  a, b = logits
+  labels = np.array([0, 3, 9, 1, 1, 7])
+  loss, ce, kl = rdrop_loss(_Scripted(a, b), paddle.zeros([6, 1]), paddle.to_tensor(labels),
+                            _config(5.0, 'twice', 'mean', ce_of_passes))
+  both = _ce_reference(a, labels) + _ce_reference(b, labels)
+  assert float(loss) == pytest.approx(ce_weight * both + 5.0 * _cat12_source_kl(a, b), rel=1e-5)
+  assert float(ce) == pytest.approx(both / 2, rel=1e-5)  # reported as the mean of the passes either way
+
+
+@pytest.mark.parametrize('ce_of_passes, ratio', [('sum', 2.0), ('mean', 1.0)])
+def test_summed_cross_entropies_double_the_baselines_gradient_and_their_mean_matches_it(ce_of_passes, ratio):
+  """Without dropout both passes agree (KL 0): R-Drop's step at the baseline's lr is 2x with 'sum', 1x with 'mean'."""
+  x, y = paddle.randn([8, 4]), paddle.randint(0, 5, [8])
+  gradients = []
+  for config in (_config(0.0), _config(1.0, ce_of_passes=ce_of_passes)):
+    paddle.seed(0)
+    model = _CountingModel(0.0)
+    rdrop_loss(model, x, y, config)[0].backward()
+    gradients.append(model.fc.weight.grad.numpy())
+  np.testing.assert_allclose(gradients[1], ratio * gradients[0], rtol=1e-5, atol=1e-7)
