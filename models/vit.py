@@ -15,7 +15,6 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
-from scipy import ndimage
 
 from utils.checkpoint import CheckpointError, load_state_strict
 
@@ -221,6 +220,7 @@ def resize_position_embedding(posemb, new_patches):
     raise ValueError(f'position embeddings of {len(grid)} patches cannot be resized to {new_patches}: '
                      'both must be square grids')
   grid = grid.reshape(old_side, old_side, -1)
+  from scipy import ndimage  # here: importing it costs every process 0.25 s, and only fine-tuning needs it
   grid = ndimage.zoom(grid, (new_side / old_side, new_side / old_side, 1), order=1)
   return np.concatenate([cls, grid.reshape(1, new_side * new_side, -1)], axis=1).astype(posemb.dtype)
 

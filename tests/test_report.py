@@ -161,7 +161,7 @@ def test_rerun_resumes_the_interrupted_seed_and_leaves_the_finished_ones_alone(d
   shutil.copytree(demo, tmp_path / 'demo')
   interrupted = tmp_path / 'demo' / 'rdrop' / 'seed_1'
   shutil.rmtree(interrupted / 'checkpoints' / 'update_00000004')  # as if preempted before its last save
-  (older,) = os.listdir(interrupted / 'checkpoints')
+  older = sorted(os.listdir(interrupted / 'checkpoints'))[-1]  # the newest left: resume starts there
   before = {path: open(path).read() for path in glob.glob(str(tmp_path / 'demo' / '*' / 'seed_*' / 'metrics.jsonl'))}
   proc = run_sh(tmp_path, 'demo', *TINY_DEMO)
   assert f'resume: from {interrupted}/checkpoints/{older}' in proc.stdout
