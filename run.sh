@@ -103,7 +103,7 @@ resnet50_cat12() {
   local out=$RUNS_DIR/resnet50_cat12 variant=''
   need CAT12_DIR 'the folder holding train_list.txt, cat_12_train/ and cat_12_test/' train_list.txt
   if [ -z "$RESNET50_WEIGHTS" ]; then
-    out=$RUNS_DIR/resnet18_cat12_scratch variant=:scratch
+    out=$RUNS_DIR/resnet18_cat12_scratch variant=:scratch COMMAND="RESNET50_WEIGHTS= $COMMAND"
     echo "RESNET50_WEIGHTS is empty: training ResNet18 at 64 px from random weights (the configs' :scratch variant)"
   elif [ "$RESNET50_WEIGHTS" != download ]; then
     need RESNET50_WEIGHTS "Paddle's ImageNet resnet50.pdparams, to 'download', or to '' (empty) for random weights"

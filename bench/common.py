@@ -61,13 +61,8 @@ def machine():
   """One line: CPU model, cores used, memory, Python and Paddle versions."""
   import paddle
   import psutil
-  model = platform.processor() or 'unknown CPU'
-  try:
-    with open('/proc/cpuinfo') as f:
-      model = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return (f'{model}, {len(os.sched_getaffinity(0))} cores, {psutil.virtual_memory().total / 2**30:.0f} GB RAM, '
+  from utils import workdir
+  return (f'{workdir.machine()}, {psutil.virtual_memory().total / 2**30:.0f} GB RAM, '
           f'Python {platform.python_version()}, Paddle {paddle.__version__} '
           f'({paddle.device.get_device()}, {KERNEL_THREADS} '
           'kernel threads as utils/threads.py sets them'
