@@ -46,7 +46,7 @@ runlog.RunLog.progress = _timed_progress
 def demo_config():
   c = digits_vit_rdrop.get_config()
   c.train.updates = UPDATES
-  c.train.eval_every = 0  # one evaluation, after the last timed update
+  c.train.eval_every = UPDATES  # one evaluation, after the last timed update (0 would mean once per epoch)
   return c
 
 
