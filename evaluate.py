@@ -48,7 +48,7 @@ def evaluate(model, dataset, config, rank=0, world_size=1, split='', autocast=co
   for images, labels in pipeline.loader(dataset, batches, config.data.num_workers):
     if stop:
       raise Interrupted(stop.signum)
-    with autocast():
+    with stop.working() if stop else contextlib.nullcontext(), autocast():
       logits = model(pipeline.to_model_input(images, config.data))
     logits = logits.astype('float32')
     k = min(5, logits.shape[1])

@@ -6,7 +6,6 @@ float32 images (N, C, H, W): `(pixels / 255 - mean) / std` with the mean and std
 `<prefix>.preprocess.yml`, which also records the image size and the number of classes; its output is logits.
 """
 import contextlib
-import glob
 import json
 import os
 import sys
@@ -19,6 +18,8 @@ from train import load_trained_model
 # Paddle logs this from C++ whenever a traced op gets the keyword `out`, even `out=None` as its own
 # F.softmax passes it: noise about Paddle's internals that the exported model does not depend on.
 PADDLE_TRACING_NOISE = 'Paddle static graph(PIR) not support input out tensor'
+# What an export writes: paddle.jit.save's files (PIR program .json, or .pdmodel before PIR) and ours.
+EXPORTED = ('.json', '.pdmodel', '.pdiparams', '.pdiparams.info', '.preprocess.yml')
 
 
 def export(config, checkpoint_path, prefix):
@@ -31,8 +32,9 @@ def export(config, checkpoint_path, prefix):
   channels = config.model.get('in_channels', len(config.data.mean))
   size = config.data.img_size
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-  for stale in glob.glob(glob.escape(prefix) + '.*'):  # a previous export's files would look current
-    os.remove(stale)
+  for suffix in EXPORTED:  # a previous export's files would look current; other files are the user's
+    if os.path.exists(prefix + suffix):
+      os.remove(prefix + suffix)
   spec = paddle.static.InputSpec([None, channels, size, size], 'float32', name='image')
   with _stderr_without(PADDLE_TRACING_NOISE):
     paddle.jit.save(model, prefix, input_spec=[spec])
@@ -43,7 +45,7 @@ def export(config, checkpoint_path, prefix):
   # folder for its program file.
   with open(prefix + '.preprocess.yml', 'w') as f:
     f.writelines(f'{key}: {json.dumps(value)}\n' for key, value in preprocess.items())
-  return sorted(glob.glob(glob.escape(prefix) + '.*'))
+  return sorted(prefix + suffix for suffix in EXPORTED if os.path.exists(prefix + suffix))
 
 
 @contextlib.contextmanager

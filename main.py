@@ -175,7 +175,8 @@ def _starting_point(config, workdir):
   manifest = checkpoint.read_manifest(latest, files=())
   saved_length = {k: manifest.get('config', {}).get('train', {}).get(k) for k in ('updates', 'epochs')}
   same_length = saved_length == {'updates': config.train.updates, 'epochs': config.train.epochs}
-  if same_length and manifest['update'] >= manifest.get('total_updates', float('inf')):
+  finished = manifest['update'] >= manifest.get('total_updates', float('inf')) and not manifest.get('evaluation_due')
+  if same_length and finished:
     best = manifest['best']
     print(f'{workdir} finished at update {manifest["update"]} (best {config.eval.split} top1 '
           f'{best["top1"]:.2f}% at update {best["update"]}): nothing to do')

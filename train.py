@@ -177,7 +177,7 @@ def train(config, workdir, resume_from='', stop=None):
       meta = {'best': best, 'experiment': config.experiment, 'model': config.model.name,
               'num_classes': train_set.num_classes, 'total_updates': updates, 'evaluation_due': evaluation_due,
               'train_seconds': seconds_before + time.monotonic() - started, 'config': config.to_dict()}
-      with stop.writing():
+      with stop.working():
         checkpoint.save(ckpt_dir, update, pieces, meta, tc.keep_checkpoints, protect={best['update']})
 
   def evaluate_and_log(update):
@@ -232,13 +232,15 @@ def train(config, workdir, resume_from='', stop=None):
       for micro_step in range(tc.accum_steps):
         images, labels = next(batches)
         sync = micro_step == tc.accum_steps - 1 or world_size == 1
-        with model.no_sync() if not sync else contextlib.nullcontext():  # all-reduce gradients once per update
+        # Computing, however long, is not being blocked (utils/preemption.py); waiting for a batch is.
+        with stop.working(), model.no_sync() if not sync else contextlib.nullcontext():  # one all-reduce per update
           with precision.autocast():
             loss, ce, kl = rdrop_loss(model, pipeline.to_model_input(images, config.data), labels, config.rdrop)
           precision.backward(loss / tc.accum_steps)
         update_sums += paddle.stack([loss.detach(), ce.detach(), kl.detach()]) / tc.accum_steps
 
-      loss_value = float(update_sums[0])  # the one host sync of an update
+      with stop.working():
+        loss_value = float(update_sums[0])  # the one host sync of an update: waits for the device's work
       # Ranks must agree before stepping: a NaN on any rank stops them all; a signal on any rank stops
       # them all after this update; rank 0's clock decides a time-based checkpoint (one all-reduce).
       checkpoint_time = (is_main and tc.checkpoint_every_minutes > 0

@@ -30,9 +30,13 @@ def _random_images(channels, size, seed):
 def test_cli_export_of_a_trained_vit_matches_the_eval_model(tmp_path):
   workdir = tmp_path / 'run'
   run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', workdir)
-  proc = run_main('--mode', 'export', '--workdir', workdir)
   prefix = str(workdir / 'export' / 'model')
+  os.makedirs(os.path.dirname(prefix))
+  with open(prefix + '.py', 'w') as f:  # a user's file that shares the prefix (e.g. --output main beside main.py)
+    f.write('kept')
+  proc = run_main('--mode', 'export', '--workdir', workdir)
   assert prefix in proc.stdout
+  assert open(prefix + '.py').read() == 'kept'
   assert os.path.isfile(prefix + '.pdiparams')
   with open(prefix + '.preprocess.yml') as f:
     preprocess = {key: json.loads(value) for key, value in (line.split(': ', 1) for line in f)}

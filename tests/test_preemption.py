@@ -35,6 +35,8 @@ EXIT_BUSY = 75
 #   before_pruning n:    SIGKILL after the n-th checkpoint is committed, before old ones are removed
 #   slow_save n:         from the n-th paddle.save on, announce it on stderr and hang for a minute
 #   sigterm_in_evaluation n: the n-th evaluation starts with a SIGTERM to this process
+#   sigterm_in_slow_compute n: the n-th loss computation gets a SIGTERM, then computes for 7 s (longer
+#                        than the watcher's grace time, as one backward pass of a large model on a CPU)
 #   stalled_sample n:    from the n-th image a process reads on, announce it and hang for an hour (a file
 #                        system that stopped answering), in the main process or a DataLoader worker
 #   stalled_decode n:    the same in Cat-12's start-up check, which decodes every image once in a thread pool
@@ -78,6 +80,11 @@ def signalled(original, *args, **kwargs):
   os.kill(os.getpid(), signal.SIGTERM)
   return original(*args, **kwargs)
 
+def slow_compute(original, *args, **kwargs):
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(7)
+  return original(*args, **kwargs)
+
 def stalled(sample, *args, **kwargs):
   print(f'FAULT: reading an image stalls in process {os.getpid()}', file=sys.stderr, flush=True)
   time.sleep(3600)
@@ -94,6 +101,9 @@ elif fault == 'slow_save':
   paddle.save = nth_call(paddle.save, slow)
 elif fault == 'sigterm_in_evaluation':
   evaluate.evaluate = nth_call(evaluate.evaluate, signalled)
+elif fault == 'sigterm_in_slow_compute':
+  import train
+  train.rdrop_loss = nth_call(train.rdrop_loss, slow_compute)
 elif fault == 'stalled_sample':
   digits.Digits.sample = nth_call(digits.Digits.sample, stalled)
 elif fault == 'stalled_decode':
@@ -294,20 +304,33 @@ def test_sigterm_saves_at_the_update_reached_says_how_to_resume_and_resume_match
   _assert_same_run(workdir, reference)
 
 
-def test_sigterm_during_an_evaluation_saves_the_update_and_resume_evaluates_it_first(reference, tmp_path):
+@pytest.mark.parametrize('evaluation,update', [(1, 5), (4, UPDATES)])  # the first and the last evaluation
+def test_sigterm_during_an_evaluation_saves_the_update_and_resume_evaluates_it_first(reference, tmp_path,
+                                                                                      evaluation, update):
   workdir = tmp_path / 'run'
   proc = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *RUN],
-                fault=('sigterm_in_evaluation', 1))
+                fault=('sigterm_in_evaluation', evaluation))
   proc.wait(timeout=120)
   stderr = (tmp_path / 'first.err').read_text()
   assert proc.returncode == 128 + signal.SIGTERM, stderr
-  assert ('stopped by a signal after update 5 before its evaluation was complete (it runs first on resume), '
-          'checkpoint saved') in stderr
+  assert (f'stopped by a signal after update {update} before its evaluation was complete (it runs first on '
+          'resume), checkpoint saved') in stderr
   ckpts = os.path.join(workdir, 'checkpoints')
   assert checkpoint.read_manifest(checkpoint.latest_valid(ckpts), files=())['evaluation_due'] is True
-  assert not _rows(workdir, 'eval')
+  assert len(_rows(workdir, 'eval')) == evaluation - 1
   run_main('--config', DEMO, '--workdir', workdir, *RUN, '--autoresume')
   _assert_same_run(workdir, reference)
+
+
+def test_sigterm_during_a_computation_longer_than_the_grace_time_still_saves(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _start(tmp_path, 'run', ['--config', DEMO, '--workdir', workdir, *RUN],
+                fault=('sigterm_in_slow_compute', 3))
+  proc.wait(timeout=120)
+  stderr = (tmp_path / 'run.err').read_text()
+  assert proc.returncode == 128 + signal.SIGTERM, stderr
+  assert 'blocked for' not in stderr and 'stopped by a signal after update 3, checkpoint saved' in stderr
+  assert checkpoint.update_of(checkpoint.latest_valid(os.path.join(workdir, 'checkpoints'))) == 3
 
 
 @pytest.mark.parametrize('workers', [0, 2])

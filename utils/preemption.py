@@ -10,7 +10,8 @@ once. The rules:
   checkpoint at the end of its update and exits. Anywhere else (start-up, eval, predict) the handler raises
   `Interrupted`: there is nothing to save.
 - A second signal ends the process at once. So does a main thread that, after the first, stays at the same
-  point for GRACE_SECONDS (blocked), except while `writing()` a checkpoint. DataLoader workers are killed
+  point for GRACE_SECONDS (blocked), except while `working()`: writing a checkpoint or computing (one
+  backward pass of a large model on a CPU takes longer than that). DataLoader workers are killed
   first; the newest complete checkpoint stays valid (utils/checkpoint.py) and the next resume starts there.
   Under the launcher that last rule is off: a rank waits in a collective for as long as rank 0 writes a
   checkpoint, and ending it would make the launcher end rank 0 in the middle of the write.
@@ -49,7 +50,7 @@ class StopRequest:
     self.signum = 0
     self._end_when_blocked = end_when_blocked
     self._deferring = False
-    self._writing = False
+    self._working = False
     self._read_fd, self._write_fd = os.pipe()
     os.set_blocking(self._write_fd, False)  # the C-level handler must never block
     self._previous_handlers = {s: signal.signal(s, self._handle) for s in SIGNALS}
@@ -67,13 +68,14 @@ class StopRequest:
     self._deferring = deferring
 
   @contextlib.contextmanager
-  def writing(self):
-    """A checkpoint write, however long, is not a blocked process (a second signal still ends it)."""
-    self._writing = True
+  def working(self):
+    """A checkpoint write or a model's computation, however long, is not a blocked process (a second
+    signal still ends it); only waiting for data or at start-up is."""
+    self._working = True
     try:
       yield
     finally:
-      self._writing = False
+      self._working = False
 
   def _handle(self, signum, frame):  # main thread, between two bytecodes
     if self.signum:
@@ -102,7 +104,7 @@ class StopRequest:
       # into C++ that has not returned (a running Python loop moves between samples).
       frame = sys._current_frames().get(main_thread)
       now_at = (id(frame), frame.f_lasti) if frame else None
-      if now_at != place or self._writing:
+      if now_at != place or self._working:
         place, unchanged_since = now_at, time.monotonic()
       elif time.monotonic() - unchanged_since > GRACE_SECONDS:
         where = f' in {frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})' if frame else ''
