@@ -43,7 +43,7 @@ def recipes():
   vit_recipe.model.zero_head = False
   vit_recipe.data.img_size = 32
   vit_recipe.train.batch_size = 64
-  resnet_recipe = resnet50_cat12_rdrop.get_config()  # R-Drop on [x; x], alpha 5 batchmean; momentum, wd 1e-2
+  resnet_recipe = resnet50_cat12_rdrop.get_config()  # R-Drop twice, alpha 5, KL 'mean'; momentum, wd 1e-2
   resnet_recipe.model.backbone_weights = ''
   resnet_recipe.train.batch_size = 8
   for config in (vit_recipe, resnet_recipe):
@@ -67,7 +67,7 @@ def peer_case(config, classes, title):
   r, t = config.rdrop, config.train
   return {'title': title, 'model': model, 'batch': t.batch_size, 'classes': classes,
           'image': [m.get('in_channels', 3), config.data.img_size, config.data.img_size],
-          'rdrop': {'alpha': r.alpha, 'reduction': r.reduction, 'form': r.form},
+          'rdrop': {'alpha': r.alpha, 'reduction': r.reduction, 'ce_of_passes': r.ce_of_passes, 'form': r.form},
           'train': {'lr': t.lr, 'momentum': t.momentum, 'weight_decay': t.weight_decay,
                     'clip_grad_norm': t.clip_grad_norm}}
 

@@ -7,7 +7,8 @@ timed chunks between the two frameworks while both processes stay warm:
 
   {"setup": CASE}                    build the case (bench/peer.py's CASES describe it)  -> {"parameters": N}
   {"updates": K}                     run K updates                 -> {"seconds": wall, "cpu_seconds": cpu}
-  {"kernel": I, "calls": K}          K calls of the case's census kernel I (forward, backward): the same
+  {"kernel": I, "calls": K}          K calls of the case's census kernel I (forward, backward), the same
+                                     kernels bench/peer.py times in Paddle -> {"seconds": wall, "cpu_seconds": cpu}
 """
 import json
 import platform
@@ -44,10 +45,11 @@ def resnet(case):
 
 
 def kl(p, q, reduction):
-  """utils/rdrop.py's compute_kl_loss: KL(P||Q) + KL(Q||P) from logits."""
+  """utils/rdrop.py's compute_kl_loss: KL(P||Q) + KL(Q||P) from logits, with its three reductions."""
   log_p, log_q = F.log_softmax(p, dim=-1), F.log_softmax(q, dim=-1)
   total = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum()
-  return total / p.shape[0] if reduction == 'batchmean' else total
+  samples, classes = p.shape
+  return total / {'sum': 1, 'batchmean': samples, 'mean': 2 * samples * classes}[reduction]
 
 
 def update_fn(case):
@@ -66,8 +68,9 @@ def update_fn(case):
       logits1, logits2 = model(images), model(images)
     else:
       logits1, logits2 = model(torch.cat([images, images])).chunk(2)
-    loss = F.cross_entropy(logits1, labels) + F.cross_entropy(logits2, labels)
-    loss = loss + rdrop['alpha'] * kl(logits1, logits2, rdrop['reduction'])
+    ce = F.cross_entropy(logits1, labels) + F.cross_entropy(logits2, labels)
+    ce = ce if rdrop['ce_of_passes'] == 'sum' else ce / 2
+    loss = ce + rdrop['alpha'] * kl(logits1, logits2, rdrop['reduction'])
     loss.backward()
     if t['clip_grad_norm'] > 0:
       nn.utils.clip_grad_norm_(model.parameters(), t['clip_grad_norm'])

@@ -78,11 +78,12 @@ def test_train_refuses_to_overwrite_a_run_and_autoresume_leaves_a_finished_one_a
 def test_autoresume_refuses_a_command_whose_config_differs_from_the_run_naming_each_field(tmp_path):
   run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', tmp_path)
   proc = run_main('--config', 'configs/digits_vit_rdrop.py:smoke', '--workdir', tmp_path, '--autoresume',
-                  '--config.data.num_workers=1', check=False)  # where and how data loads may differ
+                  '--config.data.num_workers=1', '--config.eval.stop_after_collapses=3',
+                  check=False)  # where and how data loads, and how the run is watched, may differ
   assert proc.returncode == 1 and f'--autoresume: {tmp_path} holds a run of another config:' in proc.stderr
   assert "config.experiment: 'digits_vit' in the run, 'digits_vit_rdrop' in this command" in proc.stderr
   assert 'config.rdrop.alpha: 0.0 in the run, 1.0 in this command' in proc.stderr
-  assert 'num_workers' not in proc.stderr
+  assert 'num_workers' not in proc.stderr and 'stop_after_collapses' not in proc.stderr
 
 
 @pytest.mark.parametrize('args,message', [

@@ -24,10 +24,10 @@ import statistics
 
 from utils import checkpoint
 from utils import workdir as workdir_lib
-from utils.runlog import NOT_HYPERPARAMETERS, read_jsonl
+from utils.runlog import read_jsonl
 
 # Fields that differ between runs without making them different variants.
-NOT_A_VARIANT = NOT_HYPERPARAMETERS | {'experiment', 'seed'}
+NOT_A_VARIANT = workdir_lib.NOT_LEARNING | {'experiment', 'seed'}
 # (metrics group, name, axis title) of each panel of a group's plot.
 PANELS = (('train', 'objective', 'training objective (the optimised loss)'),
           ('train', 'ce', 'training cross-entropy (mean of the passes)'),

@@ -14,14 +14,9 @@ import time
 
 from tqdm import tqdm
 
-from utils.workdir import write_atomic
+from utils.workdir import NOT_LEARNING, write_atomic
 
 PLAIN_LINE_SECONDS = 30
-# Config fields that name, locate or pace a run without changing what it learns.
-NOT_HYPERPARAMETERS = frozenset({
-    'reference.top1', 'reference.source', 'data.root', 'data.num_workers', 'eval.batch_size', 'train.log_every',
-    'train.eval_every', 'train.checkpoint_every', 'train.checkpoint_every_minutes', 'train.keep_checkpoints',
-    'train.max_skipped_updates'})
 # VisualDL's hyper-parameter table keeps the order it is given: what usually sets runs apart comes first.
 FIRST_HYPERPARAMETERS = ('experiment', 'seed', 'rdrop')
 # Scalars VisualDL's hyper-parameter view shows beside the hyper-parameters (their last logged value): only
@@ -92,7 +87,7 @@ def flat_hyperparameters(config_dict):
   str values.
   """
   flat = {name.replace('.', '/'): _shown(value) for name, value in _scalar_leaves(config_dict)
-          if name not in NOT_HYPERPARAMETERS}
+          if name not in NOT_LEARNING}
   rank = {name: FIRST_HYPERPARAMETERS.index(name.split('/')[0]) if name.split('/')[0] in FIRST_HYPERPARAMETERS
           else len(FIRST_HYPERPARAMETERS) for name in flat}
   return {name: flat[name] for name in sorted(flat, key=rank.get)}  # a stable sort keeps the config's order

@@ -18,9 +18,13 @@ from utils import checkpoint
 
 CONFIG_FILE = 'config.py'
 LOCK_FILE = 'lock'
-# Fields that say where files are and how fast they load, not what is learned: `--autoresume` continues
-# a run whose command differs from the saved config only in these (e.g. data on another machine).
-PLACE_FIELDS = ('data.root', 'data.num_workers', 'eval.batch_size', 'model.pretrained')
+# Config fields that name, locate, pace or watch a run without changing what it learns. `--autoresume`
+# continues a run whose command differs from its saved config only in these and in the weights files'
+# paths (e.g. data on another machine); the report and VisualDL do not tell runs apart by them.
+NOT_LEARNING = frozenset({
+    'reference.top1', 'reference.source', 'data.root', 'data.num_workers', 'eval.batch_size', 'train.log_every',
+    'train.eval_every', 'train.checkpoint_every', 'train.checkpoint_every_minutes', 'train.keep_checkpoints',
+    'train.max_skipped_updates', 'eval.collapse_majority', 'eval.collapse_information', 'eval.stop_after_collapses'})
 _held_lock_fd = None  # the open lock file of this process, closed in forked children (see own)
 
 
@@ -218,10 +222,11 @@ def config_changes(old, new, prefix=''):
 
 
 def learning_changes(saved, config):
-  """The changes from the saved config dict to `config` other than where files are (PLACE_FIELDS and the
-  model's `*_weights` files) and how fast they load."""
+  """The changes from the saved config dict to `config` that change what is learned: not in NOT_LEARNING,
+  not a weights file's path (`model.pretrained`, `model.*_weights`)."""
+  weights_file = lambda key: key == 'model.pretrained' or (key.startswith('model.') and key.endswith('_weights'))
   return [(key, old, new) for key, old, new in config_changes(saved, config.to_dict())
-          if key not in PLACE_FIELDS and not (key.startswith('model.') and key.endswith('_weights'))]
+          if key not in NOT_LEARNING and not weights_file(key)]
 
 
 def record_run(workdir, mode, world_size):
