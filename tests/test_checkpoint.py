@@ -108,6 +108,20 @@ def test_a_leftover_temporary_folder_is_not_a_checkpoint_and_is_removed_at_start
   assert os.listdir(directory) == ['update_00000001']
 
 
+def test_a_checkpoint_set_aside_for_a_replacement_that_never_arrived_is_put_back_at_start(tmp_path):
+  directory = workdir_lib.checkpoints_dir(str(tmp_path))
+  _save(directory, 1)
+  _save(directory, 5)
+  # Killed while saving update 5 again (a resumed run's evaluation): the old folder set aside, the new
+  # one still a temporary folder.
+  os.rename(checkpoint.folder(directory, 5), os.path.join(directory, f'{checkpoint.REPLACED}update_00000005-4242'))
+  _save(directory, 6)
+  os.rename(checkpoint.folder(directory, 6), os.path.join(directory, '.tmp-update_00000005-4242'))
+  workdir_lib.start_run(str(tmp_path), ml_collections.ConfigDict({'seed': 0}), world_size=1)
+  assert sorted(os.listdir(directory)) == ['update_00000001', 'update_00000005']
+  assert checkpoint.latest_valid(directory) == checkpoint.folder(directory, 5)
+
+
 def test_weights_holding_nan_or_inf_are_never_saved(tmp_path):
   _save(tmp_path, 1)
   with pytest.raises(FloatingPointError) as failure:

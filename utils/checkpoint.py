@@ -19,6 +19,7 @@ import paddle
 
 MANIFEST = 'manifest.json'
 PREFIX = 'update_'
+REPLACED = '.tmp-replaced-'  # a committed checkpoint set aside while the same update is saved again
 WHAT_IS_A_CHECKPOINT = f"checkpoints are the {PREFIX}<N> folders in a run's checkpoints/ folder"
 
 
@@ -81,8 +82,10 @@ def save(directory, update, pieces, meta, keep, protect=()):
     _fsync_dir(tmp)
     replaced = None
     if os.path.exists(final):  # the same update saved again (e.g. a resumed run's last update)
-      replaced = os.path.join(directory, f'.tmp-replaced-{PREFIX}{update:08d}-{os.getpid()}')
-      os.rename(final, replaced)  # a reader sees the old or the new folder, not one being deleted
+      # Set aside, not deleted, until the new one is in place: a crash in between leaves it for
+      # remove_partial to put back. (A reader in that instant finds neither and takes the previous one.)
+      replaced = os.path.join(directory, f'{REPLACED}{PREFIX}{update:08d}-{os.getpid()}')
+      os.rename(final, replaced)
     os.rename(tmp, final)
     _fsync_dir(directory)
     if replaced:
@@ -129,11 +132,18 @@ def committed(directory):
 
 
 def remove_partial(directory):
-  """Delete leftovers of writes that were interrupted (they are never checkpoints)."""
+  """Delete leftovers of writes that were interrupted (they are never checkpoints); put back a complete
+  checkpoint that was set aside to be replaced when its replacement never arrived."""
   if os.path.isdir(directory):
-    for name in os.listdir(directory):
+    for name in sorted(os.listdir(directory)):
+      path = os.path.join(directory, name)
+      if name.startswith(REPLACED):
+        final = os.path.join(directory, name[len(REPLACED):].rsplit('-', 1)[0])
+        if not os.path.exists(final):
+          os.rename(path, final)
+          continue
       if name.startswith('.tmp-'):
-        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def read_manifest(path, files=None):
