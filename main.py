@@ -301,8 +301,12 @@ def _run(argv):
     sys.exit(f'error: {err}')
   except (ValueError, OSError, CheckpointError, FloatingPointError) as err:
     sys.exit(f'error: {err}')
-  except (AttributeError, KeyError) as err:  # a saved config of an older version lacks a newer field
-    sys.exit(f'error: the config has no field {err}; a run saved by an older version may need '
+  except (AttributeError, KeyError) as err:
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames or f'{os.sep}ml_collections{os.sep}' not in frames[-1].filename:
+      raise  # a bug, not a config: keep the traceback
+    # A saved config of an older version lacks a newer field.
+    sys.exit(f'error: the config has no field {err.args[0] if isinstance(err, KeyError) else err}; a run saved by an older version may need '
              f'--config configs/<experiment>.py (its current defaults) with overrides')
 
 
