@@ -86,7 +86,7 @@ def small_recipe_config(root):
   c = vit_b16_cifar100_rdrop.get_config()
   c.data.root = root
   c.model.pretrained = ''
-  vit.CONFIGS['bench_ti16x4'] = small_vit_config
+  vit.VARIANTS['bench_ti16x4'] = small_vit_config
   c.model.variant = 'bench_ti16x4'
   return c
 

@@ -58,7 +58,7 @@ def peer_case(config, classes, title):
   """What the peer needs to build the same model and update (JSON)."""
   m = config.model
   if m.name == 'vit':
-    v = vit.CONFIGS[m.variant]()
+    v = vit.VARIANTS[m.variant]()
     model = {'name': 'vit', 'patch': v.patches.size[0], 'width': v.hidden_size, 'depth': v.transformer.num_layers,
              'heads': v.transformer.num_heads, 'mlp': v.transformer.mlp_dim, 'dropout': m.dropout_rate,
              'tokens': (config.data.img_size // v.patches.size[0]) ** 2 + 1}

@@ -1,7 +1,8 @@
 """Datasets by name: `config.data.name` is a module of this package exposing `build(data_config, split)`.
 
 A dataset returns uint8 images (C, H, W) already at the model's size and int64 labels (-1 when the
-split has none); normalisation happens on the device (see `data.pipeline.to_model_input`).
+split has none); normalisation happens on the device (see `data.pipeline.to_model_input`). A module lists
+its split names in SPLITS (and its augmentations in AUGMENTS, if any), for utils/config_check.py.
 """
 import importlib
 import pkgutil
@@ -14,7 +15,11 @@ def available():
                 if not m.name.startswith('_') and m.name not in _HELPERS)
 
 
+def module(name):
+  if name not in available():
+    raise ValueError(f'config.data.name={name!r} is not a dataset; choose one of {available()}')
+  return importlib.import_module(f'{__name__}.{name}')
+
+
 def build(data_config, split):
-  if data_config.name not in available():
-    raise ValueError(f'config.data.name={data_config.name!r} is not a dataset; choose one of {available()}')
-  return importlib.import_module(f'{__name__}.{data_config.name}').build(data_config, split)
+  return module(data_config.name).build(data_config, split)

@@ -20,6 +20,7 @@ from data.pipeline import SeededDataset
 
 OFFICIAL_URL = 'https://www.cs.toronto.edu/~kriz/{}'
 AUGMENTS = ('rrc', 'none')
+SPLITS = ('train', 'test')
 
 
 class _Variant:
@@ -98,8 +99,8 @@ def load_arrays(data_config, split):
   classes = data_config.get('classes', None)
   if classes not in VARIANTS:
     raise ValueError(f'config.data.classes={classes!r}: set it to 100 (CIFAR-100) or 10 (CIFAR-10)')
-  if split not in ('train', 'test'):
-    raise ValueError(f"CIFAR has splits 'train' and 'test', not {split!r}")
+  if split not in SPLITS:
+    raise ValueError(f'CIFAR has splits {SPLITS}, not {split!r}')
   variant = VARIANTS[classes]
   path = locate(data_config, variant)
   stat = os.stat(path)

@@ -8,6 +8,7 @@ import numpy as np
 
 from data.pipeline import SeededDataset
 
+SPLITS = ('train', 'test')
 SPLIT_SEED = 0  # independent of the training seed, so every run is tested on the same images
 
 
@@ -15,8 +16,8 @@ class Digits(SeededDataset):
   num_classes = 10
 
   def __init__(self, split):
-    if split not in ('train', 'test'):
-      raise ValueError(f"digits has splits 'train' and 'test', not {split!r}")
+    if split not in SPLITS:
+      raise ValueError(f'digits has splits {SPLITS}, not {split!r}')
     images, target = _load()
     rng = np.random.default_rng(SPLIT_SEED)
     test = np.concatenate([rng.permutation(np.flatnonzero(target == c))[:round(0.2 * (target == c).sum())]

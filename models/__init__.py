@@ -1,7 +1,8 @@
 """Models by name: `config.model.name` is a module of this package exposing `build(model_config, num_classes)`.
 
 Every model maps a float image batch (N, C, H, W) to logits (N, num_classes). Modules may also expose
-`load_pretrained(model, path)` for weights in a format other than Paddle's state dict.
+`load_pretrained(model, path)` for weights in a format other than Paddle's state dict, and VARIANTS, the
+names `config.model.variant` may take, for utils/config_check.py.
 """
 import importlib
 import pkgutil

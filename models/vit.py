@@ -29,7 +29,7 @@ def _config(patch, hidden, mlp, heads, layers, dropout=0.1):
   return c
 
 
-CONFIGS = {
+VARIANTS = {
     'ViT-B_16': lambda: _config(16, 768, 3072, 12, 12),
     'ViT-B_32': lambda: _config(32, 768, 3072, 12, 12),
     'ViT-L_16': lambda: _config(16, 1024, 4096, 16, 24),
@@ -286,9 +286,9 @@ def convert_google_weights(weights, num_layers, num_heads):
 
 
 def build(model_config, num_classes):
-  if model_config.variant not in CONFIGS:
-    raise ValueError(f'config.model.variant={model_config.variant!r} is not a ViT; choose one of {sorted(CONFIGS)}')
-  config = CONFIGS[model_config.variant]()
+  if model_config.variant not in VARIANTS:
+    raise ValueError(f'config.model.variant={model_config.variant!r} is not a ViT; choose one of {sorted(VARIANTS)}')
+  config = VARIANTS[model_config.variant]()
   config.transformer.dropout_rate = model_config.dropout_rate
   config.transformer.attention_dropout_rate = model_config.attention_dropout_rate
   config.recompute = model_config.recompute

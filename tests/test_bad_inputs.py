@@ -202,6 +202,7 @@ def test_every_numeric_field_of_every_config_has_a_validation_rule():
     ('rdrop.ce_of_passes', 'avg', 'choose one of sum, mean'),
     ('train.optimizer', 'adamm', 'choose one of sgd, momentum, adam, adamw'),
     ('data.name', 'digit', 'choose one of '),
+    ('model.variant', 'ViT-B_17', 'choose one of ViT-B_16, '), ('eval.split', 'val', 'choose one of train, test'),
 ])
 def test_a_bad_value_is_refused_naming_the_field_its_value_and_what_is_allowed(field, value, allowed):
   from utils import config_check

@@ -72,8 +72,15 @@ def check_config(config, world_size):
              'train.optimizer': optim.OPTIMIZERS, 'train.schedule': optim.SCHEDULES,
              'train.precision': ('fp32', 'fp16', 'bf16'), 'train.amp_level': ('O1', 'O2'),
              'rdrop.reduction': REDUCTIONS, 'rdrop.ce_of_passes': CE_OF_PASSES, 'rdrop.form': FORMS}
+  # Names that a model or dataset module declares (models/__init__.py, data/__init__.py).
+  if config.model.name in models.available():
+    choices['model.variant'] = getattr(models.module(config.model.name), 'VARIANTS', None)
+  if config.data.name in data.available():
+    dataset = data.module(config.data.name)
+    choices.update({'eval.split': dataset.SPLITS, 'data.augment': getattr(dataset, 'AUGMENTS', None)})
   problems = [f'config.{key}={_field(config, key)!r}: choose one of {", ".join(allowed)}'
-              for key, allowed in choices.items() if _field(config, key) not in allowed]
+              for key, allowed in choices.items()
+              if allowed is not None and _field(config, key) is not None and _field(config, key) not in allowed]
   for key, (test, allowed) in FIELD_RULES.items():
     value = _field(config, key)
     if value is not None and not test(value):
