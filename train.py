@@ -220,7 +220,7 @@ def train(config, workdir, resume_from='', stop=None):
   try:
     if evaluation_due:
       try:
-        evaluate_and_log(start)
+        collapses_in_a_row = int(evaluate_and_log(start))
       except Interrupted:
         raise stopped(start, evaluation_due=True) from None
       save(start)
@@ -295,7 +295,7 @@ def train(config, workdir, resume_from='', stop=None):
         save(update)
       if config.eval.stop_after_collapses and collapses_in_a_row == config.eval.stop_after_collapses:
         raise TrainingCollapsed(f'stopped after {collapses_in_a_row} collapsed evaluation(s) in a row, the last at '
-                                f'update {update} (config.eval.stop_after_collapses={collapses_in_a_row}); '
+                                f'update {update} (config.eval.stop_after_collapses={config.eval.stop_after_collapses}); '
                                 f'checkpoint saved. The warning above names the likely cause')
       if stopping:
         distributed.barrier(world_size)  # the launcher ends every rank when one exits: let rank 0 finish saving

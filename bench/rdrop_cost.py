@@ -3,7 +3,7 @@
 Two forward/backward passes per sample make 2.0 the compute floor. 'concat' runs one pass on [x; x],
 'twice' calls the model twice (the authors' code); both are timed against plain training, interleaved.
 """
-import common  # noqa: F401  (threads before Paddle)
+import common  # before Paddle: it sets the CPU threads as main.py does
 
 import ml_collections
 import numpy as np

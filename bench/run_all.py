@@ -16,7 +16,8 @@ import tempfile
 import time
 
 import common
-from utils.workdir import write_atomic  # noqa: E402  (common puts the project root on sys.path)
+from utils import readme_results  # noqa: E402  (after common, which puts the project root on sys.path)
+from utils.workdir import write_atomic  # noqa: E402
 
 BENCHMARKS = ('rdrop_cost', 'loop_overhead', 'input_pipeline', 'evaluation', 'memory', 'demo_time', 'peer')
 FRAGMENT = os.path.join('docs', 'results', 'bench.md')
@@ -144,7 +145,8 @@ def main():
   if set(names) == set(BENCHMARKS):
     os.makedirs(os.path.join(common.ROOT, os.path.dirname(FRAGMENT)), exist_ok=True)
     write_atomic(os.path.join(common.ROOT, FRAGMENT), readme_fragment(results, stamp))
-    print(f'written {FRAGMENT} (README.md embeds it)')
+    readme_results.refresh()
+    print(f'written {FRAGMENT}, and README.md\'s copy of it')
   else:
     print(f'{FRAGMENT} left as it was: it needs every benchmark')
 

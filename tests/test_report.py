@@ -265,7 +265,8 @@ def fake_run(path, seed, finals_by_update, alpha=0.0, lr=0.003, total=None, spli
   for update, top1 in sorted(finals_by_update.items()):
     rows.append({'update': update, 'group': 'train', objective_name: 2.0 - update / 1000 + seed, 'ce': 1.0, 'kl': 0.0})
     rows.append({'update': update, 'group': 'eval', 'top1': top1, 'top5': 100.0, 'loss': 0.1,
-                 **({'majority_fraction': 0.97, 'collapsed': True} if update in collapsed else {})})
+                 **({'majority_fraction': 0.97, 'prediction_information': 2e-5, 'collapsed': True}
+                    if update in collapsed else {})})
   with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
     f.writelines(json.dumps(row) + '\n' for row in rows)
   last = max(finals_by_update)
@@ -369,8 +370,8 @@ def test_a_collapsed_evaluation_is_a_visible_warning(tmp_path):
            fake_run(tmp_path / 'rdrop', 0, {100: 8.33, 200: 8.33}, alpha=5.0, split='val', collapsed=(100, 200))]
   report.write_report(list(map(str, paths)), str(tmp_path / 'out'))
   markdown = (tmp_path / 'out' / 'report.md').read_text()
-  assert ('**Warning**: 1 run(s) collapsed to predicting (nearly) one class: rdrop (COLLAPSED at update 100, 200, '
-          'up to 97% of samples in one class)') in markdown
+  assert ('**Warning**: 1 run(s) collapsed to one output for every sample: rdrop (COLLAPSED at update 100, 200: '
+          'up to 97% of samples in one class, as little as 2e-05 x ln C of information about the image)') in markdown
   assert _rows(markdown, 'group', 'variant')['R-Drop alpha=5']['warnings'] == 'COLLAPSED: 1 of 1 runs (seed 0)'
   assert _rows(markdown, 'run', 'run')['baseline']['warnings'] == '-'
   assert '**Warning**: vit on digits, R-Drop alpha=5: COLLAPSED' in (tmp_path / 'out' / 'summary.md').read_text()

@@ -13,7 +13,8 @@ Maintainers, after a measurement:
   python -m utils.readme_results check       # exit 1 naming every block that differs from its fragment
 
 A user's `bash run.sh demo` writes its summary into the run folder only; nothing under docs/ changes until a
-maintainer publishes it. tests/test_readme_results.py fails while README's copy differs from a fragment.
+maintainer publishes it. `bash run.sh bench` (a maintainer's command) writes docs/results/bench.md and
+refreshes README.md itself. tests/test_readme_results.py fails while README's copy differs from a fragment.
 """
 import os
 import re

@@ -99,7 +99,7 @@ class Run:
     return next(r for r in self.evals() if r['update'] == self.total_updates())
 
   def collapsed(self):
-    """Evaluations that training flagged as predicting (nearly) one class for every sample."""
+    """Evaluations that training flagged as collapsed: (nearly) one class, or one output, for every sample."""
     return [row for row in self.evals() if row.get('collapsed')]
 
   def wall_seconds(self):
@@ -360,8 +360,11 @@ def _collapse_warning(run):
   if not rows:
     return ''
   shares = [row['majority_fraction'] for row in rows if 'majority_fraction' in row]
-  share = f', up to {100 * max(shares):.0f}% of samples in one class' if shares else ''
-  return f'COLLAPSED at update {", ".join(str(row["update"]) for row in rows)}{share}'
+  information = [row['prediction_information'] for row in rows if 'prediction_information' in row]
+  measures = ([f'up to {100 * max(shares):.0f}% of samples in one class'] if shares else []) + \
+      ([f'as little as {min(information):.1g} x ln C of information about the image'] if information else [])
+  return f'COLLAPSED at update {", ".join(str(row["update"]) for row in rows)}' + \
+      (f': {", ".join(measures)}' if measures else '')
 
 
 def _samples_per_second(run, seconds):
@@ -537,8 +540,9 @@ NOTES = [
     'checkpoint, which also counts any pause between a stop and its resume.',
     '- samples/s: updates x train.batch_size / wall time, so start-up and evaluation are counted '
     '(R-Drop runs pass each sample through the model twice).',
-    '- COLLAPSED: an evaluation at which training found the model predicting (nearly) one class for '
-    'every sample; the run\'s log names the likely cause.',
+    '- COLLAPSED: an evaluation at which training found the model giving (nearly) one class, or one '
+    'output, for every sample (eval.collapse_majority, eval.collapse_information); the run\'s log names '
+    'the likely cause.',
     '- code: git revision(s) and device(s) of the invocations in run.jsonl.']
 
 
@@ -620,7 +624,7 @@ def write_report(run_dirs, out_dir, command=''):
            f'Written {datetime.datetime.now().isoformat(timespec="seconds")} from:', '']
   lines += [f'- `{os.path.abspath(run.path)}`' for run in runs]
   if collapsed:
-    lines += ['', f'**Warning**: {len(collapsed)} run(s) collapsed to predicting (nearly) one class: '
+    lines += ['', f'**Warning**: {len(collapsed)} run(s) collapsed to one output for every sample: '
               + ', '.join(f'{run.name} ({_collapse_warning(run)})' for run in collapsed)
               + '. Their numbers are not a working recipe; see each run\'s log for the likely cause.']
   lines += ['', '## Results', '', *markdown_table(VARIANT_COLUMNS, variant_rows)]
