@@ -128,7 +128,7 @@ def main():
                  f'{activations[mode]:.0f}', f'{per_sample[mode]:.0f}'))
   saved = 1 - activations['recompute'] / activations['plain']
   parameters = runs[('plain', small)]['parameters']
-  print(f'### 5. Memory: ViT-B/16 training at 224 px, R-Drop twice (fp32, CPU, strided views as on a GPU)\n')
+  print('### 5. Memory: ViT-B/16 training at 224 px, R-Drop twice (fp32, CPU, strided views as on a GPU)\n')
   print(common.table(['variant', 'static: model + grads + momentum (MB)', f'peak RSS at micro-batch {small} (MB)',
                       f'at {large} (MB)', f'activation peak at {small} (MB)', 'growth per sample (MB)'], rows))
   print(f'\nRecompute cuts the activation peak by {saved:.0%} '

@@ -35,6 +35,20 @@ def run_main(*args, check=True, timeout=300, env=None, amp_standin=False):
   return proc
 
 
+def metric_rows(workdir, group):
+  """The `group` rows ('train', 'eval') of a run's metrics.jsonl, read as the report reads them (a line cut
+  off by a kill is not a row)."""
+  from utils.runlog import read_jsonl
+  return [row for row in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))[0] if row['group'] == group]
+
+
+def cut_in_half(path):
+  """Truncate a file to its first half, as a write interrupted by a kill or a full disk leaves it."""
+  data = open(path, 'rb').read()
+  with open(path, 'wb') as f:
+    f.write(data[:len(data) // 2])
+
+
 @pytest.fixture
 def main_cli():
   return run_main

@@ -17,7 +17,7 @@ import paddle
 import pytest
 
 import data
-from conftest import ROOT, child_env, main_command, run_main
+from conftest import ROOT, child_env, main_command, metric_rows, run_main
 from configs import digits_vit_rdrop
 from evaluate import evaluate, predict
 from test_training import DEMO, TINY, _max_difference, _weights
@@ -33,10 +33,6 @@ BF16_O2 = [*TINY, '--config.train.precision=bf16', '--config.train.amp_level=O2'
 # Evaluations of the same weights in another precision may differ by rounding: at most 2 of the 359 test digits.
 ROUNDING = 100.0 * 2 / 359
 
-
-def _rows(workdir, group):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [r for r in map(json.loads, f) if r['group'] == group]
 
 
 def _state(workdir, update, name):
@@ -139,8 +135,8 @@ def test_master_weights_are_rebuilt_from_the_float32_weights_or_dropped_to_fit_t
 def test_a_bf16_o2_run_trains_through_every_evaluation_and_saves_float32_weights(bf16_o2_run):
   workdir, proc = bf16_o2_run
   assert 'declines' not in proc.stdout
-  assert [r['update'] for r in _rows(workdir, 'eval')] == [3, UPDATES]
-  assert [r['update'] for r in _rows(workdir, 'train')] == list(range(1, UPDATES + 1))
+  assert [r['update'] for r in metric_rows(workdir, 'eval')] == [3, UPDATES]
+  assert [r['update'] for r in metric_rows(workdir, 'train')] == list(range(1, UPDATES + 1))
   assert _state(workdir, UPDATES, 'trainer.pdstate')['precision']['precision'] == 'bf16 O2'
   weights = _state(workdir, UPDATES, 'model.pdparams')
   assert {v.dtype for v in weights.values()} == {paddle.float32}
@@ -166,15 +162,15 @@ def test_kill_9_mid_run_and_resume_match_the_uninterrupted_bf16_o2_run(bf16_o2_r
   assert _max_difference(_weights(reference, UPDATES), _weights(workdir, UPDATES)) == 0
   masters = [_numpy(_state(run, UPDATES, 'optimizer.pdopt')['master_weights']) for run in (reference, workdir)]
   assert _max_difference(*masters) == 0
-  assert [(r['update'], r['top1']) for r in _rows(workdir, 'eval')] == \
-         [(r['update'], r['top1']) for r in _rows(reference, 'eval')]
+  assert [(r['update'], r['top1']) for r in metric_rows(workdir, 'eval')] == \
+         [(r['update'], r['top1']) for r in metric_rows(reference, 'eval')]
 
 
 def test_a_bf16_o2_checkpoint_serves_a_plain_fp32_process_and_back(bf16_o2_run, tmp_path):
   """eval (command line), predict and export (this test's process) without the stand-in: Paddle declines
   AMP, so fp32; then resume in fp32, and from that checkpoint in bf16 O2 again."""
   workdir = shutil.copytree(bf16_o2_run[0], tmp_path / 'run')
-  trained = {r['update']: r['top1'] for r in _rows(workdir, 'eval')}
+  trained = {r['update']: r['top1'] for r in metric_rows(workdir, 'eval')}
 
   proc = run_main('--mode', 'eval', '--workdir', workdir)
   evaluated = json.loads((workdir / 'eval_test.json').read_text())
@@ -201,7 +197,7 @@ def test_a_bf16_o2_checkpoint_serves_a_plain_fp32_process_and_back(bf16_o2_run, 
   assert ('precision: the checkpoint was written in fp32, this run is bf16 O2: float32 master weights rebuilt from '
           'its float32 weights') in proc.stdout
   assert len(_state(workdir, UPDATES + 4, 'optimizer.pdopt')['master_weights']) == len(_weights(workdir, UPDATES))
-  assert _rows(workdir, 'eval')[-1]['update'] == UPDATES + 4
+  assert metric_rows(workdir, 'eval')[-1]['update'] == UPDATES + 4
 
 
 def test_an_fp16_o2_model_evaluates_a_checkpoint_under_autocast(bf16_o2_run, amp_standin):
@@ -214,7 +210,7 @@ def test_an_fp16_o2_model_evaluates_a_checkpoint_under_autocast(bf16_o2_run, amp
   model, _ = load_trained_model(config, path, precision)
   assert {p.dtype for p in model.parameters()} >= {paddle.float16}
   evaluated = evaluate(model, data.build(config.data, 'test'), config, autocast=precision.autocast)
-  assert abs(evaluated['top1'] - _rows(workdir, 'eval')[-1]['top1']) <= ROUNDING
+  assert abs(evaluated['top1'] - metric_rows(workdir, 'eval')[-1]['top1']) <= ROUNDING
 
 
 def test_fp16_overflows_with_accumulation_skip_whole_updates_halve_the_scale_and_step_the_schedule(tmp_path):
@@ -231,11 +227,11 @@ def test_fp16_overflows_with_accumulation_skip_whole_updates_halve_the_scale_and
     assert unchanged == skipped[u] and scale[u] == (scale[u - 1] / 2 if skipped[u] else scale[u - 1]), u
     assert _state(workdir, u, 'optimizer.pdopt')['LR_Scheduler']['last_epoch'] == u  # the schedule still steps
   assert scale[1] == pytest.approx(1.7e38 / 2, rel=1e-6) and any(skipped.values()) and not all(skipped.values())
-  rows = _rows(workdir, 'train')
+  rows = metric_rows(workdir, 'train')
   assert [r['skipped_in_window'] for r in rows] == [1 + skipped[2] + skipped[3], skipped[4] + skipped[5] + skipped[6]]
   for row in rows:  # averages of the applied updates only: finite, or absent when all were skipped
     assert ('ce' in row) == (row['skipped_in_window'] < 3) and all(np.isfinite(row.get(k, 0)) for k in ('ce', 'kl'))
-  assert [r['update'] for r in _rows(workdir, 'eval')] == [3, 6]
+  assert [r['update'] for r in metric_rows(workdir, 'eval')] == [3, 6]
 
 
 def test_the_skip_limit_names_the_last_good_checkpoint_and_its_resume_command_works(bf16_o2_run, tmp_path):
@@ -258,5 +254,5 @@ def test_the_skip_limit_names_the_last_good_checkpoint_and_its_resume_command_wo
   proc = run_main(*command, amp_standin=True)
   assert ('precision: the checkpoint was written in bf16 O2, this run is bf16 O1: the model trains on its '
           'float32 weights, without master copies') in proc.stdout
-  assert f'from update {UPDATES}' in proc.stdout and _rows(workdir, 'eval')[-1]['update'] == UPDATES + 4
+  assert f'from update {UPDATES}' in proc.stdout and metric_rows(workdir, 'eval')[-1]['update'] == UPDATES + 4
   assert _state(workdir, UPDATES + 4, 'trainer.pdstate')['precision']['precision'] == 'bf16 O1'

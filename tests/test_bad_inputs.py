@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 
-from conftest import run_main
+from conftest import cut_in_half, metric_rows, run_main
 from fakedata import make_cat12
-from test_training import _train_rows
 from utils import checkpoint
 
 
@@ -36,11 +35,6 @@ def _newest(workdir):
   return checkpoint.latest_valid(os.path.join(workdir, 'checkpoints'))
 
 
-def _cut_in_half(path):
-  data = open(path, 'rb').read()
-  with open(path, 'wb') as f:
-    f.write(data[:len(data) // 2])
-
 
 def test_eval_with_a_checkpoint_of_another_architecture_lists_the_mismatched_keys(digits_run):
   proc = run_main('--mode', 'eval', '--workdir', digits_run, '--config.model.variant=testing', check=False)
@@ -66,7 +60,7 @@ def test_resume_with_every_checkpoint_damaged_is_an_error_never_a_restart(digits
   ckpts = os.path.join(workdir, 'checkpoints')
   damaged = checkpoint.committed(ckpts)
   for path in damaged:
-    _cut_in_half(os.path.join(path, 'model.pdparams'))
+    cut_in_half(os.path.join(path, 'model.pdparams'))
   metrics = (workdir / 'metrics.jsonl').read_text()
   proc = run_main('--mode', 'resume', '--workdir', workdir, '--config.train.updates=4', check=False)
   assert proc.returncode == 1
@@ -149,7 +143,7 @@ def test_resume_after_a_torn_last_metrics_line(digits_run, tmp_path):
   with open(workdir / 'metrics.jsonl', 'a') as f:
     f.write('{"update": 3, "group": "tr')
   run_main('--mode', 'resume', '--workdir', workdir, '--config.train.updates=3')
-  assert [r['update'] for r in _train_rows(workdir)] == [1, 2, 3]
+  assert [r['update'] for r in metric_rows(workdir, 'train')] == [1, 2, 3]
 
 
 def test_an_unlabelled_eval_split_stops_training_before_it_starts(tmp_path):

@@ -12,8 +12,8 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import ROOT, run_main
-from test_training import DEMO, TINY, _train_rows
+from conftest import ROOT, cut_in_half, metric_rows, run_main
+from test_training import DEMO, TINY
 from utils import checkpoint, workdir as workdir_lib
 from utils.precision import Precision
 
@@ -32,11 +32,6 @@ def _save(directory, update, keep=10, protect=(), value=None):
 def _updates(directory):
   return [checkpoint.update_of(p) for p in checkpoint.committed(str(directory))]
 
-
-def _cut_in_half(path):
-  data = open(path, 'rb').read()
-  with open(path, 'wb') as f:
-    f.write(data[:len(data) // 2])
 
 
 @pytest.mark.parametrize('failing_call', [1, 2])
@@ -77,7 +72,7 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_a_warning_naming_it(tmp_p
   for update in (1, 2):
     _save(tmp_path, update)
   newest = checkpoint.folder(str(tmp_path), 2)
-  _cut_in_half(os.path.join(newest, 'model.pdparams'))
+  cut_in_half(os.path.join(newest, 'model.pdparams'))
   assert checkpoint.latest_valid(str(tmp_path)) == checkpoint.folder(str(tmp_path), 1)
   assert (f'WARNING: skipping checkpoint {newest}: model.pdparams does not match its checksum'
           in capsys.readouterr().err)
@@ -236,11 +231,11 @@ def _copy(trained, tmp_path):
 def test_resume_skips_a_truncated_newest_checkpoint_and_continues_from_the_previous(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   ckpts = workdir_lib.checkpoints_dir(str(workdir))
-  _cut_in_half(os.path.join(checkpoint.folder(ckpts, 6), 'model.pdparams'))
+  cut_in_half(os.path.join(checkpoint.folder(ckpts, 6), 'model.pdparams'))
   proc = run_main('--mode', 'resume', '--workdir', workdir, '--config.train.updates=8')
   assert f'WARNING: skipping checkpoint {checkpoint.folder(ckpts, 6)}: model.pdparams does not match' in proc.stderr
   assert f'resume: from {checkpoint.folder(ckpts, 4)}' in proc.stdout and 'from update 4' in proc.stdout
-  assert [r['update'] for r in _train_rows(workdir)] == list(range(1, 9))
+  assert [r['update'] for r in metric_rows(workdir, 'train')] == list(range(1, 9))
   for path in checkpoint.committed(ckpts):  # update 6 was written again, whole
     checkpoint.read_manifest(path)
   assert _updates(ckpts) == [4, 6, 8]  # keep_checkpoints=3; the best is update 8, the only evaluation
@@ -251,7 +246,7 @@ def test_an_explicitly_named_bad_checkpoint_is_an_error_never_a_restart(trained,
   workdir = _copy(trained, tmp_path)
   named = checkpoint.folder(workdir_lib.checkpoints_dir(str(workdir)), 4)
   if damage == 'truncated':
-    _cut_in_half(os.path.join(named, 'optimizer.pdopt'))
+    cut_in_half(os.path.join(named, 'optimizer.pdopt'))
     expected = f'error: checkpoint {named}: optimizer.pdopt does not match its checksum'
   else:
     shutil.rmtree(named)
@@ -271,7 +266,7 @@ def test_a_run_without_a_loss_scaler_resumes_with_fp16_and_an_fp16_checkpoint_re
   assert "resume: config differs from the saved run: train.precision: 'fp32' -> 'fp16'" in proc.stdout
   assert ('precision: the checkpoint was written in fp32, this run is fp16 O1: the loss scale starts at 32768 '
           'from the config') in proc.stdout
-  assert 'from update 6' in proc.stdout and _train_rows(workdir)[-1]['update'] == 7
+  assert 'from update 6' in proc.stdout and metric_rows(workdir, 'train')[-1]['update'] == 7
   assert checkpoint.load(checkpoint.folder(workdir_lib.checkpoints_dir(str(workdir)), 7))[1][
       'trainer.pdstate']['precision']['scaling'] is True
 
@@ -279,7 +274,7 @@ def test_a_run_without_a_loss_scaler_resumes_with_fp16_and_an_fp16_checkpoint_re
                   '--config.train.precision=fp32')
   assert 'precision: the checkpoint was written in fp16 O1, this run is fp32: its fp16 loss scale is not needed' \
       in proc.stdout
-  assert 'from update 7' in proc.stdout and _train_rows(workdir)[-1]['update'] == 8
+  assert 'from update 7' in proc.stdout and metric_rows(workdir, 'train')[-1]['update'] == 8
 
 
 def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, child_env
-from test_training import DEMO, TINY, _max_difference, _train_rows, _weights
+from conftest import ROOT, child_env, metric_rows
+from test_training import DEMO, TINY, _max_difference, _weights
 
 NO_DROPOUT = ['--config.model.dropout_rate=0.0', '--config.train.optimizer=momentum', '--config.train.lr=0.05']
 
@@ -39,8 +39,8 @@ def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
   proc = launch(2, tmp_path / 'logs', '--config', DEMO, '--workdir', tmp_path / 'two', *common)
   assert '2 x 4 per device on 2 device(s)' in proc.stdout + proc.stderr + open(tmp_path / 'logs/workerlog.0').read()
   assert _max_difference(_weights(tmp_path / 'one', 4), _weights(tmp_path / 'two', 4)) < 1e-5
-  np.testing.assert_allclose([r['objective'] for r in _train_rows(tmp_path / 'two')],
-                             [r['objective'] for r in _train_rows(tmp_path / 'one')], rtol=1e-5)
+  np.testing.assert_allclose([r['objective'] for r in metric_rows(tmp_path / 'two', 'train')],
+                             [r['objective'] for r in metric_rows(tmp_path / 'one', 'train')], rtol=1e-5)
 
 
 def test_evaluation_of_seven_samples_on_two_processes_is_exact(tmp_path):
@@ -99,9 +99,9 @@ def test_kill_and_resume_under_the_launcher_matches_the_uninterrupted_run(tmp_pa
   runner.wait()
   launch(2, tmp_path / 'logs_c', '--mode', 'resume', '--workdir', killed)
   assert _max_difference(_weights(tmp_path / 'straight', 8), _weights(killed, 8)) < 1e-6
-  resumed = _train_rows(killed)
+  resumed = metric_rows(killed, 'train')
   assert [r['update'] for r in resumed] == list(range(1, 9))
-  np.testing.assert_allclose([r['objective'] for r in resumed], [r['objective'] for r in _train_rows(tmp_path / 'straight')],
+  np.testing.assert_allclose([r['objective'] for r in resumed], [r['objective'] for r in metric_rows(tmp_path / 'straight', 'train')],
                              rtol=1e-6)
 
 

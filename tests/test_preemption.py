@@ -19,9 +19,9 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import ROOT, child_env, run_main
+from conftest import ROOT, child_env, metric_rows, run_main
 from fakedata import make_cat12
-from test_training import DEMO, TINY, _max_difference, _train_rows, _weights
+from test_training import DEMO, TINY, _max_difference, _weights
 from utils import checkpoint
 
 UPDATES = 16
@@ -169,21 +169,17 @@ def _optimizer_state(workdir, update):
   return {k: v.numpy() for k, v in paddle.load(path).items() if isinstance(v, paddle.Tensor)}
 
 
-def _rows(workdir, group):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [r for r in map(json.loads, f) if r['group'] == group]
-
 
 def _assert_same_run(workdir, reference):
   """Weights and optimizer state at the end to 1e-6, and the same logged curves with no gap or repeat."""
   assert _max_difference(_weights(reference, UPDATES), _weights(workdir, UPDATES)) < 1e-6
   assert _max_difference(_optimizer_state(reference, UPDATES), _optimizer_state(workdir, UPDATES)) < 1e-6
-  resumed, straight = _train_rows(workdir), _train_rows(reference)
+  resumed, straight = metric_rows(workdir, 'train'), metric_rows(reference, 'train')
   assert [r['update'] for r in resumed] == list(range(1, UPDATES + 1))
   for key in ('objective', 'ce', 'kl', 'lr'):
     np.testing.assert_allclose([r[key] for r in resumed], [r[key] for r in straight], rtol=1e-6, err_msg=key)
-  assert [(r['update'], r['top1']) for r in _rows(workdir, 'eval')] == \
-         [(r['update'], r['top1']) for r in _rows(reference, 'eval')]
+  assert [(r['update'], r['top1']) for r in metric_rows(workdir, 'eval')] == \
+         [(r['update'], r['top1']) for r in metric_rows(reference, 'eval')]
   # Retention converged: the same committed folders (2 newest plus the best), no leftover of a killed write.
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == \
          sorted(os.listdir(os.path.join(reference, 'checkpoints')))
@@ -317,7 +313,7 @@ def test_sigterm_during_an_evaluation_saves_the_update_and_resume_evaluates_it_f
           'resume), checkpoint saved') in stderr
   ckpts = os.path.join(workdir, 'checkpoints')
   assert checkpoint.read_manifest(checkpoint.latest_valid(ckpts), files=())['evaluation_due'] is True
-  assert len(_rows(workdir, 'eval')) == evaluation - 1
+  assert len(metric_rows(workdir, 'eval')) == evaluation - 1
   run_main('--config', DEMO, '--workdir', workdir, *RUN, '--autoresume')
   _assert_same_run(workdir, reference)
 

@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import run_main
+from conftest import metric_rows, run_main
 from fakedata import make_cat12
 from utils import checkpoint
 
@@ -19,10 +19,6 @@ def _weights(workdir, update):
   path = os.path.join(checkpoint.folder(os.path.join(workdir, 'checkpoints'), update), 'model.pdparams')
   return {k: v.numpy() for k, v in paddle.load(path).items()}
 
-
-def _train_rows(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [r for r in map(json.loads, f) if r['group'] == 'train']
 
 
 def _max_difference(a, b):
@@ -38,7 +34,7 @@ def test_accumulated_micro_batches_give_the_update_of_one_large_batch(tmp_path):
   run_main('--config', DEMO, '--workdir', tmp_path / 'one', *common, '--config.train.accum_steps=1')
   run_main('--config', DEMO, '--workdir', tmp_path / 'four', *common, '--config.train.accum_steps=4')
   assert _max_difference(_weights(tmp_path / 'one', 3), _weights(tmp_path / 'four', 3)) < 1e-5
-  losses = [[r['objective'] for r in _train_rows(tmp_path / run)] for run in ('one', 'four')]
+  losses = [[r['objective'] for r in metric_rows(tmp_path / run, 'train')] for run in ('one', 'four')]
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
@@ -50,7 +46,7 @@ def test_resume_in_a_new_process_matches_the_uninterrupted_run(tmp_path):
   run_main('--config', DEMO, '--workdir', interrupted, *common, '--config.train.updates=3')
   run_main('--mode', 'resume', '--workdir', interrupted, '--config.train.updates=6')
   assert _max_difference(_weights(tmp_path / 'straight', 6), _weights(interrupted, 6)) < 1e-6
-  straight, resumed = _train_rows(tmp_path / 'straight'), _train_rows(interrupted)
+  straight, resumed = metric_rows(tmp_path / 'straight', 'train'), metric_rows(interrupted, 'train')
   assert [r['update'] for r in resumed] == list(range(1, 7))
   np.testing.assert_allclose([r['objective'] for r in resumed], [r['objective'] for r in straight], rtol=1e-6)
 
