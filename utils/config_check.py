@@ -7,7 +7,7 @@ import ml_collections
 
 import data
 import models
-from utils import optim
+from utils import optim, precision
 from utils.rdrop import CE_OF_PASSES, FORMS, REDUCTIONS
 
 # (test, what is allowed) of a field's value.
@@ -70,7 +70,7 @@ def check_config(config, world_size):
   """Raise ValueError listing every value of `config` that is not allowed on `world_size` devices."""
   choices = {'model.name': models.available(), 'data.name': data.available(),
              'train.optimizer': optim.OPTIMIZERS, 'train.schedule': optim.SCHEDULES,
-             'train.precision': ('fp32', 'fp16', 'bf16'), 'train.amp_level': ('O1', 'O2'),
+             'train.precision': precision.PRECISIONS, 'train.amp_level': precision.AMP_LEVELS,
              'rdrop.reduction': REDUCTIONS, 'rdrop.ce_of_passes': CE_OF_PASSES, 'rdrop.form': FORMS}
   # Names that a model or dataset module declares (models/__init__.py, data/__init__.py).
   if config.model.name in models.available():

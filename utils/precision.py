@@ -12,6 +12,8 @@ import warnings
 import paddle
 
 DTYPES = {'fp16': 'float16', 'bf16': 'bfloat16'}
+PRECISIONS = ('fp32', *DTYPES)
+AMP_LEVELS = ('O1', 'O2')
 
 
 class GradScaler(paddle.amp.GradScaler):
@@ -52,10 +54,7 @@ class Precision:
   """The run's precision: autocast, O2 decoration, loss scaling, and its part of a checkpoint."""
 
   def __init__(self, train_config, log=print):
-    tc = train_config
-    if tc.precision not in ('fp32', *DTYPES) or tc.amp_level not in ('O1', 'O2'):
-      raise ValueError(f'config.train.precision={tc.precision!r}, amp_level={tc.amp_level!r}: choose '
-                       f'precision fp32, fp16 or bf16 and amp_level O1 or O2')
+    tc = train_config  # its names were checked by utils/config_check.py
     self.dtype, self.level = DTYPES.get(tc.precision, 'float32'), tc.amp_level
     refusal = amp_refusal(self.dtype) if tc.precision != 'fp32' else ''
     if refusal:
