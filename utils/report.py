@@ -349,8 +349,12 @@ def _unique(values):
   return list(dict.fromkeys(values))
 
 
+def _revisions(invocations):
+  return _unique(r.get('git_revision', '')[:7] or 'no git' for r in invocations)
+
+
 def _provenance(run):
-  revisions = _unique(r.get('git_revision', '')[:7] or 'no git' for r in run.invocations)
+  revisions = _revisions(run.invocations)
   devices = _unique(f'{r.get("device", "?")} x{r.get("world_size", 1)}' for r in run.invocations)
   return ', '.join(revisions + devices) or 'no run.jsonl'
 
@@ -553,21 +557,19 @@ def _machines(runs):
                  for run in runs for r in run.invocations) or ['unknown (no run.jsonl)']
 
 
-def summary(groups, runs, command):
-  """`summary.md`: the results in a few lines, stating the command, date, machine and code that made them."""
-  revisions = _unique(r.get('git_revision', '')[:7] or 'no git' for run in runs for r in run.invocations)
+def summary(groups, runs, command, variant_rows):
+  """`summary.md`: the results in a few lines, stating the command, date, machine and code that made them.
+  `variant_rows` are report.md's, in the order of `groups`."""
+  revisions = _revisions(r for run in runs for r in run.invocations)
   made_by = f'`{command}`' if command else 'runs given to `python main.py --mode report` (no --command)'
   lines = [f'Produced by {made_by} on {datetime.date.today().isoformat()}; trained on '
            f'{"; ".join(_machines(runs))}; code {", ".join(revisions) or "unknown"}.', '']
   columns = ('group', 'variant', 'seeds', 'split', 'final top1 (%)', 'best top1 (%)', 'wall time per run')
-  rows, pairs, warnings = [], [], []
+  warnings = [f'**Warning**: {row["group"]}, {row["variant"]}: {row["warnings"]}.' for row in variant_rows
+              if row['warnings'] != NOT_SHOWN]
+  pairs = []
   for (model, data), variants in groups.items():
     title = _group_title(model, data)
-    for variant in variants:
-      row = variant_row(title, variant)
-      rows.append(row)
-      if row['warnings'] != NOT_SHOWN:
-        warnings.append(f'**Warning**: {title}, {variant.label}: {row["warnings"]}.')
     for earlier, later, _ in comparisons(variants):
       final = paired_difference(earlier, later, final_top1)
       if final.difference and final.difference.n > 1:
@@ -575,7 +577,7 @@ def summary(groups, runs, command):
         pairs.append(f'{title}, {later.label} minus {earlier.label}, paired by seed: final top-1 '
                      f'{d.format("+")} points (min {d.low:+.2f}, max {d.high:+.2f}); {later.label} better on '
                      f'{final.later_better} of {d.n} seeds, {earlier.label} on {final.earlier_better}.')
-  lines += markdown_table(columns, rows) + ['']
+  lines += markdown_table(columns, variant_rows) + ['']
   lines += [line for text in pairs + warnings for line in (text, '')]
   lines.append('Mean ± sample standard deviation over seeds. Final: top-1 at the last update. Best: the highest '
                'of the evaluations on the same split, so optimistic.')
@@ -639,5 +641,5 @@ def write_report(run_dirs, out_dir, command=''):
   lines += sections
   path = os.path.join(out_dir, 'report.md')
   workdir_lib.write_atomic(path, '\n'.join(lines) + '\n')
-  workdir_lib.write_atomic(os.path.join(out_dir, 'summary.md'), summary(groups, runs, command))
+  workdir_lib.write_atomic(os.path.join(out_dir, 'summary.md'), summary(groups, runs, command, variant_rows))
   return path
