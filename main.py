@@ -306,7 +306,8 @@ def _run(argv):
     if not frames or f'{os.sep}ml_collections{os.sep}' not in frames[-1].filename:
       raise  # a bug, not a config: keep the traceback
     # A saved config of an older version lacks a newer field.
-    sys.exit(f'error: the config has no field {err.args[0] if isinstance(err, KeyError) else err}; a run saved by an older version may need '
+    field = err.args[0] if isinstance(err, KeyError) else err
+    sys.exit(f'error: the config has no field {field}; a run saved by an older version may need '
              f'--config configs/<experiment>.py (its current defaults) with overrides')
 
 

@@ -293,10 +293,11 @@ def train(config, workdir, resume_from='', stop=None):
       if (evaluated or stopping or checkpoint_time or update == updates
           or (tc.checkpoint_every and update % tc.checkpoint_every == 0)):
         save(update)
-      if config.eval.stop_after_collapses and collapses_in_a_row == config.eval.stop_after_collapses:
-        raise TrainingCollapsed(f'stopped after {collapses_in_a_row} collapsed evaluation(s) in a row, the last at '
-                                f'update {update} (config.eval.stop_after_collapses={config.eval.stop_after_collapses}); '
-                                f'checkpoint saved. The warning above names the likely cause')
+      limit = config.eval.stop_after_collapses
+      if limit and collapses_in_a_row == limit:
+        raise TrainingCollapsed(f'stopped after {limit} collapsed evaluation(s) in a row, the last at update '
+                                f'{update} (config.eval.stop_after_collapses={limit}); checkpoint saved. The '
+                                f'warning above names the likely cause')
       if stopping:
         distributed.barrier(world_size)  # the launcher ends every rank when one exits: let rank 0 finish saving
         raise stopped(update)
