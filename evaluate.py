@@ -1,24 +1,32 @@
-"""Evaluation and prediction: top-1, top-5 and loss of a model on a split; `filename,label` CSVs.
+"""Evaluation and prediction: top-1, top-5 and loss of a model on a split; `filename,label` CSVs. The eval
+and predict modes of main.py (`run_eval`, `run_predict`) apply them to a run's checkpoint.
 
 Under `paddle.distributed.launch` every rank evaluates its own shard without padding duplicates and
 the sums are all-reduced, so accuracy is exact for any dataset size and any number of processes.
 The model runs under the autocast of its precision (`autocast`: Precision.autocast), as in training:
 an AMP O2 model holds half-precision weights and cannot run outside it; its logits are taken in float32.
 """
+import collections
 import contextlib
 import csv
 import io
 import json
 import math
+import os
+import sys
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+import data
+import models
 from data import pipeline
-from utils import distributed
-from utils.preemption import Interrupted
-from utils.workdir import write_atomic
+from training import distributed, workdir as workdir_lib
+from training.config_check import check_config
+from training.precision import Precision
+from training.preemption import Interrupted
+from utils.io import write_atomic
 
 
 @paddle.no_grad()
@@ -26,7 +34,7 @@ def evaluate(model, dataset, config, rank=0, world_size=1, split='', autocast=co
              stop=None):
   """{'top1', 'top5', 'loss', 'count', 'majority_class', 'majority_fraction', 'prediction_information'}.
 
-  Accuracies are in percent. Two measures of a collapsed model (see utils/collapse.py):
+  Accuracies are in percent. Two measures of a collapsed model (see training/collapse.py):
   `majority_fraction`, the share of samples predicted as the most frequent predicted class (1.0 for a
   model that predicts one class for everything), and `prediction_information`, the mutual information
   between the image and the predicted distribution, H(mean p) - mean H(p), as a fraction of ln C: 0 when
@@ -48,7 +56,7 @@ def evaluate(model, dataset, config, rank=0, world_size=1, split='', autocast=co
   for images, labels in pipeline.loader(dataset, batches, config.data.num_workers):
     if stop:
       raise Interrupted(stop.signum)
-    with stop.working() if stop else contextlib.nullcontext(), autocast():
+    with stop.working() if stop is not None else contextlib.nullcontext(), autocast():
       logits = model(pipeline.to_model_input(images, config.data))
     logits = logits.astype('float32')
     k = min(5, logits.shape[1])
@@ -99,3 +107,60 @@ def write_predictions(path, names, labels):
   rows = io.StringIO()
   csv.writer(rows, lineterminator='\n').writerows(zip(names, labels.tolist()))
   write_atomic(path, rows.getvalue())
+
+
+def run_eval(config, workdir, checkpoint_path='', split='', output=''):
+  """The eval mode: top-1, top-5 and loss of the best checkpoint (or `checkpoint_path`) on `split` (default
+  config.eval.split), printed, then written to `output` (default <workdir>/eval_<split>.json)."""
+  split = split or config.eval.split
+  model, path, update, dataset, precision = _trained_model(config, workdir, checkpoint_path, split)
+  print(f'eval: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} samples)')
+  metrics = dict(evaluate(model, dataset, config, split=split, autocast=precision.autocast), checkpoint=path,
+                 update=update, split=split, precision=precision.name)
+  print(f'top1 {metrics["top1"]:.2f}%  top5 {metrics["top5"]:.2f}%  loss {metrics["loss"]:.4f}  '
+        f'({metrics["count"]} samples)')
+  _write_after_printing(lambda p: write_json(p, metrics), output or os.path.join(workdir, f'eval_{split}.json'),
+                        'metrics')
+
+
+def run_predict(config, workdir, checkpoint_path='', split='', output=''):
+  """The predict mode: one `filename,label` line per image of `split` (default test) -> `output` (default
+  <workdir>/result.csv)."""
+  split = split or 'test'
+  output = output or os.path.join(workdir, 'result.csv')
+  _check_output_file(output)  # the predictions are the result: make sure they can be written first
+  model, path, update, dataset, precision = _trained_model(config, workdir, checkpoint_path, split)
+  print(f'predict: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} images)')
+  names, labels = predict(model, dataset, config, autocast=precision.autocast)
+  counts = sorted(collections.Counter(labels.tolist()).items())
+  print(f'{len(names)} predictions; images per predicted class: ' + ', '.join(f'{c}: {n}' for c, n in counts))
+  _write_after_printing(lambda p: write_predictions(p, names, labels), output, 'predictions')
+
+
+def _trained_model(config, workdir, checkpoint_path, split):
+  """(model in the run's precision, checkpoint path, its update, dataset of `split`, Precision)."""
+  check_config(config, world_size=1)
+  path = workdir_lib.checkpoint_to_read(workdir, checkpoint_path)
+  precision = Precision(config.train)  # the run's precision, as its evaluations during training
+  model, manifest = models.load_trained(config.model, path, precision)
+  dataset = data.build(config.data, split)
+  models.check_fits(manifest, config.model, path, dataset.num_classes)
+  return model, path, manifest['update'], dataset, precision
+
+
+def _check_output_file(path):
+  """Fail before the work when `path` could not be written (a folder, or under one that cannot be)."""
+  if os.path.isdir(path):
+    raise ValueError(f'--output {os.path.abspath(path)} is a folder: name a file')
+  workdir_lib.check_writable(os.path.dirname(os.path.abspath(path)), what='the output folder')
+
+
+def _write_after_printing(write, path, what):
+  """The numbers are on the screen already: a failed write names the file and loses nothing else."""
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write(path)
+  except OSError as err:
+    sys.exit(f'error: {what} not written to {os.path.abspath(path)}: {err.strerror or err}; the results above '
+             f'are complete (--output writes them elsewhere)')
+  print(f'{what} written to {path}')

@@ -13,7 +13,9 @@ import tempfile
 
 import paddle
 
-from train import load_trained_model
+import models
+from training import workdir as workdir_lib
+from training.config_check import check_config
 
 # Paddle logs this from C++ whenever a traced op gets the keyword `out`, even `out=None` as its own
 # F.softmax passes it: noise about Paddle's internals that the exported model does not depend on.
@@ -22,9 +24,18 @@ PADDLE_TRACING_NOISE = 'Paddle static graph(PIR) not support input out tensor'
 EXPORTED = ('.json', '.pdmodel', '.pdiparams', '.pdiparams.info', '.preprocess.yml')
 
 
+def run_export(config, workdir, checkpoint_path='', output=''):
+  """The export mode: the best checkpoint (or `checkpoint_path`) -> `output` prefix (default
+  <workdir>/export/model)."""
+  check_config(config, world_size=1)
+  path = workdir_lib.checkpoint_to_read(workdir, checkpoint_path)
+  print(f'export: checkpoint {path} as a Paddle inference model')
+  print('written ' + ', '.join(export(config, path, output or os.path.join(workdir, 'export', 'model'))))
+
+
 def export(config, checkpoint_path, prefix):
   """Write the inference model of `checkpoint_path` under the path prefix `prefix`; return the files written."""
-  model, manifest = load_trained_model(config, checkpoint_path)
+  model, manifest = models.load_trained(config.model, checkpoint_path)
   num_classes = manifest['num_classes']
   if hasattr(model, 'fuse'):
     model = model.fuse()

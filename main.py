@@ -24,12 +24,10 @@ Example: the offline demo's R-Drop run (no download), then its test accuracy:
   python main.py --config configs/digits_vit_rdrop.py --workdir runs/digits
   python main.py --mode eval --workdir runs/digits
 """
-import collections
-import contextlib
+import errno
 import importlib.util
 import os
 import re
-import shlex
 import sys
 import traceback
 
@@ -40,13 +38,17 @@ threads.configure()
 from absl import app, flags  # noqa: E402  (after the thread settings, which Paddle reads at import)
 from ml_collections import config_flags  # noqa: E402
 
-import data  # noqa: E402
-from utils import checkpoint, distributed, preemption  # noqa: E402
-from utils import workdir as workdir_lib  # noqa: E402
+from training import distributed, preemption  # noqa: E402
+from training.lock import WorkdirBusy  # noqa: E402
+from utils.checkpoint import CheckpointError  # noqa: E402
 
 MODES = ('train', 'resume', 'eval', 'predict', 'export', 'report')
 CONTINUING = ('resume', 'eval', 'predict', 'export')
-EXIT_BUSY = 75  # EX_TEMPFAIL of sysexits.h: another process trains in the workdir; try again later
+# Exit codes besides 0, 1 (a mistake in the command, config or input: repeating it will not help) and 128 + N
+# (stopped by signal N), for job scripts that repeat the command (README: the retry loop).
+EXIT_IO = 74    # EX_IOERR of sysexits.h: an I/O condition that may be mended, e.g. a full disk
+EXIT_BUSY = 75  # EX_TEMPFAIL: another process trains in the workdir; try again later
+MENDABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.ETIMEDOUT}
 
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.DEFINE_string('workdir', '', 'Run folder: config, checkpoints, metrics, VisualDL logs, predictions.')
@@ -117,97 +119,12 @@ def _check_config_file(spec):
     sys.exit(f'error: --config {spec}: {kind}{message}\n  at {where[0]}' + (f', line {where[1]}' if where[1] else ''))
 
 
-def train_or_resume(config, workdir, stop):
-  """train, resume or train --autoresume, as the only trainer of the workdir (rank 0 holds its lock)."""
-  from train import TrainingStopped, train
-  from utils.config_check import check_config
-  rank, world_size = distributed.rank_and_world_size()
-  check_config(config, world_size)
-  workdir_lib.check_writable(workdir)
-  with workdir_lib.own(workdir) if rank == 0 else contextlib.nullcontext():
-    resume_from = _starting_point(config, workdir)  # decided under the lock: no other start can interleave
-    if resume_from is None:
-      return 0
-    try:
-      result = train(config, workdir, resume_from, stop)
-    except TrainingStopped as stopped:
-      print(stopped, file=sys.stderr)
-      return stopped.exit_code
-  if rank == 0:
-    print(f'done: best {config.eval.split} top1 {result["best"]["top1"]:.2f}% at update {result["best"]["update"]}\n'
-          f'  checkpoints: {workdir_lib.checkpoints_dir(workdir)}\n'
-          f'  metrics:     {os.path.join(workdir, "metrics.jsonl")}\n'
-          f'  curves:      visualdl --logdir {shlex.quote(os.path.join(workdir, "vdl"))}')
-  return 0
-
-
-def _starting_point(config, workdir):
-  """Where training starts: '' (update 0), a checkpoint folder, or None when the run has finished.
-
-  A run interrupted before its first checkpoint starts again from update 0: its seed and saved config
-  make that the same run. Checkpoints that exist but are all damaged are an error, never a restart.
-  """
-  where, ckpt_dir = os.path.abspath(workdir), workdir_lib.checkpoints_dir(workdir)
-  if FLAGS.mode == 'train' and not workdir_lib.has_run(workdir):
-    return ''
-  if FLAGS.mode == 'train' and not FLAGS.autoresume:
-    raise app.UsageError(f'{where} already holds a run: continue it with --mode resume (or this command '
-                         f'with --autoresume), or train into a new --workdir')
-  if FLAGS.mode == 'resume' and not workdir_lib.has_run(workdir):
-    raise app.UsageError(f'{where} holds no run to resume (no {workdir_lib.CONFIG_FILE}, no checkpoint): '
-                         f'start one with --mode train')
-  saved = workdir_lib.saved_config(workdir)
-  if FLAGS.autoresume and saved is not None:
-    changes = workdir_lib.learning_changes(saved, config)
-    if changes:
-      listed = '\n  '.join(f'config.{key}: {old!r} in the run, {new!r} in this command' for key, old, new in changes)
-      raise app.UsageError(f'--autoresume: {where} holds a run of another config:\n  {listed}\n'
-                           f'Repeat the command that started it, change the run on purpose with --mode resume '
-                           f'and overrides, or train into a new --workdir')
-  if FLAGS.checkpoint:
-    return FLAGS.checkpoint
-  latest = checkpoint.latest_valid(ckpt_dir)
-  if latest is None and checkpoint.committed(ckpt_dir):
-    raise app.UsageError(f'no valid checkpoint in {os.path.abspath(ckpt_dir)} to resume from')
-  if latest is None:
-    print(f'resume: {where} has no checkpoint yet: training again from update 0 with the saved config and seed')
-    return ''
-  manifest = checkpoint.read_manifest(latest, files=())
-  saved_length = {k: manifest.get('config', {}).get('train', {}).get(k) for k in ('updates', 'epochs')}
-  same_length = saved_length == {'updates': config.train.updates, 'epochs': config.train.epochs}
-  finished = manifest['update'] >= manifest.get('total_updates', float('inf')) and not manifest.get('evaluation_due')
-  if same_length and finished:
-    best = manifest['best']
-    print(f'{workdir} finished at update {manifest["update"]} (best {config.eval.split} top1 '
-          f'{best["top1"]:.2f}% at update {best["update"]}): nothing to do')
-    return None
-  print(f'resume: from {latest}')
-  return latest
-
-
-def _check_output_file(path):
-  """Fail before the work when `path` could not be written (a folder, or under one that cannot be)."""
-  if os.path.isdir(path):
-    raise app.UsageError(f'--output {os.path.abspath(path)} is a folder: name a file')
-  workdir_lib.check_writable(os.path.dirname(os.path.abspath(path)), what='the output folder')
-
-
-def _write_after_printing(write, path, what):
-  """The numbers are on the screen already: a failed write names the file and loses nothing else."""
-  try:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write(path)
-  except OSError as err:
-    sys.exit(f'error: {what} not written to {os.path.abspath(path)}: {err.strerror or err}; the results above '
-             f'are complete (--output writes them elsewhere)')
-  print(f'{what} written to {path}')
-
-
 def main(argv, stop):
+  """Run the mode of the command line; its exit code."""
   if FLAGS.mode == 'report':
     if not FLAGS.workdir or len(argv) < 2:
       raise app.UsageError('report: python main.py --mode report --workdir OUT_DIR RUN_DIR [RUN_DIR ...]')
-    from utils.report import write_report
+    from report import write_report
     print(f'report written to {write_report(argv[1:], FLAGS.workdir, FLAGS.command)}')
     return 0
   if len(argv) > 1:
@@ -221,46 +138,18 @@ def main(argv, stop):
   config, workdir = FLAGS.config, FLAGS.workdir
   if os.path.isfile(workdir):
     raise app.UsageError(f'--workdir {os.path.abspath(workdir)} is a file, not a run folder')
+  # eval, predict and export read one checkpoint and take no lock: every file a training writes is
+  # replaced atomically.
   if FLAGS.mode in ('train', 'resume'):
-    return train_or_resume(config, workdir, stop)
-
-  # eval, predict, export: one checkpoint, no lock (every file a training writes is replaced atomically)
-  from train import check_fits, load_trained_model
-  from utils.config_check import check_config
-  check_config(config, world_size=1)
-  path = FLAGS.checkpoint or workdir_lib.best_checkpoint(workdir)
-  if not path:
-    raise app.UsageError(f'no valid checkpoint in {os.path.abspath(workdir_lib.checkpoints_dir(workdir))}; '
-                         f'pass --checkpoint')
+    import train
+    return train.run(config, workdir, FLAGS.mode, FLAGS.autoresume, FLAGS.checkpoint, stop)
   if FLAGS.mode == 'export':
-    from export import export
-    prefix = FLAGS.output or os.path.join(workdir, 'export', 'model')
-    print(f'export: checkpoint {path} as a Paddle inference model')
-    print('written ' + ', '.join(export(config, path, prefix)))
-    return 0
-  from evaluate import evaluate, predict, write_json, write_predictions
-  from utils.precision import Precision
-  split = FLAGS.split or (config.eval.split if FLAGS.mode == 'eval' else 'test')
-  out = FLAGS.output or os.path.join(workdir, f'eval_{split}.json' if FLAGS.mode == 'eval' else 'result.csv')
-  if FLAGS.mode == 'predict':  # the predictions are the result: make sure they can be written first
-    _check_output_file(out)
-  precision = Precision(config.train)  # the run's precision, as its evaluations during training
-  model, manifest = load_trained_model(config, path, precision)
-  dataset, update = data.build(config.data, split), manifest['update']
-  check_fits(manifest, config, path, dataset.num_classes)
-  if FLAGS.mode == 'eval':
-    print(f'eval: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} samples)')
-    metrics = dict(evaluate(model, dataset, config, split=split, autocast=precision.autocast), checkpoint=path,
-                   update=update, split=split, precision=precision.name)
-    print(f'top1 {metrics["top1"]:.2f}%  top5 {metrics["top5"]:.2f}%  loss {metrics["loss"]:.4f}  '
-          f'({metrics["count"]} samples)')
-    _write_after_printing(lambda p: write_json(p, metrics), out, 'metrics')
+    import export
+    export.run_export(config, workdir, FLAGS.checkpoint, FLAGS.output)
   else:
-    print(f'predict: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} images)')
-    names, labels = predict(model, dataset, config, autocast=precision.autocast)
-    counts = sorted(collections.Counter(labels.tolist()).items())
-    print(f'{len(names)} predictions; images per predicted class: ' + ', '.join(f'{c}: {n}' for c, n in counts))
-    _write_after_printing(lambda p: write_predictions(p, names, labels), out, 'predictions')
+    import evaluate
+    run_mode = evaluate.run_eval if FLAGS.mode == 'eval' else evaluate.run_predict
+    run_mode(config, workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.output)
   return 0
 
 
@@ -284,31 +173,42 @@ def _run(argv):
   if any(arg in HELP_FLAGS for arg in argv[1:]):
     print(__doc__ + '\nFlags:\n' + FLAGS.main_module_help().strip().split('\n', 1)[1])
     sys.exit(0)
-  argv = _with_config_file(argv)
-  from utils.checkpoint import CheckpointError
-  argv = _parse_flags_or_exit(argv)
+  argv = _parse_flags_or_exit(_with_config_file(argv))
   # From here SIGTERM and Ctrl-C end the process within seconds, at any stage.
-  stop = preemption.StopRequest(end_when_blocked=distributed.rank_and_world_size()[1] == 1)
+  stop = preemption.StopRequest(under_launcher=distributed.under_launcher())
   try:
-    sys.exit(main(argv, stop))
+    code = main(argv, stop)
   except preemption.Interrupted as err:
     print(err, file=sys.stderr)
-    sys.exit(128 + err.signum)
-  except workdir_lib.WorkdirBusy as err:
+    code = 128 + err.signum
+  except WorkdirBusy as err:
     print(f'error: {err}', file=sys.stderr)
-    sys.exit(EXIT_BUSY)
-  except app.UsageError as err:
-    sys.exit(f'error: {err}')
-  except (ValueError, OSError, CheckpointError, FloatingPointError) as err:
-    sys.exit(f'error: {err}')
+    code = EXIT_BUSY
+  except (app.UsageError, ValueError, OSError, CheckpointError, FloatingPointError) as err:
+    mendable = _mendable_io_error(err)
+    print(f'error: {err}' + (f'\n(exit {EXIT_IO}: {os.strerror(mendable)}, which a later attempt may find mended; '
+                             f'checkpoints already complete are kept)' if mendable else ''), file=sys.stderr)
+    code = EXIT_IO if mendable else 1
   except (AttributeError, KeyError) as err:
     frames = traceback.extract_tb(err.__traceback__)
     if not frames or f'{os.sep}ml_collections{os.sep}' not in frames[-1].filename:
       raise  # a bug, not a config: keep the traceback
     # A saved config of an older version lacks a newer field.
     field = err.args[0] if isinstance(err, KeyError) else err
-    sys.exit(f'error: the config has no field {field}; a run saved by an older version may need '
-             f'--config configs/<experiment>.py (its current defaults) with overrides')
+    print(f'error: the config has no field {field}; a run saved by an older version may need --config '
+          f'configs/<experiment>.py (its current defaults) with overrides', file=sys.stderr)
+    code = 1
+  stop.finish()  # a signal from here on (a launcher repeating its own) changes nothing: the work is over
+  sys.exit(code)
+
+
+def _mendable_io_error(err):
+  """The errno of an I/O condition in `err` or its causes that a later attempt may find mended, or 0."""
+  while err is not None:
+    if isinstance(err, OSError) and err.errno in MENDABLE_ERRNOS:
+      return err.errno
+    err = err.__cause__ or err.__context__
+  return 0
 
 
 if __name__ == '__main__':

@@ -61,7 +61,7 @@ def machine():
   """One line: CPU model, cores used, memory, Python and Paddle versions."""
   import paddle
   import psutil
-  from utils import workdir
+  from training import workdir
   return (f'{workdir.machine()}, {psutil.virtual_memory().total / 2**30:.0f} GB RAM, '
           f'Python {platform.python_version()}, Paddle {paddle.__version__} '
           f'({paddle.device.get_device()}, {KERNEL_THREADS} '

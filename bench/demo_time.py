@@ -14,14 +14,14 @@ import sys
 import time
 
 import common
-from utils import runlog  # noqa: E402  (common puts the project root on sys.path)
+from utils.io import read_jsonl  # noqa: E402  (common puts the project root on sys.path)
 
 TARGET = 95.0
 EVAL_EVERY = 25
 
 
 def read_evals(path):
-  return [(row['update'], row['top1']) for row in runlog.read_jsonl(path)[0] if row['group'] == 'eval']
+  return [(row['update'], row['top1']) for row in read_jsonl(path)[0] if row['group'] == 'eval']
 
 
 def main():

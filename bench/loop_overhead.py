@@ -24,8 +24,9 @@ import data
 import train
 from configs import digits_vit_rdrop
 from data import pipeline
-from utils import checkpoint, optim, runlog
-from utils.rdrop import rdrop_loss
+from utils import checkpoint
+from training import optim, runlog
+from rdrop import rdrop_loss
 
 UPDATES = 105       # past checkpoint_every=100, so one checkpoint falls inside the timed updates
 SKIP = 5            # warm-up updates left out of both sides

@@ -42,8 +42,8 @@ def child(mode, micro_batch):
   import psutil
 
   import models
-  from utils import optim
-  from utils.rdrop import rdrop_loss
+  from training import optim
+  from rdrop import rdrop_loss
 
   # Strided views as on a GPU (utils/threads turns them off on the CPU, where the copies it makes instead
   # hold about a fifth more activation memory): the figures here are for the GPU extrapolation below.

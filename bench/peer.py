@@ -1,7 +1,7 @@
 """Against a PyTorch peer: one R-Drop update of ours over the same update in PyTorch, same model shape.
 
 The peer is what a user would pick instead: timm's VisionTransformer and torchvision's ResNet (with our
-head), with the same dropout placement, the same R-Drop objective (utils/rdrop.py's KL, two passes), the
+head), with the same dropout placement, the same R-Drop objective (rdrop.py's KL, two passes), the
 same optimizer and clipping, on CPU with the same number of kernel threads. It runs in its own virtual
 environment (bench/requirements-peer.txt), in a subprocess (bench/peer_torch.py) that stays warm; chunks of
 updates alternate between the two processes (ours, peer | peer, ours | ...) with a pause before each chunk
@@ -27,8 +27,8 @@ import paddle.nn.functional as F
 import models
 from configs import resnet50_cat12_rdrop, vit_b16_cifar100_rdrop
 from models import vit
-from utils import optim
-from utils.rdrop import rdrop_loss
+from training import optim
+from rdrop import rdrop_loss
 
 PEER_PYTHON = os.environ.get('PEER_PYTHON', os.path.join(common.ROOT, '.venv-peer', 'bin', 'python'))
 SETUP = ('python -m venv .venv-peer && .venv-peer/bin/pip install -r bench/requirements-peer.txt '

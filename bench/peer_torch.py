@@ -45,7 +45,7 @@ def resnet(case):
 
 
 def kl(p, q, reduction):
-  """utils/rdrop.py's compute_kl_loss: KL(P||Q) + KL(Q||P) from logits, with its three reductions."""
+  """rdrop.py's compute_kl_loss: KL(P||Q) + KL(Q||P) from logits, with its three reductions."""
   log_p, log_q = F.log_softmax(p, dim=-1), F.log_softmax(q, dim=-1)
   total = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum()
   samples, classes = p.shape

@@ -21,9 +21,9 @@ import paddle
 import paddle.profiler as profiler
 
 import models
-from utils import optim
-from utils.precision import Precision
-from utils.rdrop import rdrop_loss
+from training import optim
+from training.precision import Precision
+from rdrop import rdrop_loss
 
 flags.DEFINE_integer('updates', 1, 'Updates to profile (after one warm-up update).')
 flags.DEFINE_integer('classes', 0, 'Classes of the head; default: config.data.classes where the config has it, else 10.')

@@ -11,8 +11,8 @@ import paddle
 
 from configs import digits_vit_rdrop
 from models import vit
-from utils import optim
-from utils.rdrop import rdrop_loss
+from training import optim
+from rdrop import rdrop_loss
 
 
 def update_fn(model, optimizer, images, labels, rdrop):

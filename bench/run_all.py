@@ -16,8 +16,8 @@ import tempfile
 import time
 
 import common
-from utils import readme_results  # noqa: E402  (after common, which puts the project root on sys.path)
-from utils.workdir import write_atomic  # noqa: E402
+from tools import readme_results
+from utils.io import write_atomic  # noqa: E402
 
 BENCHMARKS = ('rdrop_cost', 'loop_overhead', 'input_pipeline', 'evaluation', 'memory', 'demo_time', 'peer')
 FRAGMENT = os.path.join('docs', 'results', 'bench.md')

@@ -6,6 +6,14 @@ once into updates (see train.py). Batch sizes are global: all devices and accumu
 """
 import ml_collections
 
+# Config fields that name, locate, pace or watch a run without changing what it learns. `--autoresume`
+# continues a run whose command differs from its saved config only in these and in the weights files'
+# paths (e.g. data on another machine); the report and VisualDL do not tell runs apart by them.
+NOT_LEARNING = frozenset({
+    'reference.top1', 'reference.source', 'data.root', 'data.num_workers', 'eval.batch_size', 'train.log_every',
+    'train.eval_every', 'train.checkpoint_every', 'train.checkpoint_every_minutes', 'train.keep_checkpoints',
+    'train.max_skipped_updates', 'eval.collapse_majority', 'eval.collapse_information', 'eval.stop_after_collapses'})
+
 
 def get_base_config():
   c = ml_collections.ConfigDict()

@@ -15,9 +15,11 @@ from paddle.vision import transforms
 
 from data import images
 from data.pipeline import SeededDataset
+from utils.rules import NON_NEGATIVE, POSITIVE
 
 NUM_CLASSES = 12
 SPLITS = ('train', 'val', 'test')
+FIELD_RULES = {'resize': POSITIVE, 'val_every': NON_NEGATIVE}
 
 
 class Cat12(SeededDataset):

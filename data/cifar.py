@@ -17,10 +17,12 @@ import paddle.vision.transforms as T
 from PIL import Image
 
 from data.pipeline import SeededDataset
+from utils.rules import one_of
 
 OFFICIAL_URL = 'https://www.cs.toronto.edu/~kriz/{}'
 AUGMENTS = ('rrc', 'none')
 SPLITS = ('train', 'test')
+FIELD_RULES = {'classes': one_of((10, 100))}
 
 
 class _Variant:

@@ -15,6 +15,7 @@ import paddle
 import paddle.nn.functional as F
 
 from utils import threads
+from training import preemption
 
 
 class SeededDataset(paddle.io.Dataset):
@@ -97,7 +98,8 @@ def loader(dataset, batch_sampler, num_workers):
   if num_workers < 0:
     num_workers = threads.cores_per_process()
   return paddle.io.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-                              use_shared_memory=num_workers > 0, prefetch_factor=4 if num_workers else 2)
+                              use_shared_memory=num_workers > 0, prefetch_factor=4 if num_workers else 2,
+                              worker_init_fn=preemption.in_data_worker)
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,14 +1,19 @@
 """Models by name: `config.model.name` is a module of this package exposing `build(model_config, num_classes)`.
 
 Every model maps a float image batch (N, C, H, W) to logits (N, num_classes). Modules may also expose
-`load_pretrained(model, path)` for weights in a format other than Paddle's state dict, and VARIANTS, the
-names `config.model.variant` may take, for utils/config_check.py.
+`load_pretrained(model, path)` for weights in a format other than Paddle's state dict, VARIANTS, the names
+`config.model.variant` may take, and FIELD_RULES, what their own `config.model.*` numbers may be (both for
+training/config_check.py).
 """
 import importlib
+import os
 import pkgutil
 import warnings
 
 import ml_collections
+import paddle
+
+from utils import checkpoint
 
 # Paddle's BatchNorm warns at every training forward that it tracks running statistics: what it has always
 # done and what these models want, so a warning users can do nothing about.
@@ -27,12 +32,53 @@ def module(name):
   return importlib.import_module(f'{__name__}.{name}')
 
 
-def build(model_config, num_classes, initial_weights=True):
-  """The model of `model_config`. Fields named `*_weights` (e.g. a ResNet's ImageNet backbone) only
-  initialise training; `initial_weights=False` skips them when a checkpoint will overwrite every weight."""
+def build(model_config, num_classes, seed=0, initial_weights=True):
+  """The model of `model_config`, its random weights drawn from `seed` (identical on every rank), then the
+  weights file `model_config.pretrained` when it names one.
+
+  Fields named `*_weights` (e.g. a ResNet's ImageNet backbone) also only initialise training.
+  `initial_weights=False` skips every weights file: for a model whose checkpoint will overwrite them, so
+  that resuming or evaluating does not need those files.
+  """
   if not initial_weights:
     model_config = ml_collections.ConfigDict(model_config.to_dict())
     for field in model_config:
-      if field.endswith('_weights'):
+      if field.endswith('_weights') or field == 'pretrained':
         model_config[field] = ''
-  return module(model_config.name).build(model_config, num_classes)
+  paddle.seed(seed)
+  model = module(model_config.name).build(model_config, num_classes)
+  path = model_config.get('pretrained', '')
+  if path:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'config.model.pretrained: weights file {os.path.abspath(path)} does not exist')
+    loader = getattr(module(model_config.name), 'load_pretrained', None)
+    if loader:
+      loader(model, path)
+    else:
+      checkpoint.load_state_strict(model, paddle.load(path), source=f'weights file {path}')
+  return model
+
+
+def check_fits(manifest, model_config, path, num_classes=None):
+  """The checkpoint at `path` (its `manifest`) is of this model (and, when given, of `num_classes`)."""
+  wanted = (model_config.name, manifest['num_classes'] if num_classes is None else num_classes)
+  if (manifest['model'], manifest['num_classes']) != wanted:
+    raise checkpoint.CheckpointError(
+        f'checkpoint {path} holds a {manifest["model"]!r} model with {manifest["num_classes"]} classes, '
+        f'but the config builds {wanted[0]!r} with {wanted[1]}')
+
+
+def load_trained(model_config, path, precision=None):
+  """(eval-mode model with the weights of checkpoint `path`, its manifest); no dataset needed.
+
+  With a `precision` (training/precision.py) the model is made ready for it (AMP O2: half-precision
+  weights), else float32.
+  """
+  manifest, state = checkpoint.load(path, names=('model.pdparams',))
+  check_fits(manifest, model_config, path)
+  model = build(model_config, manifest['num_classes'], initial_weights=False)
+  if precision is not None:
+    model, _ = precision.decorate(model)
+  checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {path}')
+  model.eval()
+  return model, manifest

@@ -12,6 +12,10 @@ fc 64), with padding on conv2 and conv3 so that conv3's map is 7x7.
 import paddle.nn as nn
 
 from models.dropblock import DropBlock
+from utils.rules import FRACTION, NON_NEGATIVE, POSITIVE
+
+FIELD_RULES = {'img_size': POSITIVE, 'in_channels': POSITIVE, 'dropblock.block_size': POSITIVE,
+               'dropblock.keep_prob': FRACTION, 'dropblock.ramp_updates': NON_NEGATIVE}
 
 
 class DropBlockCNN(nn.Layer):

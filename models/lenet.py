@@ -9,6 +9,10 @@ Paddle's Dropout is inverted (scaled by 1/(1-p) in training, identity at test ti
 """
 import paddle.nn as nn
 
+from utils.rules import POSITIVE, RATE
+
+FIELD_RULES = {'img_size': POSITIVE, 'in_channels': POSITIVE, 'conv_dropout': RATE, 'fc_dropout': RATE}
+
 
 def _dropout(layer, p):
   return [layer(p)] if p > 0 else []

@@ -11,6 +11,10 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from utils.rules import ALL_POSITIVE, POSITIVE
+
+FIELD_RULES = {'in_channels': POSITIVE, 'widths': ALL_POSITIVE, 'blocks_per_stage': POSITIVE}
+
 
 def _fold(kernel, bias, bn):
   """(kernel, bias) of `conv followed by bn` in eval mode: bn(z) = (z - mean) * weight / std + bias."""

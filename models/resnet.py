@@ -14,9 +14,11 @@ from paddle.utils import download
 from paddle.vision.models import resnet as paddle_resnet
 
 from utils import checkpoint
+from utils.rules import POSITIVE, RATE, one_of
 
 BACKBONES = {18: paddle_resnet.resnet18, 34: paddle_resnet.resnet34, 50: paddle_resnet.resnet50,
              101: paddle_resnet.resnet101, 152: paddle_resnet.resnet152}
+FIELD_RULES = {'depth': one_of(tuple(BACKBONES)), 'head_width': POSITIVE, 'head_dropout': RATE}
 IMAGENET_CLASSES = 1000
 
 

@@ -17,6 +17,7 @@ import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
 from utils.checkpoint import CheckpointError, load_state_strict
+from utils.rules import POSITIVE, RATE
 
 
 def _config(patch, hidden, mlp, heads, layers, dropout=0.1):
@@ -29,6 +30,7 @@ def _config(patch, hidden, mlp, heads, layers, dropout=0.1):
   return c
 
 
+FIELD_RULES = {'img_size': POSITIVE, 'in_channels': POSITIVE, 'dropout_rate': RATE, 'attention_dropout_rate': RATE}
 VARIANTS = {
     'ViT-B_16': lambda: _config(16, 768, 3072, 12, 12),
     'ViT-B_32': lambda: _config(32, 768, 3072, 12, 12),
@@ -297,7 +299,7 @@ def build(model_config, num_classes):
 
 
 def load_pretrained(model, path):
-  """Google's `.npz` (train.py calls this when config.model.pretrained names a file)."""
+  """Google's `.npz` (models.build calls this when config.model.pretrained names a file)."""
   try:
     weights = np.load(path)
   except (OSError, ValueError) as err:  # e.g. a .pdparams pickle, or a truncated download

@@ -38,7 +38,7 @@ def run_main(*args, check=True, timeout=300, env=None, amp_standin=False):
 def metric_rows(workdir, group):
   """The `group` rows ('train', 'eval') of a run's metrics.jsonl, read as the report reads them (a line cut
   off by a kill is not a row)."""
-  from utils.runlog import read_jsonl
+  from utils.io import read_jsonl
   return [row for row in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))[0] if row['group'] == group]
 
 

@@ -21,10 +21,11 @@ from conftest import ROOT, child_env, main_command, metric_rows, run_main
 from configs import digits_vit_rdrop
 from evaluate import evaluate, predict
 from test_training import DEMO, TINY, _max_difference, _weights
-from train import load_trained_model
-from utils import checkpoint, optim
+import models
+from utils import checkpoint
+from training import optim
 from export import export
-from utils.precision import Precision
+from training.precision import Precision
 
 UPDATES = 6
 BF16_O2 = [*TINY, '--config.train.precision=bf16', '--config.train.amp_level=O2', '--config.train.optimizer=sgd',
@@ -178,7 +179,7 @@ def test_a_bf16_o2_checkpoint_serves_a_plain_fp32_process_and_back(bf16_o2_run, 
   assert abs(evaluated['top1'] - trained[evaluated['update']]) <= ROUNDING
 
   config = digits_vit_rdrop.get_config()
-  model, _ = load_trained_model(config, evaluated['checkpoint'])
+  model, _ = models.load_trained(config.model, evaluated['checkpoint'])
   test_set = data.build(config.data, 'test')
   _, predicted = predict(model, test_set, config)
   assert 100.0 * np.mean(predicted == test_set.labels) == pytest.approx(evaluated['top1'])
@@ -207,7 +208,7 @@ def test_an_fp16_o2_model_evaluates_a_checkpoint_under_autocast(bf16_o2_run, amp
   config.train.update(precision='fp16', amp_level='O2')
   precision = Precision(config.train, log=pytest.fail)
   path = checkpoint.folder(str(workdir / 'checkpoints'), UPDATES)
-  model, _ = load_trained_model(config, path, precision)
+  model, _ = models.load_trained(config.model, path, precision)
   assert {p.dtype for p in model.parameters()} >= {paddle.float16}
   evaluated = evaluate(model, data.build(config.data, 'test'), config, autocast=precision.autocast)
   assert abs(evaluated['top1'] - metric_rows(workdir, 'eval')[-1]['top1']) <= ROUNDING

@@ -14,8 +14,9 @@ import pytest
 
 from conftest import ROOT, cut_in_half, metric_rows, run_main
 from test_training import DEMO, TINY
-from utils import checkpoint, workdir as workdir_lib
-from utils.precision import Precision
+from utils import checkpoint
+from training import workdir as workdir_lib
+from training.precision import Precision
 
 RUN = [*TINY, '--config.train.updates=6', '--config.train.checkpoint_every=2', '--config.train.keep_checkpoints=3']
 
@@ -165,7 +166,7 @@ def test_an_fp16_overflow_skips_the_update_and_halves_the_scale(amp_standin):
 
 
 def test_paddles_own_scaler_crashes_on_an_overflow_under_numpy_2_4(amp_standin):
-  """Why utils.precision.GradScaler exists; when this fails, Paddle has fixed its print and the subclass can go."""
+  """Why training.precision.GradScaler exists; when this fails, Paddle has fixed its print and the subclass can go."""
   if tuple(int(v) for v in np.__version__.split('.')[:2]) < (2, 4):
     pytest.skip('NumPy < 2.4 still converts a 1-element array to float')
   precision = _precision('fp16')
@@ -197,23 +198,32 @@ def test_a_checkpoint_resumes_with_or_without_a_loss_scaler(amp_standin, tmp_pat
   assert resuming.loss_scale() == {'fp16fp16': 2048.0, 'fp32fp16': 4096.0}.get(saved_with + resumed_with, 1.0)
 
 
-def test_a_second_signal_exits_at_once():
-  script = ('import os, signal, sys, time\n'
-            f'sys.path.insert(0, {ROOT!r})\n'
-            'from utils.preemption import StopRequest\n'
-            'stop = StopRequest()\n'
-            'stop.defer(True)\n'
-            'os.kill(os.getpid(), signal.SIGTERM)\n'
-            'time.sleep(0.2)\n'
-            'print("asked to stop:", bool(stop), stop.signum, flush=True)\n'
-            'os.kill(os.getpid(), signal.SIGINT)\n'
-            'time.sleep(30)\n'
-            'print("still running")\n')
-  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=20)
-  assert proc.stdout == 'asked to stop: True 15\n'
-  assert proc.returncode == 128 + signal.SIGINT
-  assert 'SIGTERM: finishing this update, then saving a checkpoint' in proc.stderr
+def _signals_script(under_launcher, *steps):
+  """A process with a deferring StopRequest that sends itself `steps`: a signal name or seconds to sleep."""
+  lines = ['import os, signal, sys, time', f'sys.path.insert(0, {ROOT!r})',
+           'from training.preemption import StopRequest', f'stop = StopRequest(under_launcher={under_launcher})',
+           'stop.defer(True)']
+  for step in steps:
+    lines.append(f'time.sleep({step})' if isinstance(step, float) else f'os.kill(os.getpid(), signal.{step})')
+  lines.append('print("still running, asked to stop:", bool(stop), stop.signum, flush=True)')
+  return subprocess.run([sys.executable, '-c', '\n'.join(lines)], capture_output=True, text=True, timeout=20)
+
+
+def test_signals_repeated_within_a_second_are_one_request_and_a_later_one_exits_at_once():
+  """Paddle's launcher sends 3 SIGTERMs 0.2 s apart: one request. A person's Ctrl-C after that: now."""
+  proc = _signals_script(False, 'SIGTERM', 0.2, 'SIGTERM', 0.2, 'SIGTERM', 0.5)
+  assert proc.returncode == 0 and proc.stdout == 'still running, asked to stop: True 15\n', proc.stderr
+  assert proc.stderr.count('SIGTERM: finishing this update, then saving a checkpoint') == 1
+  proc = _signals_script(False, 'SIGTERM', 1.2, 'SIGINT', 5.0)
+  assert proc.returncode == 128 + signal.SIGINT and proc.stdout == ''
   assert 'SIGINT again: exiting now without a checkpoint' in proc.stderr
+
+
+def test_under_the_launcher_no_repeated_signal_ends_the_process():
+  """The launcher owns the deadline: it kills its workers 30 s after its first SIGTERM."""
+  proc = _signals_script(True, 'SIGTERM', 0.2, 'SIGTERM', 0.2, 'SIGTERM', 1.5, 'SIGTERM', 'SIGINT', 0.5)
+  assert proc.returncode == 0 and proc.stdout == 'still running, asked to stop: True 15\n', proc.stderr
+  assert 'exiting now' not in proc.stderr and 'send it again' not in proc.stderr
 
 
 @pytest.fixture(scope='module')

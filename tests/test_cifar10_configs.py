@@ -12,7 +12,8 @@ import train
 from configs import dropblock_cnn_cifar10, lenet5_cifar10, repconv_cifar10
 from fakedata import make_cifar10
 from models.dropblock import DropBlock
-from utils import checkpoint, optim
+from utils import checkpoint
+from training import optim
 
 
 RUNS = [(dropblock_cnn_cifar10, ''), (dropblock_cnn_cifar10, 'none'), (lenet5_cifar10, 'A'), (lenet5_cifar10, 'B'),
@@ -69,7 +70,7 @@ def test_lenet5_recipe_halves_the_lr_every_150_epochs():
   tc = config.train
   assert (tc.batch_size, tc.optimizer, tc.lr, tc.momentum, tc.epochs) == (256, 'momentum', 1e-2, 0.9, 1000.0)
   updates_per_epoch = 50000 // 256
-  tc = train.in_updates(tc, 50000)
+  tc = optim.in_updates(tc, 50000)
   assert tc.updates == 1000 * updates_per_epoch and tc.eval_every == updates_per_epoch
   factors = [optim.lr_factor(epochs * updates_per_epoch + 1, tc, tc.updates) for epochs in (0, 149, 150, 299, 300, 999)]
   assert factors == [1.0, 1.0, 0.5, 0.5, 0.25, 0.5**6]

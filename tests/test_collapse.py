@@ -10,7 +10,7 @@ from configs import base
 from conftest import run_main
 from data.pipeline import SeededDataset
 from evaluate import evaluate
-from utils.collapse import collapse_warning, collapsed
+from training.collapse import collapse_warning, collapsed
 
 SMOKE = 'configs/digits_vit_rdrop.py:smoke'
 

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import pytest
 
 from conftest import ROOT, child_env, metric_rows
 from test_training import DEMO, TINY, _max_difference, _weights
+from utils import checkpoint
 
 NO_DROPOUT = ['--config.model.dropout_rate=0.0', '--config.train.optimizer=momentum', '--config.train.lr=0.05']
 
@@ -53,15 +55,15 @@ import paddle
 from configs import digits_vit
 from data import digits
 from evaluate import evaluate
-from train import build_model
-from utils import distributed
+import models
+from training import distributed
 rank, world = distributed.setup()
 config = digits_vit.get_config()
 config.eval.batch_size = 2
 dataset = digits.Digits('test')
 dataset.images, dataset.labels = dataset.images[:7], dataset.labels[:7]
 assert len(set(dataset.labels.tolist())) > 1
-model = build_model(config, 10)
+model = models.build(config.model, 10, config.seed)
 bias = [0.0] * 10
 bias[int(dataset.labels[0])] = 3.0  # one confident class, not every sample's: accuracy neither 0 nor 100
 with paddle.no_grad():
@@ -113,3 +115,128 @@ def test_resume_on_another_number_of_processes_continues_the_same_data(tmp_path)
   subprocess.run([sys.executable, 'main.py', '--mode', 'resume', '--workdir', tmp_path / 'moved',
                   '--config.train.updates=6'], cwd=ROOT, check=True, capture_output=True, env=child_env())
   assert _max_difference(_weights(tmp_path / 'straight', 6), _weights(tmp_path / 'moved', 6)) < 1e-5
+
+
+# Long enough updates (8 micro-batches of 32 per process) that a signal lands inside one.
+SLOW_UPDATES = [*TINY, '--config.train.batch_size=512', '--config.train.accum_steps=8', '--config.data.num_workers=1']
+
+
+def _worker_logs(log_dir):
+  return {name: open(os.path.join(log_dir, name)).read() for name in sorted(os.listdir(log_dir))
+          if name.startswith('workerlog')}
+
+
+def _descendants(pid):
+  """Every process below `pid` (Linux /proc): a launcher's workers and their DataLoader workers."""
+  found = []
+  try:
+    with open(f'/proc/{pid}/task/{pid}/children') as f:
+      children = [int(child) for child in f.read().split()]
+  except FileNotFoundError:
+    return found
+  for child in children:
+    found += [child] + _descendants(child)
+  return found
+
+
+def _newest_checkpoint(workdir):
+  return checkpoint.update_of(checkpoint.latest_valid(os.path.join(workdir, 'checkpoints')))
+
+
+def test_sigterm_to_the_launcher_saves_the_update_reached_and_autoresume_under_the_launcher_matches(tmp_path):
+  """A scheduler preempting a multi-process job signals the launcher, which sends every worker's process
+  group up to 3 SIGTERMs 0.2 s apart: the ranks finish the update, save once and exit, no DataLoader
+  worker dies under them, and the repeated command continues to the uninterrupted run's weights."""
+  common = [*SLOW_UPDATES, '--config.train.updates=12', '--config.train.checkpoint_every=4']
+  launch(2, tmp_path / 'logs_a', '--config', DEMO, '--workdir', tmp_path / 'straight', *common)
+  stopped = tmp_path / 'stopped'
+  launcher = subprocess.Popen(_launch_cmd(2, tmp_path / 'logs_b', '--config', DEMO, '--workdir', stopped, *common,
+                                          '--autoresume'),
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+  deadline = time.time() + 120
+  while not os.path.isdir(stopped / 'checkpoints' / 'update_00000004') and time.time() < deadline:
+    time.sleep(0.05)
+  time.sleep(0.5)
+  launcher.send_signal(signal.SIGTERM)
+  signalled = time.time()
+  assert launcher.wait(timeout=60) != 0
+  assert time.time() - signalled < 10  # within the launcher's grace, no SIGKILL needed
+  reached = _newest_checkpoint(stopped)
+  logs = _worker_logs(tmp_path / 'logs_b')
+  assert 4 < reached < 12, logs
+  for name, text in logs.items():
+    assert f'stopped by a signal after update {reached}, checkpoint saved' in text, (name, text[-3000:])
+    assert 'exiting now' not in text and 'Traceback' not in text and 'SIGABRT' not in text, (name, text[-3000:])
+  launch(2, tmp_path / 'logs_c', '--config', DEMO, '--workdir', stopped, *common, '--autoresume')
+  assert _max_difference(_weights(tmp_path / 'straight', 12), _weights(stopped, 12)) == 0
+  assert metric_rows(stopped, 'train') == metric_rows(tmp_path / 'straight', 'train')
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _start_nodes(log_dir, workdirs, *args):
+  """Two launchers on this machine forming a job of 2 nodes x 1 process over loopback: [Popen of node 0, 1].
+
+  `workdirs` gives each node's --workdir: the same folder, as on a shared filesystem, or two.
+  """
+  port = _free_port()
+  return [subprocess.Popen([sys.executable, '-m', 'paddle.distributed.launch', '--master', f'127.0.0.1:{port}',
+                            '--nnodes', '2', '--rank', str(rank), '--nproc_per_node', '1', '--log_dir',
+                            str(log_dir / f'node{rank}'), 'main.py', '--workdir', str(workdir), *map(str, args)],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+          for rank, workdir in enumerate(workdirs)]
+
+
+def _wait_nodes(nodes, log_dir, timeout=300):
+  codes = [node.wait(timeout=timeout) for node in nodes]
+  logs = {f'node{rank}/{name}': text for rank in range(len(nodes))
+          for name, text in _worker_logs(log_dir / f'node{rank}').items()}
+  assert codes == [0] * len(nodes), '\n'.join(f'{name}:\n{text[-3000:]}' for name, text in logs.items())
+  return logs
+
+
+MULTI_NODE = [*TINY, '--config.train.batch_size=256', '--config.train.accum_steps=4', '--config.train.updates=12',
+              '--config.train.checkpoint_every=3']
+
+
+@pytest.fixture(scope='module')
+def one_node_two_processes(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('one_node') / 'run'
+  launch(2, workdir.parent / 'logs', '--config', DEMO, '--workdir', workdir, *MULTI_NODE)
+  return workdir
+
+
+def test_two_nodes_of_one_process_train_as_one_node_of_two_and_only_global_rank_0_writes(one_node_two_processes,
+                                                                                         tmp_path):
+  """Node 1 is given a workdir of its own that does not exist: whatever it wrote would appear there."""
+  nodes = _start_nodes(tmp_path / 'logs', [tmp_path / 'shared', tmp_path / 'node1_view'], '--config', DEMO,
+                       *MULTI_NODE)
+  logs = _wait_nodes(nodes, tmp_path / 'logs')
+  assert '(4 x 32 per device on 2 device(s))' in logs['node0/workerlog.0']
+  assert not (tmp_path / 'node1_view').exists()
+  assert _max_difference(_weights(one_node_two_processes, 12), _weights(tmp_path / 'shared', 12)) == 0
+  assert metric_rows(tmp_path / 'shared', 'train') == metric_rows(one_node_two_processes, 'train')
+
+
+def test_a_node_killed_stops_the_other_within_seconds_and_autoresume_on_both_nodes_is_exact(one_node_two_processes,
+                                                                                            tmp_path):
+  workdir = tmp_path / 'shared'
+  command = ['--config', DEMO, *MULTI_NODE, '--autoresume']
+  nodes = _start_nodes(tmp_path / 'logs_a', [workdir, workdir], *command)
+  deadline = time.time() + 120
+  while not os.path.isdir(workdir / 'checkpoints' / 'update_00000003') and time.time() < deadline:
+    time.sleep(0.02)
+  for pid in [nodes[1].pid] + _descendants(nodes[1].pid):  # the machine of node 1 goes away
+    os.kill(pid, signal.SIGKILL)
+  killed = time.time()
+  assert nodes[0].wait(timeout=60) != 0
+  assert time.time() - killed < 15, 'node 0 waited for its lost peer'
+  assert _newest_checkpoint(workdir) < 12
+  nodes[1].wait()
+  _wait_nodes(_start_nodes(tmp_path / 'logs_b', [workdir, workdir], *command), tmp_path / 'logs_b')
+  assert _max_difference(_weights(one_node_two_processes, 12), _weights(workdir, 12)) == 0
+  assert metric_rows(workdir, 'train') == metric_rows(one_node_two_processes, 'train')

@@ -8,7 +8,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from models import cnn
 from models.dropblock import DropBlock
-from utils.rdrop import rdrop_loss
+from rdrop import rdrop_loss
 
 SHAPES = [(3, 9, 9), (5, 7, 7), (4, 10, 10), (2, 6, 11), (4, 13, 8)]  # (block, H, W): odd, even, non-square
 

@@ -12,7 +12,7 @@ from conftest import run_main
 from configs import digits_vit, repconv_cifar10
 from export import export
 from utils import checkpoint
-from train import load_trained_model
+import models
 
 # RepConv on the offline digits (1 channel, 8x8): the network pools globally, so any size works.
 REPCONV_ON_DIGITS = {'data.name': 'digits', 'data.img_size': 8, 'data.mean': (0.5,), 'data.std': (0.5,),
@@ -44,7 +44,7 @@ def test_cli_export_of_a_trained_vit_matches_the_eval_model(tmp_path):
           == [1, 8, [0.5], [0.5], 10])
 
   exported = paddle.jit.load(prefix)
-  model, _ = load_trained_model(digits_vit.get_config('smoke'), _latest(str(workdir)))
+  model, _ = models.load_trained(digits_vit.get_config('smoke').model, _latest(str(workdir)))
   images = _random_images(1, 8, seed=0)
   np.testing.assert_allclose(exported(images).numpy(), model(images).numpy(), rtol=1e-5, atol=1e-5)
 
@@ -58,7 +58,7 @@ def test_export_fuses_repconv_blocks_and_keeps_the_function(tmp_path):
   written = export(config, path, prefix)
   assert prefix + '.pdiparams' in written and prefix + '.preprocess.yml' in written
 
-  model, _ = load_trained_model(config, path)  # the unfused, multi-branch eval-mode network
+  model, _ = models.load_trained(config.model, path)  # the unfused, multi-branch eval-mode network
   exported = paddle.jit.load(prefix)
   images = _random_images(1, 8, seed=1)
   np.testing.assert_allclose(exported(images).numpy(), model(images).numpy(), rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ import pytest
 from conftest import ROOT, child_env, metric_rows, run_main
 from fakedata import make_cat12
 from test_training import DEMO, TINY, _max_difference, _weights
+from training import preemption
 from utils import checkpoint
 
 UPDATES = 16
@@ -35,11 +36,14 @@ EXIT_BUSY = 75
 #   before_pruning n:    SIGKILL after the n-th checkpoint is committed, before old ones are removed
 #   slow_save n:         from the n-th paddle.save on, announce it on stderr and hang for a minute
 #   sigterm_in_evaluation n: the n-th evaluation starts with a SIGTERM to this process
+#   sigterm_in_update n: the n-th loss computation gets a SIGTERM
 #   sigterm_in_slow_compute n: the n-th loss computation gets a SIGTERM, then computes for 7 s (longer
 #                        than the watcher's grace time, as one backward pass of a large model on a CPU)
 #   stalled_sample n:    from the n-th image a process reads on, announce it and hang for an hour (a file
 #                        system that stopped answering), in the main process or a DataLoader worker
 #   stalled_decode n:    the same in Cat-12's start-up check, which decodes every image once in a thread pool
+#   nan_loss n:          the n-th loss computation returns NaN (a numerical blow-up)
+#   infinite_weights n:  the n-th optimizer step leaves an infinite weight behind
 FAULT_RUNNER = '''
 import os, runpy, signal, sys, time
 fault, n = sys.argv[1], int(sys.argv[2])
@@ -93,6 +97,16 @@ def stalled_decode(decode_problem, *args, **kwargs):
   print('FAULT: decoding an image stalls', file=sys.stderr, flush=True)
   time.sleep(3600)
 
+def nan_loss(original, *args, **kwargs):
+  loss, ce, kl = original(*args, **kwargs)
+  return loss * float('nan'), ce, kl
+
+def infinite_weights(original, precision, optimizer):
+  skipped = original(precision, optimizer)
+  weight = optimizer._parameter_list[0]
+  weight.set_value(paddle.full_like(weight, float('inf')))
+  return skipped
+
 if fault == 'half_written_save':
   paddle.save = nth_call(paddle.save, half_written)
 elif fault == 'before_pruning':
@@ -101,13 +115,22 @@ elif fault == 'slow_save':
   paddle.save = nth_call(paddle.save, slow)
 elif fault == 'sigterm_in_evaluation':
   evaluate.evaluate = nth_call(evaluate.evaluate, signalled)
+elif fault == 'sigterm_in_update':
+  from training import step
+  step.rdrop_loss = nth_call(step.rdrop_loss, signalled)
 elif fault == 'sigterm_in_slow_compute':
-  import train
-  train.rdrop_loss = nth_call(train.rdrop_loss, slow_compute)
+  from training import step
+  step.rdrop_loss = nth_call(step.rdrop_loss, slow_compute)
 elif fault == 'stalled_sample':
   digits.Digits.sample = nth_call(digits.Digits.sample, stalled)
 elif fault == 'stalled_decode':
   images.decode_problem = nth_call(images.decode_problem, stalled_decode)
+elif fault == 'nan_loss':
+  from training import step
+  step.rdrop_loss = nth_call(step.rdrop_loss, nan_loss)
+elif fault == 'infinite_weights':
+  from training.precision import Precision
+  Precision.step = nth_call(Precision.step, infinite_weights)
 else:
   raise SystemExit(f'unknown fault {fault}')
 runpy.run_path('main.py', run_name='__main__')
@@ -387,6 +410,7 @@ def test_a_second_sigterm_during_the_checkpoint_write_exits_at_once_keeping_the_
   _wait_for(lambda: 'FAULT: saving' in (tmp_path / 'run.err').read_text(), proc)
   proc.send_signal(signal.SIGTERM)
   _wait_for(lambda: 'SIGTERM: finishing this update' in (tmp_path / 'run.err').read_text(), proc)
+  time.sleep(preemption.REPEAT_SECONDS + 0.2)  # sooner, it would count as a repeat of the first
   proc.send_signal(signal.SIGTERM)
   signalled = time.time()
   proc.wait(timeout=30)
@@ -398,26 +422,64 @@ def test_a_second_sigterm_during_the_checkpoint_write_exits_at_once_keeping_the_
   assert [name for name in os.listdir(ckpts) if name.startswith('.tmp-update_00000005')]
 
 
+def _run_with_fault(tmp_path, fault, *args):
+  proc = _start(tmp_path, 'run', args, fault=fault)
+  proc.wait(timeout=120)
+  return proc.returncode, (tmp_path / 'run.err').read_text()
+
+
 def test_a_nan_loss_in_fp32_stops_naming_the_update_and_keeps_the_last_good_checkpoint(tmp_path):
-  """lr=1e30: update 1 (lr 2e28 in warm-up) leaves huge but finite weights, update 2's loss is NaN."""
   workdir = tmp_path / 'run'
-  proc = run_main('--config', DEMO, '--workdir', workdir, *TINY, '--config.train.updates=6',
-                  '--config.train.checkpoint_every=1', '--config.train.lr=1e30', check=False)
+  returncode, stderr = _run_with_fault(tmp_path, ('nan_loss', 2), '--config', DEMO, '--workdir', workdir, *TINY,
+                                       '--config.train.updates=6', '--config.train.checkpoint_every=1')
   ckpts = os.path.join(workdir, 'checkpoints')
-  assert proc.returncode == 1
+  assert returncode == 1
   assert (f'error: the training loss is not finite at update 2 (here: nan); nothing was saved after update 1. '
-          f'Last good checkpoint: {checkpoint.folder(ckpts, 1)}') in proc.stderr
+          f'Last good checkpoint: {checkpoint.folder(ckpts, 1)}') in stderr
   assert checkpoint.committed(ckpts) == [checkpoint.folder(ckpts, 1)]
   assert all(np.isfinite(w).all() for w in _weights(workdir, 1).values())
   assert _logged_updates(workdir) == [1]
 
 
 def test_weights_made_infinite_by_an_update_are_not_saved_as_a_good_checkpoint(tmp_path):
-  """weight_decay=1e39 is infinite in float32: update 1's loss is finite, its weights are not."""
+  """Update 1's loss is finite, the weights it leaves are not."""
   workdir = tmp_path / 'run'
-  proc = run_main('--config', DEMO, '--workdir', workdir, *TINY, '--config.train.updates=4',
-                  '--config.train.checkpoint_every=1', '--config.train.warmup_updates=0',
-                  '--config.train.weight_decay=1e39', check=False)
-  assert proc.returncode == 1
-  assert 'error: update 1 left NaN or Inf in' in proc.stderr and 'no earlier checkpoint exists' in proc.stderr
+  returncode, stderr = _run_with_fault(tmp_path, ('infinite_weights', 1), '--config', DEMO, '--workdir', workdir,
+                                       *TINY, '--config.train.updates=4', '--config.train.checkpoint_every=1')
+  assert returncode == 1
+  assert 'error: update 1 left NaN or Inf in' in stderr and 'no earlier checkpoint exists' in stderr
   assert checkpoint.committed(os.path.join(workdir, 'checkpoints')) == []
+
+
+@pytest.fixture(scope='module')
+def logged_every_5(tmp_path_factory):
+  """20 updates, a log row every 5, a checkpoint every 7: windows that checkpoints cut in the middle."""
+  workdir = tmp_path_factory.mktemp('logged') / 'run'
+  args = [*TINY, '--config.train.updates=20', '--config.train.log_every=5', '--config.train.checkpoint_every=7']
+  run_main('--config', DEMO, '--workdir', workdir, *args)
+  return workdir, args
+
+
+def test_a_run_killed_mid_window_logs_after_its_resume_the_rows_of_the_uninterrupted_run(logged_every_5, tmp_path):
+  """Killed after update 14, resumed from 14: row 15 averages updates 11-15, as in the uninterrupted run."""
+  reference, args = logged_every_5
+  workdir = tmp_path / 'run'
+  proc = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *args])
+  _wait_for(lambda: os.path.isdir(checkpoint.folder(os.path.join(workdir, 'checkpoints'), 14)), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  run_main('--config', DEMO, '--workdir', workdir, *args, '--autoresume')
+  assert metric_rows(workdir, 'train') == metric_rows(reference, 'train')  # bit for bit
+  assert [r['update'] for r in metric_rows(workdir, 'train')] == [5, 10, 15, 20]
+
+
+def test_a_run_stopped_by_sigterm_mid_window_logs_after_its_resume_the_rows_of_the_uninterrupted_run(
+    logged_every_5, tmp_path):
+  reference, args = logged_every_5
+  workdir = tmp_path / 'run'
+  proc = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *args], fault=('sigterm_in_update', 16))
+  proc.wait(timeout=60)
+  assert proc.returncode == 128 + signal.SIGTERM
+  assert checkpoint.update_of(checkpoint.latest_valid(os.path.join(workdir, 'checkpoints'))) == 16
+  run_main('--config', DEMO, '--workdir', workdir, *args, '--autoresume')
+  assert metric_rows(workdir, 'train') == metric_rows(reference, 'train')

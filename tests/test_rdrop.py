@@ -5,7 +5,7 @@ import paddle.nn.functional as F
 import pytest
 from ml_collections import ConfigDict
 
-from utils.rdrop import compute_kl_loss, rdrop_loss
+from rdrop import compute_kl_loss, rdrop_loss
 
 
 def _log_softmax(x):

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from utils import readme_results
+from tools import readme_results
 
 README = """# Project
 
@@ -31,9 +31,9 @@ def _project(tmp_path, readme=README, fragments=None):
 
 def test_readme_shows_every_fragment_it_embeds_as_generated():
   """Fails whenever someone edits a number in README.md by hand, or regenerates a fragment without refreshing
-  README (fix: python -m utils.readme_results refresh)."""
+  README (fix: python -m tools.readme_results refresh)."""
   assert readme_results.stale() == []
-  proc = subprocess.run([sys.executable, '-m', 'utils.readme_results', 'check'], cwd=ROOT, capture_output=True,
+  proc = subprocess.run([sys.executable, '-m', 'tools.readme_results', 'check'], cwd=ROOT, capture_output=True,
                         text=True)
   assert proc.returncode == 0, proc.stderr
 

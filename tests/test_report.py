@@ -10,8 +10,10 @@ import subprocess
 import pytest
 
 from conftest import ROOT, child_env, run_main
-from utils import report
-from utils.runlog import HPARAM_METRICS, RunLog
+import report
+from report import runs as report_runs
+from report import statistics as report_statistics
+from training.runlog import HPARAM_METRICS, RunLog
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 # The demo shrunk to 4 updates, evaluated after each (so a best can differ from the final accuracy); the
@@ -314,30 +316,30 @@ def test_grouped_statistics_match_the_known_answers(issue_table, tmp_path):
 
 
 def test_spread_and_paired_difference_of_known_numbers():
-  spread = report.Spread.of(BASELINE_FINALS)
+  spread = report_statistics.Spread.of(BASELINE_FINALS)
   assert (spread.n, round(spread.mean, 2), round(spread.std, 2)) == (4, 95.0, 1.13)
   assert (spread.low, spread.high) == (93.61, 96.39)
-  single = report.Spread.of([95.0])
+  single = report_statistics.Spread.of([95.0])
   assert single.std is None and single.format() == '95.00'
 
 
 def test_variants_are_configs_identical_but_for_the_seed_and_pairs_differ_in_one_field(tmp_path):
-  runs = [report.load_run(fake_run(tmp_path / name, seed, {10: 50.0}, alpha=alpha, lr=lr))
+  runs = [report_runs.load_run(fake_run(tmp_path / name, seed, {10: 50.0}, alpha=alpha, lr=lr))
           for name, seed, alpha, lr in [('b0', 0, 0.0, 0.003), ('b1', 1, 0.0, 0.003), ('r0', 0, 1.0, 0.003),
                                         ('r1', 1, 1.0, 0.003), ('fast', 0, 0.0, 0.01), ('fast_r', 0, 1.0, 0.01)]]
-  variants = report.group_variants(runs)[('vit', 'digits')]
+  variants = report_runs.group_variants(runs)[('vit', 'digits')]
   assert [v.label for v in variants] == ['baseline, train.lr=0.003', 'R-Drop alpha=1, train.lr=0.003',
                                          'baseline, train.lr=0.01', 'R-Drop alpha=1, train.lr=0.01']
   assert [[os.path.basename(r.path) for r in v.runs] for v in variants] == [['b0', 'b1'], ['r0', 'r1'], ['fast'],
                                                                             ['fast_r']]
-  pairs = [(a.label, b.label, fields) for a, b, fields in report.comparisons(variants)]
+  pairs = [(a.label, b.label, fields) for a, b, fields in report_statistics.comparisons(variants)]
   assert pairs == [('baseline, train.lr=0.003', 'R-Drop alpha=1, train.lr=0.003', ['rdrop.alpha']),
                    ('baseline, train.lr=0.003', 'baseline, train.lr=0.01', ['train.lr']),
                    ('R-Drop alpha=1, train.lr=0.003', 'R-Drop alpha=1, train.lr=0.01', ['train.lr']),
                    ('baseline, train.lr=0.01', 'R-Drop alpha=1, train.lr=0.01', ['rdrop.alpha'])]
   # The only two variants of a group are compared whatever differs (e.g. R-Drop at the lr tuned for it).
-  two = report.group_variants([runs[0], runs[5]])[('vit', 'digits')]
-  assert [fields for _, _, fields in report.comparisons(two)] == [['rdrop.alpha', 'train.lr']]
+  two = report_runs.group_variants([runs[0], runs[5]])[('vit', 'digits')]
+  assert [fields for _, _, fields in report_statistics.comparisons(two)] == [['rdrop.alpha', 'train.lr']]
 
 
 def test_variant_names_every_field_that_sets_it_apart():
@@ -347,9 +349,9 @@ def test_variant_names_every_field_that_sets_it_apart():
             'rdrop': {'alpha': alpha, 'reduction': reduction}}
   configs = [config(0.0, reduction='sum'), config(0.3, reduction='sum'), config(0.3, lr=0.01, root='/mnt'),
              config(0.0, depth=18)]
-  differing = report.differing_fields(configs)
+  differing = report_runs.differing_fields(configs)
   assert differing == ['model.depth', 'rdrop.alpha', 'rdrop.reduction', 'train.lr']  # not paths or names
-  assert [report.variant_label(c, differing) for c in configs] == [
+  assert [report_runs.variant_label(c, differing) for c in configs] == [
       'baseline, model.depth=12, train.lr=0.003',  # without R-Drop its reduction changes nothing
       'R-Drop alpha=0.3, model.depth=12, reduction=sum, train.lr=0.003',
       'R-Drop alpha=0.3, model.depth=12, reduction=batchmean, train.lr=0.01',
@@ -358,11 +360,11 @@ def test_variant_names_every_field_that_sets_it_apart():
 
 def test_mean_curve_and_band_over_seeds_at_the_updates_all_logged(tmp_path):
   evals = [{100: 10.0, 200: 30.0, 300: 50.0}, {100: 20.0, 200: 60.0}, {100: 60.0, 200: 90.0}]
-  runs = [report.load_run(fake_run(tmp_path / f's{seed}', seed, e)) for seed, e in enumerate(evals)]
-  assert report.mean_curve(runs, 'eval', 'top1') == ([100, 200], [30.0, 60.0], [10.0, 30.0], [60.0, 90.0])
+  runs = [report_runs.load_run(fake_run(tmp_path / f's{seed}', seed, e)) for seed, e in enumerate(evals)]
+  assert report_statistics.mean_curve(runs, 'eval', 'top1') == ([100, 200], [30.0, 60.0], [10.0, 30.0], [60.0, 90.0])
   # Rows written before the objective had its own name carry it as `loss`.
-  old = report.load_run(fake_run(tmp_path / 'old', 0, {100: 10.0}, objective_name='loss'))
-  assert report.mean_curve([old], 'train', 'objective') == ([100], [1.9], [1.9], [1.9])
+  old = report_runs.load_run(fake_run(tmp_path / 'old', 0, {100: 10.0}, objective_name='loss'))
+  assert report_statistics.mean_curve([old], 'train', 'objective') == ([100], [1.9], [1.9], [1.9])
 
 
 def test_a_collapsed_evaluation_is_a_visible_warning(tmp_path):
@@ -382,7 +384,7 @@ def test_hyperparameters_reach_visualdl_as_flat_scalars(tmp_path):
   from visualdl import LogReader
   from configs import digits_vit_rdrop
   log = RunLog(str(tmp_path), True, 0, 1)
-  log.hyperparameters(digits_vit_rdrop.get_config())
+  log.open(digits_vit_rdrop.get_config())
   log.close()
   record = LogReader(file_path=glob.glob(str(tmp_path / 'vdl' / '*'))[0]).get_data('hyper_parameters', 'hparam')
   logged = {info.name: getattr(info, info.WhichOneof('type')) for info in record[0].hparam.hparamInfos}

@@ -9,7 +9,8 @@ import sys
 import termios
 
 from conftest import ROOT, child_env
-from utils.runlog import RunLog
+from configs import digits_vit
+from training.runlog import RunLog
 
 
 def _scalars(workdir, tag):
@@ -31,7 +32,7 @@ def test_piped_run_logs_plain_lines_without_bar_fragments(demo_project):
 
 
 def test_terminal_gets_a_bar_with_log_lines_above_it(tmp_path):
-  script = ('import sys; from utils.runlog import RunLog\n'
+  script = ('import sys; from training.runlog import RunLog\n'
             f'log = RunLog({str(tmp_path)!r}, True, 0, 3)\n'
             'log.info("a log line")\n'
             'for update in (1, 2, 3): log.progress(update, objective=0.5, lr=1e-3)\n'
@@ -59,11 +60,14 @@ def _read_or_nothing(fd):
 
 
 def test_resume_replays_the_history_kept_into_one_visualdl_file(tmp_path):
+  config = digits_vit.get_config()
   log = RunLog(str(tmp_path), True, 0, 6)
+  log.open(config)
   for update in range(1, 7):
     log.scalars(update, 'train', {'objective': float(update), 'ce': 1.0})
   log.close()
   resumed = RunLog(str(tmp_path), True, 4, 6)  # a crash after the checkpoint of update 4
+  resumed.open(config)
   resumed.scalars(5, 'train', {'objective': 50.0, 'ce': 1.0})
   resumed.close()
   assert _scalars(tmp_path, 'train/objective') == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 50.0)]
@@ -72,6 +76,7 @@ def test_resume_replays_the_history_kept_into_one_visualdl_file(tmp_path):
 def test_visualdl_names_each_run_by_its_last_two_folders(tmp_path):
   from visualdl import LogReader
   log = RunLog(str(tmp_path / 'demo' / 'rdrop'), True, 0, 1)
+  log.open(digits_vit.get_config())
   log.close()
   reader = LogReader(logdir=str(tmp_path))
   reader.load_new_data()

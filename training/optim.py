@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule from `config.train`.
+"""Optimizer and learning-rate schedule from `config.train`, and its durations counted in updates.
 
 The schedule is a function of the update number u = 1..total and is stepped before each optimizer
 step, as in the authors' ViT code (update u uses lr * factor(u)); the LR scheduler lives inside the
@@ -6,10 +6,33 @@ optimizer's state dict, so a resumed optimizer restores it.
 """
 import math
 
+import ml_collections
 import paddle
 
 SCHEDULES = ('constant', 'cosine', 'linear', 'polynomial', 'step')
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
+
+
+def updates_per_epoch(train_config, num_samples):
+  """Optimizer updates in one pass over the data (the sampler drops the last incomplete micro-batch)."""
+  tc = train_config
+  return num_samples // (tc.batch_size // tc.accum_steps) / tc.accum_steps
+
+
+def in_updates(train_config, num_samples):
+  """`config.train` with every duration counted in optimizer updates, converted once from epochs where
+  the config gives epochs (`updates` 0, `warmup_epochs`, `decay_epochs`, `eval_every` 0 = each epoch)."""
+  tc = ml_collections.ConfigDict(train_config.to_dict())
+  per_epoch = updates_per_epoch(tc, num_samples)
+  if tc.updates <= 0:
+    tc.updates = max(1, math.ceil(tc.epochs * per_epoch))
+  if tc.warmup_epochs > 0:
+    tc.warmup_updates = round(tc.warmup_epochs * per_epoch)
+  if tc.decay_epochs > 0:
+    tc.decay_updates = round(tc.decay_epochs * per_epoch)
+  if tc.eval_every == 0:
+    tc.eval_every = max(1, round(per_epoch))
+  return tc
 
 
 def lr_factor(update, train_config, total_updates):

@@ -8,9 +8,9 @@ embeds a verbatim copy of each fragment between two marker lines:
 
 Maintainers, after a measurement:
 
-  python -m utils.readme_results publish runs/demo/summary.md demo    # -> docs/results/demo.md, README refreshed
-  python -m utils.readme_results refresh     # every README block from its fragment (after editing a fragment)
-  python -m utils.readme_results check       # exit 1 naming every block that differs from its fragment
+  python -m tools.readme_results publish runs/demo/summary.md demo    # -> docs/results/demo.md, README refreshed
+  python -m tools.readme_results refresh     # every README block from its fragment (after editing a fragment)
+  python -m tools.readme_results check       # exit 1 naming every block that differs from its fragment
 
 A user's `bash run.sh demo` writes its summary into the run folder only; nothing under docs/ changes until a
 maintainer publishes it. `bash run.sh bench` (a maintainer's command) writes docs/results/bench.md and
@@ -27,7 +27,7 @@ MARKER = re.compile(r'<!-- (begin|end) (docs/results/[\w.-]+\.md) -->')
 
 
 def _write(path, text):
-  """Through a temporary file and a rename, as utils.workdir.write_atomic does (which would load Paddle)."""
+  """Through a temporary file and a rename, as training.workdir.write_atomic does (which would load Paddle)."""
   with open(path + '.tmp', 'w') as f:
     f.write(text)
   os.replace(path + '.tmp', path)
@@ -110,12 +110,12 @@ def publish(summary, name, root=ROOT):
   if not any(embedded == fragment for embedded, _, _ in blocks(_readme_lines(root))):
     raise ValueError(f'{fragment} written, but {README} has no block for it: add the lines '
                      f'<!-- begin {fragment} --> and <!-- end {fragment} --> where it belongs, then run '
-                     f'python -m utils.readme_results refresh')
+                     f'python -m tools.readme_results refresh')
   return fragment
 
 
 def main(argv):
-  usage = ('usage: python -m utils.readme_results publish SUMMARY NAME | refresh | check\n'
+  usage = ('usage: python -m tools.readme_results publish SUMMARY NAME | refresh | check\n'
            '  publish: copy SUMMARY (e.g. runs/demo/summary.md) into docs/results/NAME.md and refresh README.md')
   try:
     if argv[:1] == ['publish'] and len(argv) == 3:
@@ -127,7 +127,7 @@ def main(argv):
     elif argv == ['check']:
       differing = stale()
       if differing:
-        sys.exit(f'README.md differs from {", ".join(differing)}: run python -m utils.readme_results refresh')
+        sys.exit(f'README.md differs from {", ".join(differing)}: run python -m tools.readme_results refresh')
       print('README.md matches every fragment it embeds')
     else:
       sys.exit(usage)

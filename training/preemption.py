@@ -9,16 +9,26 @@ once. The rules:
 - The first SIGTERM or SIGINT while `defer`ring (the training loop) only sets the flag: the loop saves a
   checkpoint at the end of its update and exits. Anywhere else (start-up, eval, predict) the handler raises
   `Interrupted`: there is nothing to save.
-- A second signal ends the process at once. So does a main thread that, after the first, stays at the same
-  point for GRACE_SECONDS (blocked), except while `working()`: writing a checkpoint or computing (one
-  backward pass of a large model on a CPU takes longer than that). DataLoader workers are killed
-  first; the newest complete checkpoint stays valid (utils/checkpoint.py) and the next resume starts there.
-  Under the launcher that last rule is off: a rank waits in a collective for as long as rank 0 writes a
-  checkpoint, and ending it would make the launcher end rank 0 in the middle of the write.
+- Signals repeated within REPEAT_SECONDS of the first are one request: a parent that stops its children
+  may send several (Paddle's launcher sends up to 3 SIGTERMs 0.2 s apart, `Container.terminate` in
+  paddle/distributed/launch/utils/process_context.py). A signal after that ends the process at once (a
+  person's second Ctrl-C). So does a main thread that, after the first, stays at the same point for
+  GRACE_SECONDS (blocked), except while `working()`: writing a checkpoint or computing (one backward pass
+  of a large model on a CPU takes longer than that). DataLoader workers are killed first; the newest
+  complete checkpoint stays valid (utils/checkpoint.py) and the next resume starts there.
+- Under `paddle.distributed.launch` (`under_launcher`) nothing ends the process early: the launcher owns
+  the deadline. After its SIGTERMs it waits 30 s before SIGKILL (`pod.stop(timeout=30)`; 10 s after a
+  second signal to the launcher itself, which is how a person's second Ctrl-C arrives there), while the
+  ranks finish the update, agree, save once and exit. A rank also waits in a collective for as long as
+  rank 0 writes a checkpoint: ending it would make the launcher end rank 0 in the middle of the write.
 
-DataLoader workers are forked from this process: they ignore SIGINT, which Ctrl-C sends to the whole process
-group (the main process decides, as in PyTorch's workers), and die on SIGTERM; their signals never reach
-the pipe.
+DataLoader workers are forked from this process and move to a process group of their own
+(`in_data_worker`): Ctrl-C reaches the whole foreground process group, and the launcher's SIGTERMs the
+process group it started each rank in, and a worker that died then would fail the update the main process
+is finishing (Paddle raises in the main thread when a worker dies). The main process decides, as in
+PyTorch's workers; they end with it: at its exit (multiprocessing terminates them), when it is killed
+(Paddle's workers watch their parent), and in `_exit_now`, which kills them first. Until a worker has left
+the group it ignores SIGINT. Their signals never reach the pipe.
 """
 import contextlib
 import multiprocessing
@@ -31,6 +41,7 @@ import time
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 GRACE_SECONDS = 5.0
+REPEAT_SECONDS = 1.0
 _active = None  # the installed StopRequest, for the fork hook
 
 
@@ -38,18 +49,25 @@ class Interrupted(Exception):
   """A signal arrived where there is nothing to save: unwind and exit with 128 + signum."""
 
   def __init__(self, signum):
-    super().__init__(f'stopped by {signal.Signals(signum).name}')
+    super().__init__(signum)  # the argument pickles (distributed.on_rank0 passes it to every rank)
     self.signum = signum
+
+  def __str__(self):
+    return f'stopped by {signal.Signals(self.signum).name}'
 
 
 class StopRequest:
-  """Installed once per process, from the main thread. `bool(stop)` is True once a signal arrived."""
+  """Installed once per process, from the main thread. `bool(stop)` is True once a signal arrived.
 
-  def __init__(self, end_when_blocked=True):
+  `under_launcher`: this process is a rank of `paddle.distributed.launch`, whose deadline rules (above).
+  """
+
+  def __init__(self, under_launcher=False):
     global _active
     self.signum = 0
-    self._end_when_blocked = end_when_blocked
+    self._under_launcher = under_launcher
     self._deferring = False
+    self._finished = False
     self._working = False
     self._read_fd, self._write_fd = os.pipe()
     os.set_blocking(self._write_fd, False)  # the C-level handler must never block
@@ -67,9 +85,13 @@ class StopRequest:
     """While deferring, the first signal only sets the flag, for the caller to stop at a safe point."""
     self._deferring = deferring
 
+  def finish(self):
+    """The process's work is over: a signal from now on is noted, nothing more."""
+    self._finished = True
+
   @contextlib.contextmanager
   def working(self):
-    """A checkpoint write or a model's computation, however long, is not a blocked process (a second
+    """A checkpoint write or a model's computation, however long, is not a blocked process (a later
     signal still ends it); only waiting for data or at start-up is."""
     self._working = True
     try:
@@ -78,27 +100,30 @@ class StopRequest:
       self._working = False
 
   def _handle(self, signum, frame):  # main thread, between two bytecodes
-    if self.signum:
-      return  # a second signal is the watcher's
+    if self.signum or self._finished:
+      return  # a later signal is the watcher's
     self.signum = signum
     if not self._deferring:
       raise Interrupted(signum)
-    print(f'\n{signal.Signals(signum).name}: finishing this update, then saving a checkpoint '
-          '(send it again to exit at once)', file=sys.stderr, flush=True)
+    again = '' if self._under_launcher else f' (send it again after {REPEAT_SECONDS:g} s to exit at once)'
+    print(f'\n{signal.Signals(signum).name}: finishing this update, then saving a checkpoint{again}',
+          file=sys.stderr, flush=True)
 
   def _watch(self, main_thread):
     """Count the signals as they arrive, whatever the main thread does; end a process blocked after one."""
-    received, place, unchanged_since = [], None, None
+    first, place, unchanged_since = None, None, None  # first: (signum, when it arrived)
     while True:
       if select.select([self._read_fd], [], [], 0.2)[0]:
         data = os.read(self._read_fd, 64)
         if not data:  # restore() closed the pipe
           os.close(self._read_fd)
           return
-        received += [s for s in data if s in SIGNALS]  # other handled signals (Paddle's SIGCHLD) write too
-        if len(received) >= 2:
-          _exit_now(received[-1], f'{signal.Signals(received[-1]).name} again: exiting now without a checkpoint')
-      if not received or not self._end_when_blocked:
+        for signum in [s for s in data if s in SIGNALS]:  # other handled signals (Paddle's SIGCHLD) write too
+          if first is None:
+            first = (signum, time.monotonic())
+          elif not self._under_launcher and time.monotonic() - first[1] > REPEAT_SECONDS:
+            _exit_now(signum, f'{signal.Signals(signum).name} again: exiting now without a checkpoint')
+      if first is None or self._under_launcher:
         continue
       # Where the main thread is: the same frame at the same instruction for GRACE_SECONDS means a call
       # into C++ that has not returned (a running Python loop moves between samples).
@@ -108,8 +133,8 @@ class StopRequest:
         place, unchanged_since = now_at, time.monotonic()
       elif time.monotonic() - unchanged_since > GRACE_SECONDS:
         where = f' in {frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})' if frame else ''
-        _exit_now(received[0], f'{signal.Signals(received[0]).name}: blocked for {GRACE_SECONDS:g} s{where}, '
-                               f'e.g. waiting for data: exiting now; the newest complete checkpoint is kept')
+        _exit_now(first[0], f'{signal.Signals(first[0]).name}: blocked for {GRACE_SECONDS:g} s{where}, '
+                            f'e.g. waiting for data: exiting now; the newest complete checkpoint is kept')
 
   def restore(self):
     """Put the previous handlers back (in-process callers such as tests; main.py keeps its own)."""
@@ -131,6 +156,11 @@ def _exit_now(signum, message):
     child.join(timeout=2)
   sys.stdout.flush()
   os._exit(128 + signum)
+
+
+def in_data_worker(worker_id):
+  """DataLoader's `worker_init_fn`: the worker leaves its parent's process group (see above)."""
+  os.setpgid(0, 0)
 
 
 def _in_forked_child():

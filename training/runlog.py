@@ -14,7 +14,8 @@ import time
 
 from tqdm import tqdm
 
-from utils.workdir import NOT_LEARNING, write_atomic
+from configs.base import NOT_LEARNING
+from utils.io import append_line, read_jsonl, write_atomic
 
 PLAIN_LINE_SECONDS = 30
 # VisualDL's hyper-parameter table keeps the order it is given: what usually sets runs apart comes first.
@@ -25,20 +26,34 @@ HPARAM_METRICS = ['eval/best_top1', 'eval/top1', 'eval/top5', 'eval/loss', 'trai
 
 
 class RunLog:
+  """Log lines and progress from the start; files only from `open()` on, which training calls once its
+  first update has succeeded: a start that fails before leaves no record."""
 
   def __init__(self, workdir, enabled, start_update, total_updates, samples_per_update=0):
     self.enabled = enabled
+    self.start_update = start_update
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self.vdl_dir = os.path.join(workdir, 'vdl')
     self.name = run_name(workdir)
+    self.writer = None
     if not enabled:
       return
-    history = _truncate_after(self.metrics_path, start_update)
-    self.writer = _visualdl_writer(self.vdl_dir, self.name, history)
     if sys.stderr.isatty():
       self.display = _Bar(start_update, total_updates)
     else:
       self.display = _PlainLines(start_update, total_updates, samples_per_update)
+
+  def open(self, config):
+    """Start the files: metrics.jsonl without the rows logged past the start (by a run that crashed after
+    them), the VisualDL record rebuilt from it, and the config's hyper-parameters for VisualDL."""
+    if self.enabled:
+      history = _truncate_after(self.metrics_path, self.start_update)
+      self.writer = _visualdl_writer(self.vdl_dir, self.name, history)
+      self.writer.add_hparams({'run': self.name, **flat_hyperparameters(config.to_dict())}, HPARAM_METRICS)
+
+  @property
+  def is_open(self):
+    return self.writer is not None
 
   def info(self, message):
     if self.enabled:
@@ -49,13 +64,7 @@ class RunLog:
     if not self.enabled:
       return
     _add_scalars(self.writer, update, group, values)
-    with open(self.metrics_path, 'a') as f:
-      f.write(json.dumps({'update': update, 'group': group, **values}) + '\n')
-
-  def hyperparameters(self, config):
-    """Log the config's scalar fields once per invocation, for VisualDL's hyper-parameter view across runs."""
-    if self.enabled:
-      self.writer.add_hparams({'run': self.name, **flat_hyperparameters(config.to_dict())}, HPARAM_METRICS)
+    append_line(self.metrics_path, json.dumps({'update': update, 'group': group, **values}))
 
   def progress(self, update, **postfix):
     """Called after every update; `postfix` ({name: float}) is shown beside the count."""
@@ -65,7 +74,40 @@ class RunLog:
   def close(self):
     if self.enabled:
       self.display.close()
-      self.writer.close()
+      if self.writer:
+        self.writer.close()
+
+
+class LogWindow:
+  """The training scalars of the updates since the last log row: their sums, and how many updates were
+  applied and skipped (fp16). A checkpoint holds it, so a resumed run logs the rows an uninterrupted
+  one does."""
+
+  NAMES = ('objective', 'ce', 'kl')
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self):
+    self.sums, self.applied, self.skipped = [0.0] * len(self.NAMES), 0, 0
+
+  def add(self, means, skipped):
+    """One update's agreed means; a skipped update's loss (possibly inf) is left out of the averages."""
+    if skipped:
+      self.skipped += 1
+    else:
+      self.sums = [total + float(value) for total, value in zip(self.sums, means)]
+      self.applied += 1
+
+  def averages(self):
+    """{'objective', 'ce', 'kl'} over the applied updates; {} when every update was skipped."""
+    return {name: total / self.applied for name, total in zip(self.NAMES, self.sums)} if self.applied else {}
+
+  def state_dict(self):
+    return {'sums': list(self.sums), 'applied': self.applied, 'skipped': self.skipped}
+
+  def load_state_dict(self, state):
+    self.sums, self.applied, self.skipped = list(state['sums']), state['applied'], state['skipped']
 
 
 def run_name(workdir):
@@ -107,26 +149,6 @@ def _scalar_leaves(config_dict, prefix=''):
       yield from _scalar_leaves(value, f'{prefix}{key}.')
     elif isinstance(value, (bool, int, float, str)):
       yield f'{prefix}{key}', value
-
-
-def read_jsonl(path):
-  """(rows of a JSON-lines file, whether its last line was cut off); a bad line elsewhere is an error.
-
-  A process killed while appending leaves a partial last line: that line is not a record.
-  """
-  if not os.path.exists(path):
-    return [], False
-  with open(path) as f:
-    lines = [line for line in f.read().splitlines() if line.strip()]
-  rows = []
-  for number, line in enumerate(lines, 1):
-    try:
-      rows.append(json.loads(line))
-    except ValueError as err:
-      if number == len(lines):
-        return rows, True
-      raise ValueError(f'{path}, line {number}: not a JSON record ({err}); fix or remove that line') from err
-  return rows, False
 
 
 def _truncate_after(path, update):

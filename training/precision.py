@@ -54,7 +54,7 @@ class Precision:
   """The run's precision: autocast, O2 decoration, loss scaling, and its part of a checkpoint."""
 
   def __init__(self, train_config, log=print):
-    tc = train_config  # its names were checked by utils/config_check.py
+    tc = train_config  # its names were checked by training/config_check.py
     self.dtype, self.level = DTYPES.get(tc.precision, 'float32'), tc.amp_level
     refusal = amp_refusal(self.dtype) if tc.precision != 'fp32' else ''
     if refusal:

@@ -1,0 +1,74 @@
+"""Paddle's collective engine, as started by `python -m paddle.distributed.launch`.
+
+The same code runs as one process (world size 1) or as one process per device: the launcher sets the
+environment that `get_world_size` / `get_rank` read and `init_parallel_env` connects (NCCL on GPUs,
+gloo on CPUs).
+"""
+import os
+
+import paddle
+import paddle.distributed as dist
+
+
+def under_launcher():
+  """True in a process started by `paddle.distributed.launch` (one rank of a job, even of one process)."""
+  return 'PADDLE_TRAINER_ID' in os.environ
+
+
+def rank_and_world_size():
+  """This process's rank and the number of processes, as the launcher set them (no connection made)."""
+  return dist.get_rank(), dist.get_world_size()
+
+
+def setup():
+  """(rank, world_size), the process group initialised when there is more than one process."""
+  rank, world_size = rank_and_world_size()
+  if world_size > 1:
+    dist.init_parallel_env()
+  return rank, world_size
+
+
+def on_rank0(decide, world_size):
+  """`decide()` run by rank 0 alone; every rank returns its value, or raises the exception it raised.
+
+  For what every rank must see the same way, as rank 0 sees it: e.g. where a run resumes, which a rank
+  on another node could see otherwise (a network filesystem's cached listing, a workdir not shared).
+  """
+  if world_size == 1:
+    return decide()
+  answer = [None]
+  if dist.get_rank() == 0:
+    try:
+      answer = [(True, decide())]
+    except Exception as err:  # every rank raises it, so that all exit alike
+      answer = [(False, err)]
+  dist.broadcast_object_list(answer, src=0)
+  ok, value = answer[0]
+  if not ok:
+    raise value
+  return value
+
+
+def all_reduce_sum(tensor, world_size):
+  if world_size > 1:
+    dist.all_reduce(tensor)
+  return tensor
+
+
+def agree(sums, flags, world_size):
+  """(`sums` averaged over the ranks, as a NumPy array; [flag is true on any rank, for each flag]).
+
+  One all-reduce, and one host sync that waits for the device's work: every rank gets the same answers.
+  A NaN on any rank makes the average NaN.
+  """
+  if world_size == 1:
+    return sums.numpy(), [bool(flag) for flag in flags]
+  values = paddle.concat([sums, paddle.to_tensor([1.0 if flag else 0.0 for flag in flags], dtype=sums.dtype)])
+  dist.all_reduce(values)
+  values = values.numpy()
+  return values[:len(sums)] / world_size, [bool(v > 0) for v in values[len(sums):]]
+
+
+def barrier(world_size):
+  if world_size > 1:
+    dist.barrier()
