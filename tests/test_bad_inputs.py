@@ -4,10 +4,12 @@ error are in test_training.py; list-file lines, undecodable images and archive c
 and test_cifar.py.)"""
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from conftest import cut_in_half, metric_rows, run_main
+from conftest import ROOT, child_env, cut_in_half, metric_rows, run_main
 from fakedata import make_cat12
 from utils import checkpoint
 
@@ -272,3 +274,48 @@ def test_a_workdir_that_is_a_file_is_named(tmp_path):
     proc = run_main('--mode', mode, '--config', 'configs/digits_vit.py:smoke', '--workdir', tmp_path / 'a_file',
                     check=False)
     assert proc.returncode == 1 and f'error: --workdir {tmp_path / "a_file"} is a file, not a run folder' in proc.stderr
+
+
+def _files(folder):
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (['--config.train.batch_size=100000000'], 'error: the training set has 1438 samples, fewer than one micro-batch'),
+    (['--config.train.updates=99999999999999999999'], 'error: config.train.updates=99999999999999999999: must fit in'),
+    (['--config.train.lr=inf'], "error: config.train.lr=inf: must be a finite number within float32's range"),
+    (['--config.train.updates=0', '--config.train.epochs=inf'],
+     "error: config.train.epochs=inf: must be a finite number within float32's range"),
+])
+def test_a_refused_start_leaves_no_trace_and_the_corrected_command_then_runs(tmp_path, overrides, message):
+  workdir = tmp_path / 'runs' / 'new'
+  command = ['--config', 'configs/digits_vit.py:smoke', '--workdir', workdir, '--autoresume']
+  proc = run_main(*command, *overrides, check=False)
+  assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+  assert not (tmp_path / 'runs').exists()  # not even the parent folder the lock needed
+  run_main(*command)
+
+
+def test_a_start_that_fails_in_its_first_update_leaves_no_trace(tmp_path):
+  """A model too large for memory fails in its first forward pass: after the data loaded and the lock was
+  taken, before anything was learned."""
+  workdir = tmp_path / 'run'
+  script = ('import runpy, sys\n'
+            'from training import step\n'
+            'def out_of_memory(*args, **kwargs):\n'
+            '  raise MemoryError("(ResourceExhausted) Out of memory error on GPU 0")\n'
+            'step.rdrop_loss = out_of_memory\n'
+            f'sys.argv = ["main.py", "--config", "configs/digits_vit.py:smoke", "--workdir", {str(workdir)!r}]\n'
+            'runpy.run_path("main.py", run_name="__main__")\n')
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, env=child_env())
+  assert 'Out of memory' in proc.stderr and proc.returncode != 0
+  assert not workdir.exists()
+
+
+def test_a_resume_that_fails_before_its_first_update_leaves_every_file_of_the_run_as_it_was(digits_run, tmp_path):
+  workdir = shutil.copytree(digits_run, tmp_path / 'run')
+  before = _files(workdir)
+  proc = run_main('--mode', 'resume', '--workdir', workdir, '--config.train.updates=4',
+                  '--config.train.batch_size=100000000', check=False)
+  assert proc.returncode == 1 and 'fewer than one micro-batch' in proc.stderr
+  assert _files(workdir) == before

@@ -37,6 +37,7 @@ EXIT_BUSY = 75
 #   slow_save n:         from the n-th paddle.save on, announce it on stderr and hang for a minute
 #   sigterm_in_evaluation n: the n-th evaluation starts with a SIGTERM to this process
 #   sigterm_in_update n: the n-th loss computation gets a SIGTERM
+#   sigterm_to_all n:    the n-th loss computation: a SIGTERM to this process and its DataLoader workers
 #   sigterm_in_slow_compute n: the n-th loss computation gets a SIGTERM, then computes for 7 s (longer
 #                        than the watcher's grace time, as one backward pass of a large model on a CPU)
 #   stalled_sample n:    from the n-th image a process reads on, announce it and hang for an hour (a file
@@ -45,7 +46,7 @@ EXIT_BUSY = 75
 #   nan_loss n:          the n-th loss computation returns NaN (a numerical blow-up)
 #   infinite_weights n:  the n-th optimizer step leaves an infinite weight behind
 FAULT_RUNNER = '''
-import os, runpy, signal, sys, time
+import os, runpy, signal, subprocess, sys, time
 fault, n = sys.argv[1], int(sys.argv[2])
 sys.argv = ['main.py', *sys.argv[3:]]
 sys.path.insert(0, os.getcwd())
@@ -84,6 +85,14 @@ def signalled(original, *args, **kwargs):
   os.kill(os.getpid(), signal.SIGTERM)
   return original(*args, **kwargs)
 
+def signalled_all(original, *args, **kwargs):
+  pid = os.getpid()
+  with open(f'/proc/{pid}/task/{pid}/children') as f:  # (multiprocessing.active_children() would reap them)
+    workers = [int(child) for child in f.read().split()]
+  # From another process, as a scheduler sends it (Paddle's workers take no SIGTERM from their parent).
+  subprocess.run(['kill', '-s', 'TERM', str(pid), *map(str, workers)], check=True)
+  return original(*args, **kwargs)
+
 def slow_compute(original, *args, **kwargs):
   os.kill(os.getpid(), signal.SIGTERM)
   time.sleep(7)
@@ -118,6 +127,9 @@ elif fault == 'sigterm_in_evaluation':
 elif fault == 'sigterm_in_update':
   from training import step
   step.rdrop_loss = nth_call(step.rdrop_loss, signalled)
+elif fault == 'sigterm_to_all':
+  from training import step
+  step.rdrop_loss = nth_call(step.rdrop_loss, signalled_all)
 elif fault == 'sigterm_in_slow_compute':
   from training import step
   step.rdrop_loss = nth_call(step.rdrop_loss, slow_compute)
@@ -321,6 +333,24 @@ def test_sigterm_saves_at_the_update_reached_says_how_to_resume_and_resume_match
   assert reached < UPDATES and checkpoint.update_of(newest) == reached
   run_main('--mode', 'resume', '--workdir', workdir)
   _assert_same_run(workdir, reference)
+
+
+def test_sigterm_to_every_process_of_the_run_mid_update_saves_that_update_and_resume_matches(tmp_path):
+  """Slurm (scancel, preemption, time limit) and systemd signal every process of a job, DataLoader workers
+  included: no worker may die under the update the main process is finishing (here: on its first of two
+  micro-batches)."""
+  args = [*TINY, '--config.train.updates=6', '--config.train.batch_size=256', '--config.train.accum_steps=4',
+          '--config.data.num_workers=2']
+  run_main('--config', DEMO, '--workdir', tmp_path / 'straight', *args)
+  workdir = tmp_path / 'run'
+  proc = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *args], fault=('sigterm_to_all', 5))
+  proc.wait(timeout=60)
+  stderr = (tmp_path / 'first.err').read_text()
+  assert proc.returncode == 128 + signal.SIGTERM and 'stopped by a signal after update 2, checkpoint saved' in stderr, \
+      stderr
+  assert 'Traceback' not in stderr and 'DataLoader process' not in stderr
+  run_main('--config', DEMO, '--workdir', workdir, *args, '--autoresume')
+  assert _max_difference(_weights(tmp_path / 'straight', 6), _weights(workdir, 6)) == 0
 
 
 @pytest.mark.parametrize('evaluation,update', [(1, 5), (4, UPDATES)])  # the first and the last evaluation

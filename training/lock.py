@@ -28,10 +28,15 @@ def own(workdir):
   the process ends in any way (kill -9 included), so there is never a stale lock to clean up. The file
   records its holder (pid, host, start, command) so that a refusal can name it; a record found under a
   free lock was left by a holder that died, and the take-over says so. A clean end removes the file.
-  Creating the workdir for the lock is undone when the run never started (nothing else was written).
+  The folders created for the lock (the workdir, and any missing parent) are removed again when the run
+  never started (nothing else was written in them).
   """
   global _held_lock_fd
-  created = not os.path.isdir(workdir)
+  created = []  # innermost first
+  folder = os.path.abspath(workdir)
+  while not os.path.isdir(folder):
+    created.append(folder)
+    folder = os.path.dirname(folder)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
   fd = _lock(path)
@@ -56,8 +61,10 @@ def own(workdir):
         os.unlink(path)  # before unlocking: a process that opened the file meanwhile sees it gone (see _lock)
       os.close(fd)
       _held_lock_fd = None
-    if created and os.path.isdir(workdir) and not os.listdir(workdir):
-      os.rmdir(workdir)
+    for folder in created:
+      if not os.path.isdir(folder) or os.listdir(folder):
+        break
+      os.rmdir(folder)
 
 
 def _lock(path):

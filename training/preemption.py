@@ -22,16 +22,19 @@ once. The rules:
   ranks finish the update, agree, save once and exit. A rank also waits in a collective for as long as
   rank 0 writes a checkpoint: ending it would make the launcher end rank 0 in the middle of the write.
 
-DataLoader workers are forked from this process and move to a process group of their own
-(`in_data_worker`): Ctrl-C reaches the whole foreground process group, and the launcher's SIGTERMs the
-process group it started each rank in, and a worker that died then would fail the update the main process
-is finishing (Paddle raises in the main thread when a worker dies). The main process decides, as in
-PyTorch's workers; they end with it: at its exit (multiprocessing terminates them), when it is killed
-(Paddle's workers watch their parent), and in `_exit_now`, which kills them first. Until a worker has left
-the group it ignores SIGINT. Their signals never reach the pipe.
+DataLoader workers are forked from this process and ignore SIGINT and SIGTERM (`in_data_worker`): Ctrl-C
+reaches the whole foreground process group, the launcher's SIGTERMs the process group it started each rank
+in, and Slurm's and systemd's every process of the job, and a worker that died then would fail the update
+the main process is finishing (Paddle raises in the main thread when a worker dies). The main process
+decides, as in PyTorch's workers; they end with it: Paddle shuts them down when their loader is done, they
+watch their parent and end when it is killed, and at its exit, or in `_exit_now`, it kills any left (its
+exit would otherwise wait for them: multiprocessing ends workers at exit with a SIGTERM). Their signals
+never reach the pipe.
 """
+import atexit
 import contextlib
 import multiprocessing
+import multiprocessing.util  # noqa: F401  (registers its exit function before ours, see the end)
 import os
 import select
 import signal
@@ -149,18 +152,28 @@ class StopRequest:
 
 def _exit_now(signum, message):
   print(f'\n{message}', file=sys.stderr, flush=True)
-  children = multiprocessing.active_children()  # DataLoader workers, possibly stuck in a read
-  for child in children:
-    child.kill()
-  for child in children:
-    child.join(timeout=2)
+  _kill_data_workers()
   sys.stdout.flush()
   os._exit(128 + signum)
 
 
 def in_data_worker(worker_id):
-  """DataLoader's `worker_init_fn`: the worker leaves its parent's process group (see above)."""
-  os.setpgid(0, 0)
+  """DataLoader's `worker_init_fn`: the worker ignores SIGTERM (see above). It runs after Paddle's worker
+  has installed a SIGTERM handler of its own (`core._set_process_signal_handler`), which would end it."""
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _kill_data_workers():
+  """DataLoader workers still running (possibly stuck in a read), killed and reaped. The process is ending:
+  Paddle's SIGCHLD handler, which raises when a worker is killed, is put aside first (where Python allows
+  it: the main thread; `_exit_now`, from the watcher thread, ends the process right after)."""
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+  children = multiprocessing.active_children()
+  for child in children:
+    child.kill()
+  for child in children:
+    child.join(timeout=2)
 
 
 def _in_forked_child():
@@ -175,3 +188,4 @@ def _in_forked_child():
 
 
 os.register_at_fork(after_in_child=_in_forked_child)
+atexit.register(_kill_data_workers)  # after multiprocessing.util's exit function (imported above), so run before it
