@@ -75,6 +75,11 @@ class Progress:
     self.collapses_in_a_row, self.last_train_row = state['collapses_in_a_row'], state['last_train_row']
 
 
+def seed_dropout(seed, rank, update):
+  """The dropout masks of `update` on `rank`: a pure function of them, as exact resume needs."""
+  paddle.seed(pipeline.derived_seed(seed, 1_000_003 + rank, update))
+
+
 def every(update, period, last):
   """Whether `update` is due for something done every `period` updates (0: never) and at the `last`."""
   return update == last or (period > 0 and update % period == 0)
@@ -214,7 +219,7 @@ def train(config, workdir, resume_from='', stop=None):
       evaluate_and_log(start)
       save(start)
     for update in range(start + 1, tc.updates + 1):
-      paddle.seed(pipeline.derived_seed(config.seed, 1_000_003 + rank, update))  # this update's dropout masks
+      seed_dropout(config.seed, rank, update)
       for layer in progress_layers:
         layer.on_update(update)
       try:

@@ -73,6 +73,36 @@ def scratch_dir(prefix):
   return tempfile.mkdtemp(prefix=f'bench_{prefix}_')
 
 
+def update_step(config, classes, model=None):
+  """(update, model): `update()` runs one update of `config` exactly as training does (training/step.py:
+  micro-batches, R-Drop loss, autocast, backward, the loss check, the LR schedule, the optimizer step), on
+  one device and a fixed random uint8 batch of the config's shape. `model` (built from the config when
+  None) may be shared by several updates, e.g. to time R-Drop's forms on the same weights."""
+  import itertools
+
+  import numpy as np
+  import paddle
+
+  import models
+  from training import optim
+  from training.precision import Precision
+  from training.step import UpdateStep
+  tc = config.train
+  model = model or models.build(config.model, classes, config.seed, initial_weights=False)
+  optimizer, scheduler = optim.build(tc, model.parameters(), max(tc.updates, 1))
+  precision = Precision(tc, log=print)
+  model, optimizer = precision.decorate(model, optimizer)
+  rng = np.random.default_rng(0)
+  size = config.data.img_size
+  shape = (tc.batch_size // tc.accum_steps, config.model.get('in_channels', len(config.data.mean)), size, size)
+  images = paddle.to_tensor(rng.integers(0, 256, shape, dtype=np.uint8))
+  labels = paddle.to_tensor(rng.integers(0, classes, shape[0]))
+  model.train()
+  step = UpdateStep(model, optimizer, scheduler, precision, config)
+  batches = itertools.repeat((images, labels))
+  return lambda: step(batches), model
+
+
 def small_vit_config():
   """A ViT-B/16-shaped model cut to Ti width and 4 blocks: 224 px, 197 tokens, fast enough on a CPU."""
   from models import vit

@@ -15,7 +15,7 @@ import paddle
 
 import data
 import evaluate
-import train
+import models
 from configs import digits_vit_rdrop
 from data import pipeline
 
@@ -23,7 +23,7 @@ from data import pipeline
 def compare(config, repeats):
   """{'evaluate' | 'evaluate, 0 workers' | 'bare': images/s} on config's eval split."""
   dataset = data.build(config.data, config.eval.split)
-  model = train.build_model(config, dataset.num_classes)
+  model = models.build(config.model, dataset.num_classes, config.seed)
   model.eval()
   batches = [pipeline.to_model_input(images, config.data)
              for images, _ in pipeline.loader(dataset, pipeline.EvalBatches(len(dataset), config.eval.batch_size),

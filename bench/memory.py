@@ -1,9 +1,10 @@
 """Peak host memory of ViT-B/16 training micro-batches, with and without activation recompute, and the
 largest micro-batch that one 80 GB GPU would hold, extrapolated from the growth per sample.
 
-Each measurement runs in a fresh subprocess (peak RSS only grows). The child builds the recipe's model
-through models.build (configs/vit_b16_cifar100_rdrop.py: ViT-B/16 at 224, 100 classes, R-Drop 'twice' with
-alpha 0.3 and KL summed, Momentum), runs one update to allocate gradients and optimizer state, then a second
+Each measurement runs in a fresh subprocess (peak RSS only grows). The child runs the recipe's update as training
+does (bench/common.update_step; configs/vit_b16_cifar100_rdrop.py: ViT-B/16 at 224, 100 classes, R-Drop
+'twice' with alpha 0.3 and KL summed, Momentum) on one micro-batch, once to allocate gradients and
+optimizer state, then a second
 update and reports the peak RSS (getrusage). The RSS before any update plus the gradient and momentum bytes
 (2 x parameters x 4 B) is the static part; peak minus that is the activation peak. Two micro-batch sizes
 give the growth per sample, which is what decides how many samples a GPU holds.
@@ -37,13 +38,8 @@ def child(mode, micro_batch):
   import resource
   import time
 
-  import numpy as np
   import paddle
   import psutil
-
-  import models
-  from training import optim
-  from rdrop import rdrop_loss
 
   # Strided views as on a GPU (utils/threads turns them off on the CPU, where the copies it makes instead
   # hold about a fifth more activation memory): the figures here are for the GPU extrapolation below.
@@ -51,21 +47,14 @@ def child(mode, micro_batch):
   config = vit_b16_cifar100_rdrop.get_config()
   config.model.pretrained = ''
   config.model.recompute = mode == 'recompute'
-  model = models.build(config.model, 100)
-  optimizer, _ = optim.build(config.train, model.parameters(), config.train.updates)
+  config.train.update({'batch_size': micro_batch, 'accum_steps': 1, 'precision': 'fp32'})  # one micro-batch
+  step, model = common.update_step(config, 100)
   parameters = sum(p.size for p in model.parameters())
   static = psutil.Process().memory_info().rss + 2 * 4 * parameters
-  rng = np.random.default_rng(0)
-  images = paddle.to_tensor(rng.standard_normal((micro_batch, 3, 224, 224)).astype('float32'))
-  labels = paddle.to_tensor(rng.integers(0, 100, micro_batch))
-  model.train()
 
   def update():
     start = time.perf_counter()
-    loss, _, _ = rdrop_loss(model, images, labels, config.rdrop)
-    loss.backward()
-    optimizer.step()
-    optimizer.clear_grad()
+    step()
     return time.perf_counter() - start
 
   if mode == 'time':  # both variants alternating in this one process

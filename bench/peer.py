@@ -24,11 +24,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-import models
 from configs import resnet50_cat12_rdrop, vit_b16_cifar100_rdrop
 from models import vit
-from training import optim
-from rdrop import rdrop_loss
 
 PEER_PYTHON = os.environ.get('PEER_PYTHON', os.path.join(common.ROOT, '.venv-peer', 'bin', 'python'))
 SETUP = ('python -m venv .venv-peer && .venv-peer/bin/pip install -r bench/requirements-peer.txt '
@@ -137,20 +134,10 @@ class Peer:
 
 
 def build_ours(name):
-  """(update callable, trainable parameter count) of our side of case `name`, as train.py updates."""
+  """(update callable, trainable parameter count) of our side of case `name`: training's own update
+  (bench/common.update_step), its uint8 batch normalised on the device as in training."""
   config, classes, _ = RECIPE_CONFIGS[name]
-  model = models.build(config.model, classes)
-  optimizer, _ = optim.build(config.train, model.parameters(), config.train.updates)
-  rng = np.random.default_rng(0)
-  images = paddle.to_tensor(rng.standard_normal((config.train.batch_size, *CASES[name]['image'])).astype('float32'))
-  labels = paddle.to_tensor(rng.integers(0, classes, config.train.batch_size))
-  model.train()
-
-  def update():
-    loss, _, _ = rdrop_loss(model, images, labels, config.rdrop)
-    loss.backward()
-    optimizer.step()
-    optimizer.clear_grad()
+  update, model = common.update_step(config, classes)
   return update, sum(p.size for p in model.parameters() if not p.stop_gradient)  # not BatchNorm's statistics
 
 

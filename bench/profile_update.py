@@ -4,9 +4,9 @@
   python bench/profile_update.py --config configs/vit_b16_cifar100_rdrop.py --config.train.batch_size=8 \\
       --config.train.accum_steps=1 --config.model.variant=ViT-Ti_2 --updates 2
 
-One update is what train.py does for it: `accum_steps` micro-batches (forward with R-Drop, backward), then
-the optimizer step, in the config's precision. The images are random, of the config's shape and per-device
-micro-batch; no dataset or weights file is read. One warm-up update runs first (first calls allocate),
+One update is training's own (training/step.py, through bench/common.update_step): `accum_steps`
+micro-batches (forward with R-Drop, backward), then the optimizer step, in the config's precision. The
+images are random, of the config's shape and per-device micro-batch; no dataset or weights file is read. One warm-up update runs first (first calls allocate),
 then `--updates` are profiled (paddle.profiler) and the operator summary is printed, most time first:
 forward kernels appear as `<op> dygraph`, their backward as `Global_<Op>GradNode`.
 """
@@ -20,40 +20,11 @@ from ml_collections import config_flags
 import paddle
 import paddle.profiler as profiler
 
-import models
-from training import optim
-from training.precision import Precision
-from rdrop import rdrop_loss
-
 flags.DEFINE_integer('updates', 1, 'Updates to profile (after one warm-up update).')
 flags.DEFINE_integer('classes', 0, 'Classes of the head; default: config.data.classes where the config has it, else 10.')
 flags.DEFINE_string('trace', '', 'Also write a Chrome trace (chrome://tracing, Perfetto) into this folder.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).', lock_config=True)
 FLAGS = flags.FLAGS
-
-
-def update_fn(config, classes):
-  """One update of `config` on a fixed random batch, as train.py runs it on one device."""
-  tc = config.train
-  micro = tc.batch_size // tc.accum_steps
-  model = models.build(config.model, classes, initial_weights=False)
-  optimizer, scheduler = optim.build(tc, model.parameters(), max(tc.updates, 1))
-  precision = Precision(tc, log=print)
-  model, optimizer = precision.decorate(model, optimizer)
-  channels = config.model.get('in_channels', 3)
-  images = paddle.randn([micro, channels, config.data.img_size, config.data.img_size])
-  labels = paddle.randint(0, classes, [micro])
-  model.train()
-
-  def update():
-    for _ in range(tc.accum_steps):
-      with precision.autocast():
-        loss, _, _ = rdrop_loss(model, images, labels, config.rdrop)
-      precision.backward(loss / tc.accum_steps)
-    scheduler.step()
-    precision.step(optimizer)
-    optimizer.clear_grad()
-  return update, micro, channels
 
 
 def main(argv):
@@ -63,7 +34,7 @@ def main(argv):
   if config is None:
     raise app.UsageError('--config is required (e.g. --config configs/digits_vit_rdrop.py)')
   classes = FLAGS.classes or config.data.get('classes', 10)
-  update, micro, channels = update_fn(config, classes)
+  update, _ = common.update_step(config, classes)
   update()
   on_gpu = paddle.device.get_device().startswith('gpu')
   targets = [profiler.ProfilerTarget.CPU] + ([profiler.ProfilerTarget.GPU] if on_gpu else [])
@@ -77,8 +48,10 @@ def main(argv):
   prof.stop()
   seconds = time.perf_counter() - start
   tc = config.train
-  print(f'{config.experiment or "config"}: {FLAGS.updates} update(s) of {tc.accum_steps} x {micro} images '
-        f'{channels}x{config.data.img_size}x{config.data.img_size}, {classes} classes, R-Drop alpha '
+  channels = config.model.get('in_channels', len(config.data.mean))
+  print(f'{config.experiment or "config"}: {FLAGS.updates} update(s) of {tc.accum_steps} x '
+        f'{tc.batch_size // tc.accum_steps} images {channels}x{config.data.img_size}x{config.data.img_size}, '
+        f'{classes} classes, R-Drop alpha '
         f'{config.rdrop.alpha} ({config.rdrop.form}), {tc.precision}, {paddle.device.get_device()}, '
         f'{common.KERNEL_THREADS} kernel threads: {seconds / FLAGS.updates:.3f} s per update while profiled')
   prof.summary(sorted_by=profiler.SortedKeys.GPUTotal if on_gpu else profiler.SortedKeys.CPUTotal,

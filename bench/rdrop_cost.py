@@ -1,59 +1,45 @@
 """R-Drop's cost: time per update with R-Drop over the same update without it (same model, same batch).
 
 Two forward/backward passes per sample make 2.0 the compute floor. 'concat' runs one pass on [x; x],
-'twice' calls the model twice (the authors' code); both are timed against plain training, interleaved.
+'twice' calls the model twice (the authors' code); both are timed against plain training, interleaved,
+each an update as training runs it (bench/common.update_step).
 """
 import common  # before Paddle: it sets the CPU threads as main.py does
 
-import ml_collections
-import numpy as np
-import paddle
-
+import models
 from configs import digits_vit_rdrop
-from models import vit
-from training import optim
-from rdrop import rdrop_loss
 
-
-def update_fn(model, optimizer, images, labels, rdrop):
-  def update():
-    loss, _, _ = rdrop_loss(model, images, labels, rdrop)
-    loss.backward()
-    optimizer.step()
-    optimizer.clear_grad()
-  return update
+FORMS = {'plain': {'rdrop.alpha': 0.0}, 'concat': {'rdrop.form': 'concat'}, 'twice': {'rdrop.form': 'twice'}}
 
 
 def cases():
-  """(name, model, train config, batch size, image shape, classes) of the models timed."""
+  """(name, config, classes) of the models timed."""
   demo = digits_vit_rdrop.get_config()
-  yield ('demo: ViT-Ti_2, 8x8x1, batch 64', vit.build(demo.model, 10), demo.train, demo.train.batch_size,
-         (1, 8, 8), 10)
-  small = vit.VisionTransformer(common.small_vit_config(), 224, 100, zero_head=False)
-  yield ('ViT-Ti/16 x4 blocks, 224 px, batch 8', small, demo.train, 8, (3, 224, 224), 100)
+  yield 'demo: ViT-Ti_2, 8x8x1, batch 64', demo, 10
+  small = common.small_recipe_config(root='')
+  small.model.zero_head = False
+  small.train.update({'batch_size': 8, 'accum_steps': 1, 'precision': 'fp32'})
+  small.rdrop.update({'alpha': 1.0, 'reduction': 'batchmean'})
+  yield 'ViT-Ti/16 x4 blocks, 224 px, batch 8', small, 100
 
 
-def measure(model, train_config, batch, shape, classes, repeats, calls):
-  optimizer, _ = optim.build(train_config, model.parameters(), 10_000)
-  rng = np.random.default_rng(0)
-  images = paddle.to_tensor(rng.standard_normal((batch, *shape)).astype('float32'))
-  labels = paddle.to_tensor(rng.integers(0, classes, batch))
-  model.train()
-  forms = {'plain': ml_collections.ConfigDict({'alpha': 0.0, 'reduction': 'batchmean', 'form': 'concat'})}
-  for form in ('concat', 'twice'):
-    forms[form] = ml_collections.ConfigDict({'alpha': 1.0, 'reduction': 'batchmean', 'ce_of_passes': 'sum',
-                                             'form': form})
-  updates = {name: common.per_call(update_fn(model, optimizer, images, labels, rdrop), calls)
-             for name, rdrop in forms.items()}
+def measure(config, classes, repeats, calls):
+  """{form: seconds per update}, the forms sharing one model."""
+  model = models.build(config.model, classes, config.seed, initial_weights=False)
+  updates = {}
+  for name, overrides in FORMS.items():
+    form = config.copy_and_resolve_references()
+    form.update_from_flattened_dict(overrides)
+    updates[name] = common.per_call(common.update_step(form, classes, model)[0], calls)
   seconds = common.interleaved(updates, repeats)
   return {name: s / calls for name, s in seconds.items()}
 
 
 def main():
   rows, results = [], {}
-  for name, model, train_config, batch, shape, classes in cases():
-    quick = shape[-1] <= 32
-    t = measure(model, train_config, batch, shape, classes, repeats=7 if quick else 4, calls=5 if quick else 2)
+  for name, config, classes in cases():
+    quick = config.data.img_size <= 32
+    t = measure(config, classes, repeats=7 if quick else 4, calls=5 if quick else 2)
     results['demo' if quick else 'vit224'] = {'concat': t['concat'] / t['plain'], 'twice': t['twice'] / t['plain']}
     faster = 'concat' if t['concat'] <= t['twice'] else 'twice'
     rows.append((name, f'{1000 * t["plain"]:.1f}', f'{t["concat"] / t["plain"]:.2f}',
