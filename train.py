@@ -25,7 +25,8 @@ import data
 import models
 from data import pipeline
 from evaluate import evaluate
-from training import optim, workdir as workdir_lib
+from training import distributed, optim
+from training import workdir as workdir_lib
 from training.collapse import collapse_warning, collapsed
 from training.config_check import check_config, micro_batch_size
 from training.lock import own
@@ -33,7 +34,6 @@ from training.precision import Precision
 from training.preemption import Interrupted, StopRequest
 from training.runlog import LogWindow, RunLog
 from training.step import NonFiniteLoss, Skips, TooManySkips, UpdateStep
-from training import distributed
 from utils import checkpoint
 
 # What each evaluation logs as eval/<name> (besides best_top1 and collapsed).

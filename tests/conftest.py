@@ -11,6 +11,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OMP_AT_START = os.environ.get('OMP_NUM_THREADS')
 
 
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: runs the command line or a training in processes of its own; '
+                          '`-m "not slow"` keeps the unit tests of every module (about 2 minutes on 2 cores)')
+
+
 def child_env(**extra):
   env = {**os.environ, **extra}
   if _OMP_AT_START is None:

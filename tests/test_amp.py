@@ -133,6 +133,7 @@ def test_master_weights_are_rebuilt_from_the_float32_weights_or_dropped_to_fit_t
   assert 'master_weights' not in plain.optimizer_state(fitted, paddle.nn.Linear(3, 2), weights)
 
 
+@pytest.mark.slow
 def test_a_bf16_o2_run_trains_through_every_evaluation_and_saves_float32_weights(bf16_o2_run):
   workdir, proc = bf16_o2_run
   assert 'declines' not in proc.stdout
@@ -144,6 +145,7 @@ def test_a_bf16_o2_run_trains_through_every_evaluation_and_saves_float32_weights
   assert _state(workdir, UPDATES, 'optimizer.pdopt')['master_weights']
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_and_resume_match_the_uninterrupted_bf16_o2_run(bf16_o2_run, tmp_path):
   reference, _ = bf16_o2_run
   workdir = tmp_path / 'run'
@@ -167,6 +169,7 @@ def test_kill_9_mid_run_and_resume_match_the_uninterrupted_bf16_o2_run(bf16_o2_r
          [(r['update'], r['top1']) for r in metric_rows(reference, 'eval')]
 
 
+@pytest.mark.slow
 def test_a_bf16_o2_checkpoint_serves_a_plain_fp32_process_and_back(bf16_o2_run, tmp_path):
   """eval (command line), predict and export (this test's process) without the stand-in: Paddle declines
   AMP, so fp32; then resume in fp32, and from that checkpoint in bf16 O2 again."""
@@ -201,6 +204,7 @@ def test_a_bf16_o2_checkpoint_serves_a_plain_fp32_process_and_back(bf16_o2_run, 
   assert metric_rows(workdir, 'eval')[-1]['update'] == UPDATES + 4
 
 
+@pytest.mark.slow
 def test_an_fp16_o2_model_evaluates_a_checkpoint_under_autocast(bf16_o2_run, amp_standin):
   """The GPU's fp16 O2 evaluation (half-precision weights, run only inside auto_cast), as --mode eval does it."""
   workdir = bf16_o2_run[0]
@@ -214,6 +218,7 @@ def test_an_fp16_o2_model_evaluates_a_checkpoint_under_autocast(bf16_o2_run, amp
   assert abs(evaluated['top1'] - metric_rows(workdir, 'eval')[-1]['top1']) <= ROUNDING
 
 
+@pytest.mark.slow
 def test_fp16_overflows_with_accumulation_skip_whole_updates_halve_the_scale_and_step_the_schedule(tmp_path):
   """A loss scale of 1.7e38 overflows float32 until the scaler has halved it a few times."""
   workdir = tmp_path / 'run'
@@ -235,6 +240,7 @@ def test_fp16_overflows_with_accumulation_skip_whole_updates_halve_the_scale_and
   assert [r['update'] for r in metric_rows(workdir, 'eval')] == [3, 6]
 
 
+@pytest.mark.slow
 def test_the_skip_limit_names_the_last_good_checkpoint_and_its_resume_command_works(bf16_o2_run, tmp_path):
   """bf16 O2 checkpoint -> fp16 O1 with an infinite loss scale, so every update overflows -> the advised bf16
   (O1) resume trains on."""

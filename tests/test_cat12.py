@@ -182,6 +182,7 @@ def test_baseline_is_the_rdrop_recipe_without_rdrop(arg):
   assert rdrop == baseline
 
 
+@pytest.mark.slow
 def test_smoke_train_then_predict_writes_one_result_line_per_test_image(tmp_path):
   root = tmp_path / 'cat12'
   make_cat12(root, n_test=5)
@@ -201,6 +202,7 @@ def test_smoke_train_then_predict_writes_one_result_line_per_test_image(tmp_path
   assert all(label.isdigit() and 0 <= int(label) < 12 for _, label in rows), rows
 
 
+@pytest.mark.slow
 def test_a_wrong_config_argument_names_the_file_given(tmp_path):
   proc = run_main('--config', 'configs/resnet50_cat12.py:scrach', '--workdir', tmp_path, check=False)
   assert proc.returncode != 0 and "--config configs/resnet50_cat12.py:scrach: unknown argument(s) ['scrach']" in proc.stderr
@@ -222,6 +224,7 @@ def test_run_sh_names_the_variable_to_set_for_missing_data_or_weights(tmp_path, 
   assert not (tmp_path / 'runs').exists()
 
 
+@pytest.mark.slow
 def test_run_sh_with_empty_resnet50_weights_trains_both_variants_from_random_weights(tmp_path):
   make_cat12(tmp_path / 'cat12', n_plain=8, odd=False, broken=False, n_test=2)
   tiny = ['--config.train.updates=1', '--config.train.batch_size=4', '--config.eval.batch_size=8',

@@ -209,6 +209,7 @@ def _signals_script(under_launcher, *steps):
   return subprocess.run([sys.executable, '-c', '\n'.join(lines)], capture_output=True, text=True, timeout=20)
 
 
+@pytest.mark.slow
 def test_signals_repeated_within_a_second_are_one_request_and_a_later_one_exits_at_once():
   """Paddle's launcher sends 3 SIGTERMs 0.2 s apart: one request. A person's Ctrl-C after that: now."""
   proc = _signals_script(False, 'SIGTERM', 0.2, 'SIGTERM', 0.2, 'SIGTERM', 0.5)
@@ -219,6 +220,7 @@ def test_signals_repeated_within_a_second_are_one_request_and_a_later_one_exits_
   assert 'SIGINT again: exiting now without a checkpoint' in proc.stderr
 
 
+@pytest.mark.slow
 def test_under_the_launcher_no_repeated_signal_ends_the_process():
   """The launcher owns the deadline: it kills its workers 30 s after its first SIGTERM."""
   proc = _signals_script(True, 'SIGTERM', 0.2, 'SIGTERM', 0.2, 'SIGTERM', 1.5, 'SIGTERM', 'SIGINT', 0.5)
@@ -238,6 +240,7 @@ def _copy(trained, tmp_path):
   return shutil.copytree(trained, tmp_path / 'run')
 
 
+@pytest.mark.slow
 def test_resume_skips_a_truncated_newest_checkpoint_and_continues_from_the_previous(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   ckpts = workdir_lib.checkpoints_dir(str(workdir))
@@ -251,6 +254,7 @@ def test_resume_skips_a_truncated_newest_checkpoint_and_continues_from_the_previ
   assert _updates(ckpts) == [4, 6, 8]  # keep_checkpoints=3; the best is update 8, the only evaluation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('damage', ['truncated', 'absent'])
 def test_an_explicitly_named_bad_checkpoint_is_an_error_never_a_restart(trained, tmp_path, damage):
   workdir = _copy(trained, tmp_path)
@@ -268,6 +272,7 @@ def test_an_explicitly_named_bad_checkpoint_is_an_error_never_a_restart(trained,
   assert _updates(workdir_lib.checkpoints_dir(str(workdir))) == ([2, 4, 6] if damage == 'truncated' else [2, 6])
 
 
+@pytest.mark.slow
 def test_a_run_without_a_loss_scaler_resumes_with_fp16_and_an_fp16_checkpoint_resumes_without(trained, tmp_path):
   """fp16 through the stand-in of tests/amp_standin.py (a GPU's AMP on this CPU), fp32 in a plain process."""
   workdir = _copy(trained, tmp_path)

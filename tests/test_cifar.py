@@ -111,6 +111,7 @@ def _first_train_row(workdir):
     return next(row for row in map(json.loads, f) if row['group'] == 'train')
 
 
+@pytest.mark.slow
 def test_rdrop_smoke_update_starts_at_twice_ln_100_and_baseline_at_ln_100(cifar100_tarball, tmp_path):
   rdrop = tmp_path / 'rdrop'
   run_main('--config', 'configs/vit_b16_cifar100_rdrop.py:smoke', '--workdir', rdrop,

@@ -117,6 +117,7 @@ def flagged_run(tmp_path_factory):
   return workdir, proc
 
 
+@pytest.mark.slow
 def test_a_flagged_evaluation_is_in_the_metrics_the_visualdl_scalars_and_a_warning_naming_the_kl_weight(flagged_run):
   workdir, proc = flagged_run
   rows = _eval_rows(workdir)
@@ -130,6 +131,7 @@ def test_a_flagged_evaluation_is_in_the_metrics_the_visualdl_scalars_and_a_warni
   assert all(tag in record for tag in (b'eval/collapsed', b'eval/majority_fraction', b'eval/prediction_information'))
 
 
+@pytest.mark.slow
 def test_the_run_stops_after_the_configured_number_of_collapsed_evaluations_in_a_row(flagged_run):
   workdir, proc = flagged_run
   assert proc.returncode == 1

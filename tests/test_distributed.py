@@ -14,6 +14,8 @@ from conftest import ROOT, child_env, metric_rows
 from test_training import DEMO, TINY, _max_difference, _weights
 from utils import checkpoint
 
+pytestmark = pytest.mark.slow  # runs the command line in processes of its own
+
 NO_DROPOUT = ['--config.model.dropout_rate=0.0', '--config.train.optimizer=momentum', '--config.train.lr=0.05']
 
 

@@ -1,4 +1,5 @@
 """`--mode export`: the saved inference model computes what the checkpoint's eval-mode model computes."""
+import pytest
 import json
 import os
 import re
@@ -27,6 +28,7 @@ def _random_images(channels, size, seed):
   return paddle.to_tensor(np.random.default_rng(seed).normal(size=(5, channels, size, size)).astype('float32'))
 
 
+@pytest.mark.slow
 def test_cli_export_of_a_trained_vit_matches_the_eval_model(tmp_path):
   workdir = tmp_path / 'run'
   run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', workdir)

@@ -21,7 +21,7 @@ def _can_mount():
   return probe.returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not _can_mount(), reason='cannot mount a tmpfs in a namespace of its own here')
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not _can_mount(), reason='cannot mount a tmpfs in a namespace of its own here')]
 
 
 def in_small_filesystem(script, out, size='4m'):

@@ -25,6 +25,8 @@ from test_training import DEMO, TINY, _max_difference, _weights
 from training import preemption
 from utils import checkpoint
 
+pytestmark = pytest.mark.slow  # runs the command line in processes of its own
+
 UPDATES = 16
 # Checkpoints at 3, 5, 6, 9, 10, 12, 15, 16 (every 3rd and every evaluation); 2 kept plus the best.
 RUN = [*TINY, f'--config.train.updates={UPDATES}', '--config.train.checkpoint_every=3',

@@ -7,6 +7,8 @@ import pytest
 
 from conftest import ROOT, SHORT_TRAINING, child_env
 
+pytestmark = pytest.mark.slow  # runs the command line in processes of its own
+
 
 def readme_commands():
   """The `python main.py` lines of README.md's bash blocks, but those with a `...` placeholder (paths to

@@ -64,6 +64,7 @@ def _mean_std(values):
   return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
 
 
+@pytest.mark.slow
 def test_seeds_train_into_their_own_workdirs_with_their_own_seed(demo):
   for variant in ('baseline', 'rdrop'):
     assert sorted(os.listdir(demo / variant)) == ['seed_0', 'seed_1']
@@ -121,6 +122,7 @@ def test_bad_seeds_are_refused_before_any_run(tmp_path, seeds, args, message):
   assert not (tmp_path / 'calls').exists()
 
 
+@pytest.mark.slow
 def test_report_shows_each_variant_as_mean_and_std_over_seeds_with_the_paired_difference(demo):
   markdown = (demo / 'report.md').read_text()
   variants = _rows(markdown, 'group', 'variant')
@@ -159,6 +161,7 @@ def test_summary_states_the_command_date_and_machine_beside_the_numbers(demo):
   assert 'R-Drop alpha=1 minus baseline, paired by seed: final top-1 ' in summary
 
 
+@pytest.mark.slow
 def test_rerun_resumes_the_interrupted_seed_and_leaves_the_finished_ones_alone(demo, tmp_path):
   shutil.copytree(demo, tmp_path / 'demo')
   interrupted = tmp_path / 'demo' / 'rdrop' / 'seed_1'
@@ -186,6 +189,7 @@ def test_plots_are_readable_pngs_linked_from_the_report(demo):
   assert pixels.std() > 0.05  # not a blank canvas
 
 
+@pytest.mark.slow
 def test_unfinished_runs_are_shown_and_not_counted(demo, tmp_path):
   crashed, config_only = tmp_path / 'crashed', tmp_path / 'config_only'
   shutil.copytree(demo / 'baseline' / 'seed_0', crashed)
@@ -211,6 +215,7 @@ def test_unfinished_runs_are_shown_and_not_counted(demo, tmp_path):
   assert 'One variant in this group: nothing to compare.' in markdown
 
 
+@pytest.mark.slow
 def test_a_folder_that_is_not_a_run_is_an_error_naming_it(demo, tmp_path):
   stray = tmp_path / 'notes'
   stray.mkdir()

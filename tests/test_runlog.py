@@ -1,4 +1,5 @@
 """What a run shows while it trains: progress in a terminal and in a log file, and the VisualDL record."""
+import pytest
 import fcntl
 import glob
 import os
@@ -20,6 +21,7 @@ def _scalars(workdir, tag):
   return [(record.id, record.value) for record in LogReader(file_path=files[0]).get_data('scalar', tag)]
 
 
+@pytest.mark.slow
 def test_piped_run_logs_plain_lines_without_bar_fragments(demo_project):
   _, demo = demo_project  # `bash run.sh demo` with its output to a pipe, as to a log file
   output = demo.stdout + demo.stderr

@@ -10,6 +10,8 @@ from conftest import metric_rows, run_main
 from fakedata import make_cat12
 from utils import checkpoint
 
+pytestmark = pytest.mark.slow  # runs the command line in processes of its own
+
 DEMO = 'configs/digits_vit_rdrop.py'
 TINY = ['--config.train.batch_size=16', '--config.train.log_every=1', '--config.train.eval_every=100',
         '--config.eval.batch_size=360']

@@ -9,7 +9,7 @@ from conftest import ROOT
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import visualdl_check  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not visualdl_check.chromium(), reason='Chromium is not installed')
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not visualdl_check.chromium(), reason='Chromium is not installed')]
 
 
 def test_visualdl_shows_every_hyperparameter_and_tells_the_runs_apart(demo_project):
