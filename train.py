@@ -75,11 +75,6 @@ class Progress:
     self.collapses_in_a_row, self.last_train_row = state['collapses_in_a_row'], state['last_train_row']
 
 
-def seed_dropout(seed, rank, update):
-  """The dropout masks of `update` on `rank`: a pure function of them, as exact resume needs."""
-  paddle.seed(pipeline.derived_seed(seed, 1_000_003 + rank, update))
-
-
 def every(update, period, last):
   """Whether `update` is due for something done every `period` updates (0: never) and at the `last`."""
   return update == last or (period > 0 and update % period == 0)
@@ -145,7 +140,7 @@ def train(config, workdir, resume_from='', stop=None):
   own_stop = stop is None
   stop = StopRequest() if own_stop else stop
   net, model = model, paddle.DataParallel(model) if world_size > 1 else model
-  step = UpdateStep(model, optimizer, scheduler, precision, config, world_size, stop, progress.skips)
+  step = UpdateStep(model, optimizer, scheduler, precision, config, rank, world_size, stop, progress.skips)
   micro = micro_batch_size(tc, world_size)
   batches = iter(pipeline.loader(train_set, pipeline.TrainBatches(
       len(train_set), micro * world_size, config.seed, rank, world_size, start_micro_step=start * tc.accum_steps),
@@ -204,8 +199,13 @@ def train(config, workdir, resume_from='', stop=None):
                               f'{update} (config.eval.stop_after_collapses={limit}); checkpoint saved. The '
                               f'warning above names the likely cause')
 
-  # Layers whose behaviour follows training progress (e.g. DropBlock's keep_prob ramp) get the update.
-  progress_layers = [layer for layer in net.sublayers(include_self=True) if hasattr(layer, 'on_update')]
+  def log_training(update):
+    averages, skipped = progress.window.take()
+    if not config.rdrop.alpha:
+      averages.pop('kl', None)  # without R-Drop it is 0 throughout: a chart that could never change
+    log.scalars(update, 'train', {**averages, 'lr': optimizer.get_lr(), **_loss_scaling(precision, progress, skipped)})
+    progress.last_train_row = averages or progress.last_train_row
+
   started = last_save = time.monotonic()
 
   def checkpoint_time():  # rank 0's clock decides, the ranks agree with the loss
@@ -219,11 +219,8 @@ def train(config, workdir, resume_from='', stop=None):
       evaluate_and_log(start)
       save(start)
     for update in range(start + 1, tc.updates + 1):
-      seed_dropout(config.seed, rank, update)
-      for layer in progress_layers:
-        layer.on_update(update)
       try:
-        outcome = step(batches, flags=lambda: (bool(stop), checkpoint_time()))
+        outcome = step(update, batches, flags=lambda: (bool(stop), checkpoint_time()))
       except (NonFiniteLoss, TooManySkips) as err:
         raise _failed(err, update, workdir) from None
       stopping, checkpoint_due = outcome.agreed
@@ -235,10 +232,7 @@ def train(config, workdir, resume_from='', stop=None):
       progress.update = update
       progress.window.add(outcome.means, outcome.skipped)
       if every(update, tc.log_every, tc.updates):
-        log.scalars(update, 'train', {**progress.window.averages(), 'lr': optimizer.get_lr(),
-                                      **_loss_scaling(precision, progress)})
-        progress.last_train_row = progress.window.averages() or progress.last_train_row
-        progress.window.reset()
+        log_training(update)
       log.progress(update, objective=float(outcome.means[0]), lr=optimizer.get_lr())
       evaluated = every(update, tc.eval_every, tc.updates)
       if evaluated:
@@ -288,11 +282,11 @@ def _restore(path, config, num_classes, model, optimizer, precision, progress, s
     progress.load_loop_state(trainer['loop'])
 
 
-def _loss_scaling(precision, progress):
+def _loss_scaling(precision, progress, skipped_in_window):
   """fp16's log scalars; nothing for a run without loss scaling, where they could never change."""
   if not precision.scaling:
     return {}
-  return {'loss_scale': precision.loss_scale(), 'skipped_in_window': progress.window.skipped,
+  return {'loss_scale': precision.loss_scale(), 'skipped_in_window': skipped_in_window,
           'skipped_updates': progress.skips.total}
 
 

@@ -99,8 +99,8 @@ def update_step(config, classes, model=None):
   labels = paddle.to_tensor(rng.integers(0, classes, shape[0]))
   model.train()
   step = UpdateStep(model, optimizer, scheduler, precision, config)
-  batches = itertools.repeat((images, labels))
-  return lambda: step(batches), model
+  batches, updates = itertools.repeat((images, labels)), itertools.count(1)
+  return lambda: step(next(updates), batches), model
 
 
 def small_vit_config():

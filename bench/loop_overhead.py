@@ -88,7 +88,6 @@ def pieces(config, model):
   result = {
       'DataLoader next() (sampler + 64 x __getitem__ + collate)': (lambda: next(batches), tc.accum_steps),
       '  of which: sampler (one seed table per epoch)': (lambda: next(sampler), tc.accum_steps),
-      'dropout seed per update (train.seed_dropout)': (lambda: train.seed_dropout(config.seed, 0, 7), 1),
       'log window (LogWindow.add)': (lambda: window.add(means, False), 1),
       'progress line or bar (RunLog.progress)': (lambda: log.progress(next(counter), objective=0.5, lr=1e-3), 1),
       'log row (VisualDL + metrics.jsonl)': (

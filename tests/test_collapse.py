@@ -128,7 +128,7 @@ def test_a_flagged_evaluation_is_in_the_metrics_the_visualdl_scalars_and_a_warni
   assert 'information about the image' not in warning  # only the measure that fired is named
   assert 'the likely cause is the R-Drop KL term (rdrop.alpha=1' in warning and 'lower rdrop.alpha' in warning
   record = next((workdir / 'vdl').glob('vdlrecords*')).read_bytes()
-  assert all(tag in record for tag in (b'eval/collapsed', b'eval/majority_fraction', b'eval/prediction_information'))
+  assert all(tag in record for tag in (b'2 eval/collapsed', b'2 eval/majority_fraction', b'2 eval/prediction_information'))
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""README numbers come from generated fragments (docs/results/*.md); README's copies must match them."""
+"""Measured numbers come from generated fragments (docs/results/*.md); the copies in README.md and docs/*.md
+must match them."""
 import os
 import subprocess
 import sys
@@ -29,9 +30,9 @@ def _project(tmp_path, readme=README, fragments=None):
   return tmp_path
 
 
-def test_readme_shows_every_fragment_it_embeds_as_generated():
-  """Fails whenever someone edits a number in README.md by hand, or regenerates a fragment without refreshing
-  README (fix: python -m tools.readme_results refresh)."""
+def test_every_page_shows_every_fragment_it_embeds_as_generated():
+  """Fails whenever someone edits a number in README.md or docs/ by hand, or regenerates a fragment without
+  refreshing the pages (fix: python -m tools.readme_results refresh)."""
   assert readme_results.stale() == []
   proc = subprocess.run([sys.executable, '-m', 'tools.readme_results', 'check'], cwd=ROOT, capture_output=True,
                         text=True)
@@ -46,8 +47,9 @@ def test_the_demo_numbers_in_the_readme_are_a_generated_fragment():
 
 def test_refresh_replaces_stale_blocks_and_nothing_else(tmp_path):
   root = _project(tmp_path)
-  assert readme_results.stale(root) == ['docs/results/demo.md', 'docs/results/bench.md']
-  assert readme_results.refresh(root) == ['docs/results/demo.md', 'docs/results/bench.md']
+  blocks = [('README.md', 'docs/results/demo.md'), ('README.md', 'docs/results/bench.md')]
+  assert readme_results.stale(root) == blocks
+  assert readme_results.refresh(root) == blocks
   assert (root / 'README.md').read_text() == README.replace('old numbers\n', 'new numbers\n| a | b |\n').replace(
       '<!-- begin docs/results/bench.md -->\n', '<!-- begin docs/results/bench.md -->\nratio 1.01\n')
   assert readme_results.stale(root) == [] and readme_results.refresh(root) == []
@@ -61,7 +63,7 @@ def test_publish_copies_a_summary_into_docs_results_and_the_readme(tmp_path):
   assert readme_results.publish(str(summary), 'demo', root) == 'docs/results/demo.md'
   assert (root / 'docs' / 'results' / 'demo.md').read_text() == summary.read_text()
   assert summary.read_text() in (root / 'README.md').read_text()
-  with pytest.raises(ValueError, match='cat12.md written, but README.md has no block for it: add the lines'):
+  with pytest.raises(ValueError, match='cat12.md written, but no page has a block for it: add the lines'):
     readme_results.publish(str(summary), 'cat12', root)
   assert (root / 'docs' / 'results' / 'cat12.md').exists()  # written all the same
 
@@ -79,6 +81,15 @@ def test_a_marker_without_its_partner_is_an_error_naming_the_line(tmp_path, read
   with pytest.raises(ValueError, match=message):
     readme_results.refresh(root)
   assert (root / 'README.md').read_text() == readme
+
+
+def test_a_page_under_docs_embeds_fragments_too(tmp_path):
+  root = _project(tmp_path, README.replace('<!-- begin docs/results/bench.md -->\n<!-- end docs/results/bench.md -->\n', ''))
+  (root / 'docs' / 'performance.md').write_text('# Performance\n<!-- begin docs/results/bench.md -->\n'
+                                                '<!-- end docs/results/bench.md -->\n')
+  assert readme_results.refresh(root) == [('README.md', 'docs/results/demo.md'),
+                                          ('docs/performance.md', 'docs/results/bench.md')]
+  assert 'ratio 1.01' in (root / 'docs' / 'performance.md').read_text()
 
 
 def test_a_missing_fragment_is_an_error_naming_it(tmp_path):

@@ -13,7 +13,7 @@ from conftest import ROOT, child_env, run_main
 import report
 from report import runs as report_runs
 from report import statistics as report_statistics
-from training.runlog import HPARAM_METRICS, RunLog
+from training.runlog import HPARAM_METRIC, RunLog
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 # The demo shrunk to 4 updates, evaluated after each (so a best can differ from the final accuracy); the
@@ -385,17 +385,23 @@ def test_a_collapsed_evaluation_is_a_visible_warning(tmp_path):
   assert 'evaluated on the `val` split (`eval.split`), not on a test split' in markdown
 
 
-def test_hyperparameters_reach_visualdl_as_flat_scalars(tmp_path):
+def test_visualdls_table_shows_each_run_by_its_short_name_with_its_results_so_far(tmp_path):
   from visualdl import LogReader
   from configs import digits_vit_rdrop
-  log = RunLog(str(tmp_path), True, 0, 1)
+
+  def row():
+    files = glob.glob(str(tmp_path / 'vdl' / '*'))
+    assert len(files) == 1  # VisualDL shows only the newest record file of a folder
+    record = LogReader(file_path=files[0]).get_data('hyper_parameters', 'hparam')[0].hparam
+    return ({info.name: getattr(info, info.WhichOneof('type')) for info in record.hparamInfos},
+            [info.name for info in record.metricInfos])
+
+  log = RunLog(str(tmp_path), True, 0, 20)
   log.open(digits_vit_rdrop.get_config())
+  name = f'{tmp_path.parent.name}/{tmp_path.name}'
+  assert row() == ({'run': name, 'top1 (%)': 'not evaluated yet', 'best top1 (%)': '-'}, [HPARAM_METRIC])
+  for update, top1 in ((10, 93.87186431884766), (20, 93.5)):
+    log.scalars(update, 'eval', {'top1': top1, 'collapsed': False})
   log.close()
-  record = LogReader(file_path=glob.glob(str(tmp_path / 'vdl' / '*'))[0]).get_data('hyper_parameters', 'hparam')
-  logged = {info.name: getattr(info, info.WhichOneof('type')) for info in record[0].hparam.hparamInfos}
-  assert logged['rdrop/alpha'] == 1.0 and logged['train/lr'] == 0.003 and logged['model/name'] == 'vit'
-  assert logged['model/zero_head'] == 0 and 'data/mean' not in logged and 'data/num_workers' not in logged
-  assert not [name for name in logged if '.' in name]  # VisualDL's table shows a dotted name's column blank
-  assert list(logged)[:4] == ['run', 'experiment', 'seed', 'rdrop/alpha']
-  assert logged['run'] == f'{tmp_path.parent.name}/{tmp_path.name}'
-  assert [info.name for info in record[0].hparam.metricInfos] == HPARAM_METRICS
+  assert row()[0] == {'run': name, 'top1 (%)': '93.50 at update 20', 'best top1 (%)': '93.87 at update 10'}
+  assert HPARAM_METRIC == '2 eval/collapsed'

@@ -72,7 +72,7 @@ def test_resume_replays_the_history_kept_into_one_visualdl_file(tmp_path):
   resumed.open(config)
   resumed.scalars(5, 'train', {'objective': 50.0, 'ce': 1.0})
   resumed.close()
-  assert _scalars(tmp_path, 'train/objective') == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 50.0)]
+  assert _scalars(tmp_path, '1 train/objective') == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 50.0)]
 
 
 def test_visualdl_names_each_run_by_its_last_two_folders(tmp_path):

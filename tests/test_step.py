@@ -38,7 +38,7 @@ def test_an_update_takes_accum_steps_micro_batches_and_returns_the_agreed_means(
   taken = []
   counted = map(lambda batch: taken.append(1) or batch, batches)
   before = model.head.weight.numpy().copy()
-  outcome = step(counted, flags=lambda: (True, False))
+  outcome = step(1, counted, flags=lambda: (True, False))
   assert len(taken) == 2 and outcome.agreed == [True, False] and not outcome.skipped
   assert outcome.means.shape == (3,) and np.isfinite(outcome.means).all() and outcome.means[2] >= 0  # the KL
   assert not np.array_equal(model.head.weight.numpy(), before)
@@ -57,7 +57,7 @@ def test_a_non_finite_loss_stops_the_update_before_the_weights_change(monkeypatc
   monkeypatch.setattr(step_module, 'rdrop_loss', nan_loss)
   weights = {k: v.numpy().copy() for k, v in model.state_dict().items()}
   with pytest.raises(NonFiniteLoss) as stopped:
-    step(batches)
+    step(1, batches)
   assert np.isnan(stopped.value.value)
   assert all(np.array_equal(v.numpy(), weights[k]) for k, v in model.state_dict().items())
 

@@ -28,8 +28,8 @@ def collapse_warning(update, metrics, config, num_classes, recent_train):
                  f'about the image, nearly one output for all (eval.collapse_information={ec.collapse_information:g})')
   text = f'WARNING: collapse at update {update}: {"; ".join(signs)}'
   if recent_train:
-    text += (f'; training CE {recent_train["ce"]:.4f} (ln {num_classes} = {math.log(num_classes):.4f}), '
-             f'KL {recent_train["kl"]:.3g}')
+    text += (f'; training CE {recent_train["ce"]:.4f} (ln {num_classes} = {math.log(num_classes):.4f})'
+             + (f', KL {recent_train["kl"]:.3g}' if 'kl' in recent_train else ''))
   if rc.alpha > 0:
     remedies = 'lower rdrop.alpha or train.lr' + (', or average the two cross entropies (rdrop.ce_of_passes=mean)'
                                                   if rc.ce_of_passes == 'sum' else '')

@@ -14,15 +14,18 @@ import time
 
 from tqdm import tqdm
 
-from configs.base import NOT_LEARNING
 from utils.io import append_line, read_jsonl, write_atomic
 
 PLAIN_LINE_SECONDS = 30
-# VisualDL's hyper-parameter table keeps the order it is given: what usually sets runs apart comes first.
-FIRST_HYPERPARAMETERS = ('experiment', 'seed', 'rdrop')
-# Scalars VisualDL's hyper-parameter view shows beside the hyper-parameters (their last logged value): only
-# measures comparable across runs, so not the objective (R-Drop's holds two cross entropies and the KL).
-HPARAM_METRICS = ['eval/best_top1', 'eval/top1', 'eval/top5', 'eval/loss', 'train/ce']
+# VisualDL's scalar page sorts the tag groups by name and opens only the first (VisualDL 2.5.3,
+# components/ChartPage.js: `opened: index === 0`): numbered names open it on the training curves.
+VISUALDL_GROUPS = {'train': '1 train', 'eval': '2 eval'}
+SIGNIFICANT_DIGITS = 4  # of what VisualDL shows: 93.87 (%), 0.1235; metrics.jsonl keeps every digit
+# VisualDL's hyper-parameter table: a row per run, every column 200 px wide after VisualDL's own Trial ID
+# (the log folder's path, cut short), so at 1400 px five columns fit. Its metric columns show float32
+# values in full (93.87000274658203), so the results are text columns, rewritten at every evaluation;
+# VisualDL requires one metric: whether the last evaluation collapsed (0 or 1). report.md has the rest.
+HPARAM_METRIC = f'{VISUALDL_GROUPS["eval"]}/collapsed'
 
 
 class RunLog:
@@ -45,11 +48,9 @@ class RunLog:
 
   def open(self, config):
     """Start the files: metrics.jsonl without the rows logged past the start (by a run that crashed after
-    them), the VisualDL record rebuilt from it, and the config's hyper-parameters for VisualDL."""
+    them), the VisualDL record rebuilt from it, and the run's row of VisualDL's hyper-parameter table."""
     if self.enabled:
-      history = _truncate_after(self.metrics_path, self.start_update)
-      self.writer = _visualdl_writer(self.vdl_dir, self.name, history)
-      self.writer.add_hparams({'run': self.name, **flat_hyperparameters(config.to_dict())}, HPARAM_METRICS)
+      self.writer = _visualdl_writer(self.vdl_dir, self.name, _truncate_after(self.metrics_path, self.start_update))
 
   @property
   def is_open(self):
@@ -63,8 +64,12 @@ class RunLog:
     """Write `values` ({name: float}) as `group/name` at step `update` to VisualDL and metrics.jsonl."""
     if not self.enabled:
       return
-    _add_scalars(self.writer, update, group, values)
     append_line(self.metrics_path, json.dumps({'update': update, 'group': group, **values}))
+    if group == 'eval':  # a new result for the hyper-parameter row, which VisualDL reads from a record's start
+      self.writer.close()
+      self.writer = _visualdl_writer(self.vdl_dir, self.name, read_jsonl(self.metrics_path)[0])
+    else:
+      _add_scalars(self.writer, update, group, values)
 
   def progress(self, update, **postfix):
     """Called after every update; `postfix` ({name: float}) is shown beside the count."""
@@ -103,6 +108,12 @@ class LogWindow:
     """{'objective', 'ce', 'kl'} over the applied updates; {} when every update was skipped."""
     return {name: total / self.applied for name, total in zip(self.NAMES, self.sums)} if self.applied else {}
 
+  def take(self):
+    """(averages, skipped updates) of the window, which starts again empty."""
+    taken = self.averages(), self.skipped
+    self.reset()
+    return taken
+
   def state_dict(self):
     return {'sums': list(self.sums), 'applied': self.applied, 'skipped': self.skipped}
 
@@ -121,36 +132,6 @@ def run_name(workdir):
   return '/'.join(part for part in parts[-2:] if part)
 
 
-def flat_hyperparameters(config_dict):
-  """{'experiment': 'digits_vit', 'seed': 0, 'rdrop/alpha': 1.0, ..., 'train/lr': 0.003}: the scalar leaves.
-
-  Names are joined with '/': VisualDL's table reads a column name with dots as a path into its rows and shows
-  such a column blank. Tuples (e.g. normalisation means) are left out: VisualDL stores only int, float and
-  str values.
-  """
-  flat = {name.replace('.', '/'): _shown(value) for name, value in _scalar_leaves(config_dict)
-          if name not in NOT_LEARNING}
-  rank = {name: FIRST_HYPERPARAMETERS.index(name.split('/')[0]) if name.split('/')[0] in FIRST_HYPERPARAMETERS
-          else len(FIRST_HYPERPARAMETERS) for name in flat}
-  return {name: flat[name] for name in sorted(flat, key=rank.get)}  # a stable sort keeps the config's order
-
-
-def _shown(value):
-  """An int for a bool (VisualDL's record refuses a bool); '(none)' for an empty string, which VisualDL shows blank."""
-  if isinstance(value, bool):
-    return int(value)
-  return '(none)' if value == '' else value
-
-
-def _scalar_leaves(config_dict, prefix=''):
-  """('train.lr', 0.003), ...: the int, float, str and bool fields under their dotted names."""
-  for key, value in config_dict.items():
-    if isinstance(value, dict):
-      yield from _scalar_leaves(value, f'{prefix}{key}.')
-    elif isinstance(value, (bool, int, float, str)):
-      yield f'{prefix}{key}', value
-
-
 def _truncate_after(path, update):
   """A resumed run rewrites history after its checkpoint: drop rows logged past it before a crash.
 
@@ -165,16 +146,28 @@ def _truncate_after(path, update):
 
 def _add_scalars(writer, update, group, values):
   for name, value in values.items():
-    writer.add_scalar(f'{group}/{name}', value, update)
+    writer.add_scalar(f'{VISUALDL_GROUPS[group]}/{name}', float(f'{value:.{SIGNIFICANT_DIGITS}g}'), update)
+
+
+def _results(history):
+  """The run's row of VisualDL's hyper-parameter table, from its metrics.jsonl rows so far."""
+  evals = [row for row in history if row['group'] == 'eval']
+  if not evals:
+    return {'top1 (%)': 'not evaluated yet', 'best top1 (%)': '-'}
+  best = max(evals, key=lambda row: row['top1'])  # the first evaluation that reached it
+  return {'top1 (%)': f'{evals[-1]["top1"]:.2f} at update {evals[-1]["update"]}',
+          'best top1 (%)': f'{best["top1"]:.2f} at update {best["update"]}'}
 
 
 def _visualdl_writer(vdl_dir, name, history):
-  """A VisualDL LogWriter on a new record file that starts with `history` (metrics.jsonl rows).
+  """A VisualDL LogWriter on a new record file that starts with the run's row of the hyper-parameter table
+  and `history` (metrics.jsonl rows).
 
-  VisualDL reads only the newest record file of a folder (by name), so a resumed run that simply opened a
-  second file would lose its earlier curves there; and rows past the resumed checkpoint must go. Each start
-  therefore replays metrics.jsonl, the record of truth, into a file named after every older one, then
-  removes those.
+  VisualDL reads only the newest record file of a folder (by name), and the hyper-parameter row only from
+  the start of a record, so a resumed run that simply opened a second file would lose its earlier curves
+  there; rows past the resumed checkpoint must go; and a new result must reach the table. So each start and
+  each evaluation replay metrics.jsonl, the record of truth, into a file named after every older one, then
+  remove those.
   """
   from visualdl import LogWriter
   older = glob.glob(os.path.join(vdl_dir, 'vdlrecords.*'))
@@ -182,6 +175,7 @@ def _visualdl_writer(vdl_dir, name, history):
   # VisualDL's own name is the time in seconds, and it appends to a file of that name that already exists.
   newest = max([int(time.time())] + [stamp + 1 for stamp in stamps])
   writer = LogWriter(logdir=vdl_dir, display_name=name, file_name=f'vdlrecords.{newest:010d}.log')
+  writer.add_hparams({'run': name, **_results(history)}, [HPARAM_METRIC])
   for row in history:
     _add_scalars(writer, row['update'], row['group'],
                  {key: value for key, value in row.items() if key not in ('update', 'group')})

@@ -1,6 +1,8 @@
 """One optimizer update, as training runs it and every benchmark measures it.
 
-An update takes `accum_steps` micro-batches: each through the R-Drop loss under the run's autocast, its
+An update draws its dropout masks from a seed of its own (a pure function of the run's seed, the rank and
+the update number, which exact resume rests on) and tells layers that follow training progress (DropBlock's
+keep_prob ramp) where it is. It takes `accum_steps` micro-batches: each through the R-Drop loss under the run's autocast, its
 backward scaled for accumulation (gradients all-reduced once, on the last micro-batch: `no_sync` on the
 others). Then the ranks agree, in one all-reduce that is also the update's one host sync, on the mean
 loss and on any flags the loop needs agreed (a stop request, a checkpoint due): a non-finite loss on any
@@ -59,9 +61,14 @@ class Skips:
     self.in_a_row, self.total = state['in_a_row'], state['total']
 
 
+def seed_dropout(seed, rank, update):
+  """The dropout masks of `update` on `rank`: a pure function of them (ranks draw different masks)."""
+  paddle.seed(pipeline.derived_seed(seed, 1_000_003 + rank, update))
+
+
 class UpdateStep:
-  """`step(batches, flags)` runs one update on the next `accum_steps` micro-batches of the iterator
-  `batches` ((uint8 images, labels) on the device) and returns its Outcome. `flags()` gives the booleans
+  """`step(update, batches, flags)` runs update number `update` on the next `accum_steps` micro-batches of
+  the iterator `batches` ((uint8 images, labels) on the device) and returns its Outcome. `flags()` gives the booleans
   for the ranks to agree on, asked once the update's gradients are computed (a signal that arrived
   meanwhile stops this update's run, not the next one's).
 
@@ -70,13 +77,17 @@ class UpdateStep:
   counts fp16's skipped updates (the training loop keeps it in its checkpoints).
   """
 
-  def __init__(self, model, optimizer, scheduler, precision, config, world_size=1, stop=None, skips=None):
+  def __init__(self, model, optimizer, scheduler, precision, config, rank=0, world_size=1, stop=None, skips=None):
     self.model, self.optimizer, self.scheduler, self.precision = model, optimizer, scheduler, precision
-    self.config, self.world_size, self.stop = config, world_size, stop
+    self.config, self.rank, self.world_size, self.stop = config, rank, world_size, stop
     self.accum_steps = config.train.accum_steps
     self.skips = skips or Skips(config.train.max_skipped_updates)
+    self.progress_layers = [layer for layer in model.sublayers(include_self=True) if hasattr(layer, 'on_update')]
 
-  def __call__(self, batches, flags=tuple):
+  def __call__(self, update, batches, flags=tuple):
+    seed_dropout(self.config.seed, self.rank, update)
+    for layer in self.progress_layers:
+      layer.on_update(update)
     sums = paddle.zeros([3], dtype='float32')  # objective, ce, kl of this update
     for micro_step in range(self.accum_steps):
       images, labels = next(batches)  # waiting for a batch is not computing: a stalled read can be ended
