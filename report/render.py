@@ -9,7 +9,7 @@ from report.statistics import Spread, comparisons, mean_curve, paired_difference
 PANELS = (('train', 'objective', 'training objective (the optimised loss)'),
           ('train', 'ce', 'training cross-entropy (mean of the passes)'),
           ('train', 'kl', 'R-Drop KL term (before alpha)'),
-          ('eval', 'top1', 'eval top-1 accuracy (%)'))
+          ('eval', 'top1', '{split} top-1 accuracy (%)'))
 VARIANT_COLUMNS = ('group', 'variant', 'seeds', 'split', 'final top1 (%)', 'best top1 (%)', 'best at update',
                    'wall time per run', 'samples/s', 'reference top1 (%)', 'best - reference', 'warnings')
 PAIR_COLUMNS = ('group', 'comparison', 'fields that differ', 'seeds paired', 'final: difference',
@@ -130,7 +130,9 @@ def pair_row(title, earlier, later, fields):
   row = dict.fromkeys(PAIR_COLUMNS, NOT_SHOWN)
   row.update({'group': title, 'comparison': f'{later.label} minus {earlier.label}', 'fields that differ':
               ', '.join(fields), 'seeds paired': f'{len(final.seeds)} ({", ".join(map(str, final.seeds))})'})
-  if final.difference:
+  if final.difference and final.difference.n == 1:
+    row['final: difference'] = f'{final.difference.format("+")} (one seed: one draw, no evidence either way)'
+  elif final.difference:
     row.update({'final: difference': final.difference.format('+'),
                 'final: min, max': f'{final.difference.low:+.2f}, {final.difference.high:+.2f}',
                 'final: seeds favouring': _favouring(final, earlier, later),
@@ -157,8 +159,11 @@ def plot_group(variants, title, path):
   figure = Figure(figsize=(11, 7.5), layout='constrained')
   FigureCanvasAgg(figure)
   axes = figure.subplots(2, 2).flatten()
+  splits = ', '.join(_unique(run.split for variant in variants for run in variant.runs))
   for ax, (group, name, axis_title) in zip(axes, PANELS):
     for index, variant in enumerate(variants):
+      if name == 'kl' and not variant.config.get('rdrop', {}).get('alpha'):
+        continue  # without R-Drop there is no KL term: not a line at 0
       color, marker = f'C{index}', 'o' if group == 'eval' else None
       finished = list(variant.finished().values())
       updates, mean, low, high = mean_curve(finished, group, name)
@@ -172,7 +177,7 @@ def plot_group(variants, title, path):
           updates, values, _, _ = mean_curve([run], group, name)
           ax.plot(updates, values, color=color, linestyle='--', linewidth=1, marker=marker, markersize=2,
                   label=f'{variant.label}, seed {run.seed} (unfinished)')
-    ax.set_title(axis_title)
+    ax.set_title(axis_title.format(split=splits))
     ax.set_xlabel('update')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -262,6 +267,10 @@ def summary(groups, runs, command, variant_rows):
                      f'{final.later_better} of {d.n} seeds, {earlier.label} on {final.earlier_better}.')
   lines += markdown_table(columns, variant_rows) + ['']
   lines += [line for text in pairs + warnings for line in (text, '')]
-  lines.append('Mean ± sample standard deviation over seeds. Final: top-1 at the last update. Best: the highest '
-               'of the evaluations on the same split, so optimistic.')
+  seeds = max((len(variant.finished()) for variants in groups.values() for variant in variants), default=0)
+  lines.append(('Mean ± sample standard deviation over seeds.' if seeds > 1 else
+                'One run per variant: no spread, and a difference between single runs can be the seed\'s doing '
+                '(SEEDS=3 runs every variant over 3 seeds).')
+               + ' Final: top-1 at the last update. Best: the highest of the evaluations on the same split, so '
+               'optimistic.')
   return '\n'.join(lines) + '\n'

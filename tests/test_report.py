@@ -405,3 +405,37 @@ def test_visualdls_table_shows_each_run_by_its_short_name_with_its_results_so_fa
   log.close()
   assert row()[0] == {'run': name, 'top1 (%)': '93.50 at update 20', 'best top1 (%)': '93.87 at update 10'}
   assert HPARAM_METRIC == '2 eval/collapsed'
+
+
+def test_single_runs_are_said_to_show_no_spread_and_their_difference_no_evidence(tmp_path):
+  paths = [fake_run(tmp_path / 'baseline', 0, {100: 90.0}), fake_run(tmp_path / 'rdrop', 0, {100: 93.06}, alpha=1.0)]
+  report.write_report(list(map(str, paths)), str(tmp_path / 'out'))
+  markdown = (tmp_path / 'out' / 'report.md').read_text()
+  pair = _table(markdown.split('### Paired differences')[1], 'group')[0]
+  assert pair['final: difference'] == '+3.06 (one seed: one draw, no evidence either way)'
+  assert pair['final: seeds favouring'] == '-'
+  summary = (tmp_path / 'out' / 'summary.md').read_text()
+  assert 'One run per variant: no spread' in summary and '±' not in summary and 'paired by seed' not in summary
+
+
+def test_the_curves_name_the_evaluation_split_and_draw_no_kl_for_a_baseline(tmp_path, monkeypatch):
+  """Each panel's title is set once its lines are drawn: the lines between two titles are one panel's."""
+  import matplotlib.axes
+  from report import render
+  events = []
+  plot, set_title = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.set_title
+  monkeypatch.setattr(matplotlib.axes.Axes, 'plot', lambda ax, *args, **kwargs: (
+      events.append(('line', kwargs.get('label'))), plot(ax, *args, **kwargs))[1])
+  monkeypatch.setattr(matplotlib.axes.Axes, 'set_title', lambda ax, title, *args, **kwargs: (
+      events.append(('title', title)), set_title(ax, title, *args, **kwargs))[1])
+  runs = [report_runs.load_run(str(fake_run(tmp_path / name, 0, {100: 50.0}, alpha=alpha, split='val')))
+          for name, alpha in (('baseline', 0.0), ('rdrop', 1.0))]
+  render.plot_group(report_runs.group_variants(runs)[('vit', 'digits')], 'vit on digits', str(tmp_path / 'c.png'))
+  panels, lines = {}, []
+  for kind, text in events:
+    if kind == 'line':
+      lines.append(text)
+    else:
+      panels[text], lines = lines, []
+  assert panels['R-Drop KL term (before alpha)'] == ['R-Drop alpha=1 (1 run)']
+  assert panels['val top-1 accuracy (%)'] == ['baseline (1 run)', 'R-Drop alpha=1 (1 run)']
