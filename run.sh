@@ -5,7 +5,8 @@
 #   bash run.sh demo                 offline demo: tiny ViT on scikit-learn digits, baseline vs R-Drop
 #   bash run.sh smoke                a few updates of every config on tiny generated data (CPU, minutes)
 #   bash run.sh vit_cifar100         ViT-B/16 on CIFAR-100, baseline and R-Drop (paper: 92.64 / 93.29)
-#   bash run.sh resnet50_cat12       ResNet50 on Cat-12 and result.csv; RESNET50_WEIGHTS= (empty): ResNet18 from scratch
+#   bash run.sh resnet50_cat12       ResNet50 (ImageNet weights) on Cat-12, baseline and R-Drop, and result.csv
+#   bash run.sh resnet18_cat12       ResNet18 at 64 px from random weights on Cat-12: sized for 2 CPU cores
 #   bash run.sh dropblock_cifar10    4-conv CNN with and without DropBlock
 #   bash run.sh lenet5_cifar10       LeNet-5 networks A-D (dropout ablation)
 #   bash run.sh repconv_cifar10      RepConv network, trained then fused for evaluation
@@ -30,7 +31,7 @@ CIFAR100=${CIFAR100:-$DATA_DIR/cifar-100-python.tar.gz}
 CIFAR10=${CIFAR10:-$DATA_DIR/cifar-10-python.tar.gz}
 CAT12_DIR=${CAT12_DIR:-$DATA_DIR/cat12}
 VIT_WEIGHTS=${VIT_WEIGHTS:-$WEIGHTS_DIR/ViT-B_16.npz}
-RESNET50_WEIGHTS=${RESNET50_WEIGHTS-$WEIGHTS_DIR/resnet50.pdparams}  # set but empty: random weights
+RESNET50_WEIGHTS=${RESNET50_WEIGHTS-$WEIGHTS_DIR/resnet50.pdparams}  # set but empty: as resnet18_cat12
 
 launch() {
   if [ -n "${GPUS:-}" ]; then
@@ -86,29 +87,30 @@ need() {  # need VAR WHAT [FILE]: stop before any run, naming the variable to se
   exit 2
 }
 
-need_cifar() {  # need_cifar VAR FILE: as need, unless the extra arguments let Paddle download the tarball
+need_cifar() {  # need_cifar VAR FILE MD5: as need, unless the extra arguments let Paddle download the tarball
   [[ " ${EXTRA[*]} " == *" --config.data.download=True "* ]] ||
-    need "$1" "the official python tarball $2, or pass --config.data.download=True"
+    need "$1" "the official python tarball $2 (https://www.cs.toronto.edu/~kriz/$2, md5 $3), or pass --config.data.download=True"
 }
 
 vit_cifar100() {
-  need_cifar CIFAR100 cifar-100-python.tar.gz; need VIT_WEIGHTS "Google's ImageNet-21k ViT-B_16.npz"
+  need_cifar CIFAR100 cifar-100-python.tar.gz eb9058c3a382ffc7106e4002c42a8d85
+  need VIT_WEIGHTS "Google's ImageNet-21k ViT-B_16.npz (https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz)"
   local out=$RUNS_DIR/vit_b16_cifar100 data=(--config.data.root="$CIFAR100" --config.model.pretrained="$VIT_WEIGHTS")
   run "$out/baseline" configs/vit_b16_cifar100.py "${data[@]}"
   run "$out/rdrop" configs/vit_b16_cifar100_rdrop.py "${data[@]}"
   report "$out" "$out/baseline" "$out/rdrop"
 }
 
-resnet50_cat12() {
-  local out=$RUNS_DIR/resnet50_cat12 variant=''
-  need CAT12_DIR 'the folder holding train_list.txt, cat_12_train/ and cat_12_test/' train_list.txt
-  if [ -z "$RESNET50_WEIGHTS" ]; then
-    out=$RUNS_DIR/resnet18_cat12_scratch variant=:scratch COMMAND="RESNET50_WEIGHTS= $COMMAND"
-    echo "RESNET50_WEIGHTS is empty: training ResNet18 at 64 px from random weights (the configs' :scratch variant)"
-  elif [ "$RESNET50_WEIGHTS" != download ]; then
-    need RESNET50_WEIGHTS "Paddle's ImageNet resnet50.pdparams, to 'download', or to '' (empty) for random weights"
-  fi
-  local data=(--config.data.root="$CAT12_DIR" --config.model.backbone_weights="$RESNET50_WEIGHTS")
+need_cat12() {
+  need CAT12_DIR "the folder holding train_list.txt, cat_12_train/ and cat_12_test/ (the data/ folder of \
+https://github.com/nolank128/Cat-Twelve-Classification-Challenge; train_list.txt md5 61cd1dda9400b0a4e3ead24340d5380f)" \
+    train_list.txt
+}
+
+# cat12 OUT VARIANT WEIGHTS: baseline and R-Drop on Cat-12, then result.csv from the R-Drop run.
+cat12() {
+  local out=$1 variant=$2
+  local data=(--config.data.root="$CAT12_DIR" --config.model.backbone_weights="$3")
   run "$out/baseline" "configs/resnet50_cat12.py$variant" "${data[@]}"
   run "$out/rdrop" "configs/resnet50_cat12_rdrop.py$variant" "${data[@]}"
   python main.py --mode predict --workdir "$(first_run "$out/rdrop")" --config.data.root="$CAT12_DIR" \
@@ -116,8 +118,27 @@ resnet50_cat12() {
   report "$out" "$out/baseline" "$out/rdrop"
 }
 
+resnet50_cat12() {
+  need_cat12
+  if [ -z "$RESNET50_WEIGHTS" ]; then  # set but empty: the scratch variant, as resnet18_cat12
+    COMMAND="RESNET50_WEIGHTS= $COMMAND"
+    resnet18_cat12
+    return
+  elif [ "$RESNET50_WEIGHTS" != download ]; then
+    need RESNET50_WEIGHTS "Paddle's ImageNet resnet50.pdparams (https://paddle-hapi.bj.bcebos.com/models/resnet50.pdparams, \
+md5 ca6f485ee1ab0492d38f323885b0ad80), or to 'download' to let Paddle fetch it into its cache"
+  fi
+  cat12 "$RUNS_DIR/resnet50_cat12" '' "$RESNET50_WEIGHTS"
+}
+
+resnet18_cat12() {
+  need_cat12
+  echo "ResNet18 at 64 px from random weights (the Cat-12 configs' :scratch variant)"
+  cat12 "$RUNS_DIR/resnet18_cat12_scratch" :scratch ''
+}
+
 dropblock_cifar10() {
-  need_cifar CIFAR10 cifar-10-python.tar.gz
+  need_cifar CIFAR10 cifar-10-python.tar.gz c58f30108f718f92721af3b95e74349a
   local out=$RUNS_DIR/dropblock_cnn_cifar10
   run "$out/none" configs/dropblock_cnn_cifar10.py:none --config.data.root="$CIFAR10"
   run "$out/dropblock" configs/dropblock_cnn_cifar10.py --config.data.root="$CIFAR10"
@@ -125,7 +146,7 @@ dropblock_cifar10() {
 }
 
 lenet5_cifar10() {
-  need_cifar CIFAR10 cifar-10-python.tar.gz
+  need_cifar CIFAR10 cifar-10-python.tar.gz c58f30108f718f92721af3b95e74349a
   local out=$RUNS_DIR/lenet5_cifar10 network
   for network in A B C D; do
     run "$out/$network" "configs/lenet5_cifar10.py:$network" --config.data.root="$CIFAR10"
@@ -134,7 +155,7 @@ lenet5_cifar10() {
 }
 
 repconv_cifar10() {
-  need_cifar CIFAR10 cifar-10-python.tar.gz
+  need_cifar CIFAR10 cifar-10-python.tar.gz c58f30108f718f92721af3b95e74349a
   local out=$RUNS_DIR/repconv_cifar10
   run "$out/repconv" configs/repconv_cifar10.py --config.data.root="$CIFAR10"
   python main.py --mode export --workdir "$(first_run "$out/repconv")" --config.data.root="$CIFAR10"
@@ -201,6 +222,7 @@ case "$experiment" in
   smoke) smoke ;;
   vit_cifar100) vit_cifar100 ;;
   resnet50_cat12) resnet50_cat12 ;;
+  resnet18_cat12) resnet18_cat12 ;;
   dropblock_cifar10) dropblock_cifar10 ;;
   lenet5_cifar10) lenet5_cifar10 ;;
   repconv_cifar10) repconv_cifar10 ;;

@@ -19,6 +19,8 @@ from utils.rules import NON_NEGATIVE, POSITIVE
 
 NUM_CLASSES = 12
 SPLITS = ('train', 'val', 'test')
+ADDRESS = ('the data/ folder of https://github.com/nolank128/Cat-Twelve-Classification-Challenge, 2160 + 240 '
+           'images; train_list.txt md5 61cd1dda9400b0a4e3ead24340d5380f')
 FIELD_RULES = {'resize': POSITIVE, 'val_every': NON_NEGATIVE}
 
 
@@ -79,7 +81,7 @@ def eval_transform(data_config):
 def _existing(path, what):
   if not os.path.exists(path):
     raise FileNotFoundError(f'cat12: {what} {os.path.abspath(path)} does not exist; set config.data.root to the '
-                            f'folder holding train_list.txt, cat_12_train/ and cat_12_test/')
+                            f'folder holding train_list.txt, cat_12_train/ and cat_12_test/ ({ADDRESS})')
   return path
 
 

@@ -26,15 +26,16 @@ FIELD_RULES = {'classes': one_of((10, 100))}
 
 
 class _Variant:
-  def __init__(self, classes, archive, label_key, train_members, test_members):
-    self.classes, self.archive, self.label_key = classes, archive, label_key
+  def __init__(self, classes, archive, md5, label_key, train_members, test_members):
+    self.classes, self.archive, self.md5, self.label_key = classes, archive, md5, label_key
     self.members = {'train': train_members, 'test': test_members}
 
 
-VARIANTS = {
-    100: _Variant(100, 'cifar-100-python.tar.gz', b'fine_labels', ('train',), ('test',)),
-    10: _Variant(10, 'cifar-10-python.tar.gz', b'labels', tuple(f'data_batch_{i}' for i in range(1, 6)),
-                 ('test_batch',)),
+VARIANTS = {  # the md5 sums are those the official page and Paddle's own reader check
+    100: _Variant(100, 'cifar-100-python.tar.gz', 'eb9058c3a382ffc7106e4002c42a8d85', b'fine_labels', ('train',),
+                  ('test',)),
+    10: _Variant(10, 'cifar-10-python.tar.gz', 'c58f30108f718f92721af3b95e74349a', b'labels',
+                 tuple(f'data_batch_{i}' for i in range(1, 6)), ('test_batch',)),
 }
 
 # Decoded splits per (file, size, mtime, classes): the train and test builds of one run share a single
@@ -92,7 +93,7 @@ def locate(data_config, variant):
   where = os.path.abspath(root) if root else '(config.data.root is empty)'
   raise FileNotFoundError(
       f'CIFAR-{variant.classes} archive not found: {where}. Download {OFFICIAL_URL.format(variant.archive)} '
-      f'and put it, still packed, at that path (or pass --config.data.root=/path/to/{variant.archive}); '
+      f'(md5 {variant.md5}) and put it, still packed, at that path (or pass --config.data.root=/path/to/{variant.archive}); '
       f'or allow Paddle to fetch it into ~/.cache/paddle/dataset/cifar with --config.data.download=True')
 
 

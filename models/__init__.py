@@ -1,7 +1,8 @@
 """Models by name: `config.model.name` is a module of this package exposing `build(model_config, num_classes)`.
 
 Every model maps a float image batch (N, C, H, W) to logits (N, num_classes). Modules may also expose
-`load_pretrained(model, path)` for weights in a format other than Paddle's state dict, VARIANTS, the names
+`load_pretrained(model, path)` for weights in a format other than Paddle's state dict, with
+`pretrained_source(model_config)` saying where such a file is published, VARIANTS, the names
 `config.model.variant` may take, and FIELD_RULES, what their own `config.model.*` numbers may be (both for
 training/config_check.py).
 """
@@ -50,7 +51,9 @@ def build(model_config, num_classes, seed=0, initial_weights=True):
   path = model_config.get('pretrained', '')
   if path:
     if not os.path.isfile(path):
-      raise FileNotFoundError(f'config.model.pretrained: weights file {os.path.abspath(path)} does not exist')
+      source = getattr(module(model_config.name), 'pretrained_source', lambda _: '')(model_config)
+      raise FileNotFoundError(f'config.model.pretrained: weights file {os.path.abspath(path)} does not exist'
+                              + (f' ({source})' if source else ''))
     loader = getattr(module(model_config.name), 'load_pretrained', None)
     if loader:
       loader(model, path)

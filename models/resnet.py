@@ -46,7 +46,8 @@ def backbone_weights_path(depth, setting):
     if not os.path.isfile(setting):
       raise FileNotFoundError(
           f'config.model.backbone_weights: {os.path.abspath(setting)} does not exist. Place Paddle\'s ImageNet '
-          f'resnet{depth}.pdparams there, set it to \'download\', or to \'\' to start from random weights')
+          f'resnet{depth}.pdparams there ({" md5 ".join(paddle_resnet.model_urls[f"resnet{depth}"])}), set it to '
+          f'\'download\', or to \'\' to start from random weights')
     return setting
   cached = cached_weights_path(depth)
   if os.path.isfile(cached):

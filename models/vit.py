@@ -298,6 +298,14 @@ def build(model_config, num_classes):
                            in_channels=model_config.in_channels)
 
 
+def pretrained_source(model_config):
+  """Where Google publishes the ImageNet-21k checkpoint of this variant (no checksum is published)."""
+  if model_config.variant.startswith(('ViT-B', 'ViT-L', 'ViT-H')):
+    return (f'Google\'s ImageNet-21k {model_config.variant}.npz: '
+            f'https://storage.googleapis.com/vit_models/imagenet21k/{model_config.variant}.npz')
+  return ''
+
+
 def load_pretrained(model, path):
   """Google's `.npz` (models.build calls this when config.model.pretrained names a file)."""
   try:

@@ -221,18 +221,19 @@ def test_run_sh_names_the_variable_to_set_for_missing_data_or_weights(tmp_path, 
   make_cat12(tmp_path / 'cat12', n_plain=2, odd=False, broken=False)
   proc = _run_sh(tmp_path, 'resnet50_cat12', **{'CAT12_DIR': str(tmp_path / 'cat12'), **env})
   assert proc.returncode == 2 and f'run.sh: {missing} does not exist: set {variable} to' in proc.stderr
+  assert 'https://' in proc.stderr and ' md5 ' in proc.stderr  # where to get it, and how to check it
   assert not (tmp_path / 'runs').exists()
 
 
 @pytest.mark.slow
-def test_run_sh_with_empty_resnet50_weights_trains_both_variants_from_random_weights(tmp_path):
+def test_run_sh_resnet18_cat12_trains_both_variants_from_random_weights(tmp_path):
   make_cat12(tmp_path / 'cat12', n_plain=8, odd=False, broken=False, n_test=2)
   tiny = ['--config.train.updates=1', '--config.train.batch_size=4', '--config.eval.batch_size=8',
           '--config.data.val_every=2', '--config.data.num_workers=0', '--config.data.img_size=32',
           '--config.data.resize=36']
-  proc = _run_sh(tmp_path, 'resnet50_cat12', *tiny, CAT12_DIR=str(tmp_path / 'cat12'), RESNET50_WEIGHTS='')
+  proc = _run_sh(tmp_path, 'resnet18_cat12', *tiny, CAT12_DIR=str(tmp_path / 'cat12'))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'RESNET50_WEIGHTS is empty: training ResNet18 at 64 px from random weights' in proc.stdout
+  assert 'ResNet18 at 64 px from random weights' in proc.stdout
   out = tmp_path / 'runs' / 'resnet18_cat12_scratch'
   for variant, alpha in (('baseline', 0.0), ('rdrop', 5.0)):
     saved = json.loads(next((out / variant / 'checkpoints').glob('update_*/manifest.json')).read_text())['config']

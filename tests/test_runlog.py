@@ -28,30 +28,43 @@ def test_piped_run_logs_plain_lines_without_bar_fragments(demo_project):
   assert '\r' not in output and '|' not in output and '\x1b' not in output, output
   progress = [line for line in demo.stderr.splitlines() if line.startswith('update ')]
   assert progress[0].startswith('update 1/20 (5%)  objective ') and progress[-1].startswith('update 20/20 (100%)  ')
-  for line in progress:
-    assert ' lr ' in line and ' samples/s  elapsed ' in line and ' ETA ' in line, line
+  for line in progress:  # (two runs: the baseline and R-Drop) no speed or ETA from the first update alone
+    first = line.startswith('update 1/')
+    assert ' lr ' in line and ' elapsed ' in line and (' ETA ' in line and ' samples/s ' in line) != first, line
   assert 'update 10: test top1 ' in demo.stdout and 'update 20: test top1 ' in demo.stdout
 
 
-def test_terminal_gets_a_bar_with_log_lines_above_it(tmp_path):
+def _progress_on_a_terminal(tmp_path, columns):
+  """(stdout, what the terminal of `columns` columns received) of a 3-update RunLog with one log line."""
   script = ('import sys; from training.runlog import RunLog\n'
             f'log = RunLog({str(tmp_path)!r}, True, 0, 3)\n'
             'log.info("a log line")\n'
             'for update in (1, 2, 3): log.progress(update, objective=0.5, lr=1e-3)\n'
             'log.close()\n')
   controller, terminal = pty.openpty()
-  fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))  # 24 rows, 100 columns
+  fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack('HHHH', 24, columns, 0, 0))
   proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, stdout=subprocess.PIPE, stderr=terminal,
                         env=child_env(), timeout=120)
   os.close(terminal)
-  bar = b''
+  received = b''
   while chunk := _read_or_nothing(controller):
-    bar += chunk
-  bar = bar.decode()
+    received += chunk
   os.close(controller)
   assert proc.returncode == 0
-  assert proc.stdout.decode() == 'a log line\n'
+  return proc.stdout.decode(), received.decode()
+
+
+def test_terminal_gets_a_bar_with_log_lines_above_it(tmp_path):
+  stdout, bar = _progress_on_a_terminal(tmp_path, columns=100)
+  assert stdout == 'a log line\n'
   assert '\r' in bar and '3/3 [' in bar and 'objective=0.5' in bar
+
+
+def test_a_terminal_of_no_width_gets_plain_lines(tmp_path):
+  """Some job runners give a pseudo-terminal of 0 columns, where a bar shows nothing at all."""
+  _, lines = _progress_on_a_terminal(tmp_path, columns=0)
+  assert '\r' not in lines.replace('\r\n', '\n')
+  assert lines.startswith('update 1/3 (33%)  objective 0.5  lr 0.001  elapsed 0:00') and 'update 3/3 (100%)' in lines
 
 
 def _read_or_nothing(fd):

@@ -1,8 +1,9 @@
 """What a run reports: progress with an ETA, VisualDL scalars and hyper-parameters, and `metrics.jsonl`.
 
-Progress is a tqdm bar when stderr is a terminal. Anywhere else (a log file, a pipe, a cluster's captured
-output) it is one plain line every PLAIN_LINE_SECONDS: a bar redraws itself with carriage returns, which a
-file keeps as fragments glued to the log lines.
+Progress is a tqdm bar when stderr is a terminal with a width. Anywhere else (a log file, a pipe, a
+cluster's captured output, a pseudo-terminal of 0 columns, where a bar shows nothing at all) it is one
+plain line every PLAIN_LINE_SECONDS: a bar redraws itself with carriage returns, which a file keeps as
+fragments glued to the log lines.
 Only the process of rank 0 writes; the others get a RunLog with `enabled=False` that stays silent.
 """
 import glob
@@ -41,7 +42,7 @@ class RunLog:
     self.writer = None
     if not enabled:
       return
-    if sys.stderr.isatty():
+    if _terminal_columns() > 0:
       self.display = _Bar(start_update, total_updates)
     else:
       self.display = _PlainLines(start_update, total_updates, samples_per_update)
@@ -206,7 +207,9 @@ class _Bar:
 
 class _PlainLines:
   """`update 120/600 (20%)  objective 0.59  lr 0.0016  260 samples/s  elapsed 0:30  ETA 1:55` on stderr,
-  for the first update, then every PLAIN_LINE_SECONDS, and for the last; speed and ETA over the last interval."""
+  for the first update, then every PLAIN_LINE_SECONDS, and for the last; speed and ETA over the last interval.
+  The first line has neither: its interval holds the first update's one-off costs (memory, kernels), and an
+  ETA from it was twice the run's time here."""
 
   def __init__(self, start_update, total_updates, samples_per_update):
     self.total, self.samples_per_update = total_updates, samples_per_update
@@ -220,9 +223,12 @@ class _PlainLines:
     per_second = (update - self.last_update) / max(now - self.last_time, 1e-9)
     fields = [f'update {update}/{self.total} ({100 * update / self.total:.0f}%)',
               *(f'{name} {value:.4g}' for name, value in postfix.items())]
-    if self.samples_per_update:
+    first = update == self.first
+    if self.samples_per_update and not first:
       fields.append(f'{per_second * self.samples_per_update:.1f} samples/s')
-    fields += [f'elapsed {_clock(now - self.started)}', f'ETA {_clock((self.total - update) / per_second)}']
+    fields.append(f'elapsed {_clock(now - self.started)}')
+    if not first:
+      fields.append(f'ETA {_clock((self.total - update) / per_second)}')
     print('  '.join(fields), file=sys.stderr, flush=True)
     self.last_time, self.last_update = now, update
 
@@ -231,6 +237,14 @@ class _PlainLines:
 
   def close(self):
     pass
+
+
+def _terminal_columns():
+  """The width of the terminal that stderr is, or 0 when it is none."""
+  try:
+    return os.get_terminal_size(sys.stderr.fileno()).columns if sys.stderr.isatty() else 0
+  except (OSError, ValueError):
+    return 0
 
 
 def _clock(seconds):
