@@ -1,4 +1,6 @@
-"""Every example command of README.md runs as written on the demo's runs (tests/conftest.py: demo_project)."""
+"""Every example command of README.md and docs/*.md runs as written on the demo's runs
+(tests/conftest.py: demo_project)."""
+import glob
 import os
 import re
 import subprocess
@@ -11,12 +13,16 @@ pytestmark = pytest.mark.slow  # runs the command line in processes of its own
 
 
 def readme_commands():
-  """The `python main.py` lines of README.md's bash blocks, but those with a `...` placeholder (paths to
-  data or weights that only a user has)."""
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    blocks = re.findall(r'```bash\n(.*?)```', f.read(), re.S)
-  return [line.strip() for block in blocks for line in block.splitlines()
-          if line.strip().startswith('python main.py') and '...' not in line]
+  """The one-line `python main.py` and `python -m paddle.distributed.launch` commands of the bash blocks of
+  README.md and docs/*.md, but those with a `...` placeholder (paths to data or weights that only a user has)."""
+  commands = []
+  for page in ['README.md', *sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))]:
+    with open(os.path.join(ROOT, page)) as f:
+      blocks = re.findall(r'```bash\n(.*?)```', f.read(), re.S)
+    commands += [line.strip() for block in blocks for line in block.splitlines()
+                 if line.strip().startswith(('python main.py', 'python -m paddle.distributed.launch'))
+                 and '...' not in line and not line.rstrip().endswith('\\')]
+  return commands
 
 
 def _trains(command):
