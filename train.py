@@ -90,13 +90,12 @@ def run(config, workdir, mode='train', autoresume=False, explicit_checkpoint='',
   check_config(config, world_size)
   with contextlib.ExitStack() as lock:
     def decide():
-      if not workdir_lib.writable(workdir):  # a read-only filesystem: nobody trains here, so no lock is needed
-        resume_from, message = workdir_lib.starting_point(config, workdir, mode, autoresume, explicit_checkpoint)
-        if resume_from is not None:
-          workdir_lib.check_writable(workdir)
-      else:
+      writable = workdir_lib.writable(workdir)
+      if writable:  # (on a read-only filesystem nobody trains: no lock is needed to find a run finished)
         lock.enter_context(own(workdir))
-        resume_from, message = workdir_lib.starting_point(config, workdir, mode, autoresume, explicit_checkpoint)
+      resume_from, message = workdir_lib.starting_point(config, workdir, mode, autoresume, explicit_checkpoint)
+      if resume_from is not None and not writable:
+        workdir_lib.check_writable(workdir)  # raises, naming the folder
       if message:
         print(message)
       return resume_from

@@ -21,19 +21,21 @@ def checkpoints_dir(workdir):
 def check_writable(folder, what='the workdir'):
   """Fail early and clearly when `folder` could not be created or written, creating nothing."""
   if not writable(folder):
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-      existing = os.path.dirname(existing)
-    raise PermissionError(f'cannot write to {what} {os.path.abspath(folder)}: {existing} is not a '
-                          f'writable folder')
+    raise PermissionError(f'cannot write to {what} {os.path.abspath(folder)}: {_nearest_existing(folder)} is '
+                          f'not a writable folder')
 
 
 def writable(folder):
   """Whether `folder` could be created or written (a read-only filesystem, or no permission: False)."""
+  existing = _nearest_existing(folder)
+  return os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)
+
+
+def _nearest_existing(folder):
   existing = os.path.abspath(folder)
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
-  return os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)
+  return existing
 
 
 def has_run(workdir):
