@@ -1,8 +1,8 @@
 """The report mode: from run folders to the paper's table, `report.md` with curves as PNGs, and
 `summary.md` for the README.
 
-  python main.py --mode report --workdir reports/demo runs/demo/baseline runs/demo/rdrop
-  python main.py --mode report --workdir reports/demo runs/demo/*/seed_*     (after SEEDS=3 bash run.sh demo)
+  python main.py --mode report --workdir runs/demo_report runs/demo/baseline runs/demo/rdrop
+  python main.py --mode report --workdir runs/demo_report runs/demo/*/seed_*   (after SEEDS=3 bash run.sh demo)
 
 Reading runs and grouping them into variants: report/runs.py; mean ± standard deviation over seeds and
 differences paired by seed: report/statistics.py; tables and plots: report/render.py.

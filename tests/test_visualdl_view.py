@@ -1,4 +1,5 @@
-"""The demo's runs as VisualDL shows them in a browser (tools/visualdl_check.py); skipped without Chromium."""
+"""The demo's runs as a person sees them in VisualDL, in a browser (tools/visualdl_check.py); skipped without
+Chromium."""
 import os
 import sys
 
@@ -12,9 +13,12 @@ import visualdl_check  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not visualdl_check.chromium(), reason='Chromium is not installed')]
 
 
-def test_visualdl_shows_every_hyperparameter_and_tells_the_runs_apart(demo_project):
+def test_visualdl_opens_on_the_training_curves_and_its_table_fits_the_screen(demo_project):
   folder, _ = demo_project
-  problems, rows = visualdl_check.check(str(folder / 'runs' / 'demo'))
+  problems, seen = visualdl_check.check(str(folder / 'runs' / 'demo'), width=1400)
   assert problems == []
-  assert [row[1:5] for row in rows] == [['demo/baseline', 'digits_vit', '0', '0'],  # run, experiment, seed,
-                                        ['demo/rdrop', 'digits_vit_rdrop', '0', '1']]  # rdrop/alpha
+  assert [(group['name'], group['open']) for group in seen['groups']] == [('1 train', True), ('2 eval', False)]
+  assert seen['groups'][0]['charts'] >= 4  # objective, ce, kl, lr
+  assert seen['header'] == ['Trial ID', 'run', 'top1 (%)', 'best top1 (%)', '2 eval/collapsed']
+  assert [row[1] for row in seen['rows']] == ['demo/baseline', 'demo/rdrop']
+  assert all(row[2].endswith(' at update 20') for row in seen['rows'])  # SHORT_TRAINING: 20 updates
