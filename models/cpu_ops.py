@@ -3,7 +3,8 @@
 One switch, `applies(x)`: dynamic mode, a CPU tensor, float32, no autocast. Everywhere else (GPUs, mixed
 precision, static graphs and exported models, paddle.jit.save) the layers and functions here run Paddle's
 own op, so fused GPU kernels and exported programs are untouched. Each stand-in gives Paddle's values up to
-float rounding (tests/test_cpu_ops.py compares outputs and gradients).
+float rounding, dropout the same distribution from another generator (tests/test_cpu_ops.py compares
+outputs and gradients).
 
 What makes Paddle's CPU kernels slow at a tiny ViT's shapes (4160 rows of 192 or 768, measured on a 2-core
 AMD EPYC, bench/peer.py): broadcasting elementwise kernels (a row vector times a matrix takes 2x a same-shape
