@@ -7,6 +7,10 @@ environment (bench/requirements-peer.txt), in a subprocess (bench/peer_torch.py)
 updates alternate between the two processes (ours, peer | peer, ours | ...) with a pause before each chunk
 so that neither side's idle threads spin into the other's time; the ratio is taken per round, median kept.
 
+How close each side comes to the machine's limit: an update's arithmetic (bench/flops.py, counted from the
+model's shapes) over its time, as a fraction of the faster framework's rate on a large fp32 matrix product,
+timed the same way in this run.
+
 Then the tiny ViT's kernels (census(): every linear, attention, norm, GELU, dropout and residual add of an
 update, at their shapes) are timed the same way in both frameworks, forward and backward, so the part of the
 gap that lies in the frameworks' kernels can be told from ours.
@@ -19,13 +23,14 @@ import subprocess
 import time
 
 import common  # before Paddle: it sets the CPU threads as main.py does
+import flops
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
 from configs import resnet50_cat12_rdrop, vit_b16_cifar100_rdrop
-from models import vit
+from models import cpu_ops, vit
 
 PEER_PYTHON = os.environ.get('PEER_PYTHON', os.path.join(common.ROOT, '.venv-peer', 'bin', 'python'))
 SETUP = ('python -m venv .venv-peer && .venv-peer/bin/pip install -r bench/requirements-peer.txt '
@@ -106,6 +111,7 @@ CASES['vit']['census'] = census(CASES['vit'])
 UPDATES = {'vit': 2, 'resnet': 1}  # per timed chunk
 ROUNDS = 5
 KERNEL_CALLS = 10
+MATMUL_SIZE, MATMUL_CALLS = 2048, 5  # 17 GFLOP a chunk, large enough for either library's best blocking
 
 
 class Peer:
@@ -150,7 +156,7 @@ def our_kernel(kind, shape):
 
   if kind == 'linear':
     rows, fan_in, fan_out = shape
-    layer, x = vit.Linear(fan_in, fan_out), leaf(rows, fan_in)
+    layer, x = cpu_ops.Linear(fan_in, fan_out), leaf(rows, fan_in)
     op, inputs = lambda: layer(x), [x, layer.weight, layer.bias]
   elif kind == 'attention':
     batch, heads, tokens, head_dim = shape
@@ -158,13 +164,13 @@ def our_kernel(kind, shape):
     op, inputs = lambda: F.scaled_dot_product_attention(q, k, v, training=True), [q, k, v]
   elif kind == 'layer_norm':
     x, weight, bias = leaf(*shape), leaf(shape[-1]), leaf(shape[-1])
-    op, inputs = lambda: F.layer_norm(x, shape[-1], weight, bias, 1e-6), [x, weight, bias]
+    op, inputs = lambda: cpu_ops.layer_norm(x, weight, bias, 1e-6), [x, weight, bias]
   elif kind == 'gelu':
     x = leaf(*shape)
     op, inputs = lambda: F.gelu(x), [x]
   elif kind == 'dropout':
     x = leaf(*shape[:2])
-    op, inputs = lambda: F.dropout(x, shape[2], training=True), [x]
+    op, inputs = lambda: cpu_ops.dropout(x, shape[2], training=True), [x]
   else:
     x, y = leaf(*shape), leaf(*shape)
     op, inputs = lambda: x + y, [x, y]
@@ -206,7 +212,7 @@ def alternate(ours, theirs, rounds):
 
 
 def compare_updates(peer, name, rounds):
-  """{'ratio', 'cpu_ratio', 'ours_s', 'peer_s' (per update), 'parameters'} of case `name`."""
+  """{'ratio', 'cpu_ratio', 'ours_s', 'peer_s' (per update), 'parameters', 'flops' (per update)} of case `name`."""
   update, parameters = build_ours(name)
   theirs = peer.ask(setup=CASES[name])['parameters']
   if theirs != parameters:
@@ -215,7 +221,23 @@ def compare_updates(peer, name, rounds):
   update()  # warm-up, both sides
   peer.ask(updates=1)
   result = alternate(lambda: timed(update, n), lambda: peer.ask(updates=n), rounds)
-  return {**result, 'ours_s': result['ours_s'] / n, 'peer_s': result['peer_s'] / n, 'parameters': parameters}
+  config, classes, _ = RECIPE_CONFIGS[name]
+  return {**result, 'ours_s': result['ours_s'] / n, 'peer_s': result['peer_s'] / n, 'parameters': parameters,
+          'flops': flops.update_flops(config, classes)}
+
+
+def compare_matmul(peer, rounds):
+  """{'ours', 'peer'}: each framework's FLOP/s on a product of two MATMUL_SIZE-square fp32 matrices."""
+  rng = np.random.default_rng(0)
+  a, b = (paddle.to_tensor(rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE)).astype('float32')) for _ in range(2))
+
+  def ours(calls=MATMUL_CALLS):
+    return timed(lambda: paddle.matmul(a, b), calls)
+  ours(1)  # warm-up, both sides
+  peer.ask(matmul=MATMUL_SIZE, calls=1)
+  result = alternate(ours, lambda: peer.ask(matmul=MATMUL_SIZE, calls=MATMUL_CALLS), rounds)
+  work = 2 * MATMUL_SIZE ** 3 * MATMUL_CALLS
+  return {'ours': work / result['ours_s'], 'peer': work / result['peer_s']}
 
 
 def compare_kernels(peer, rounds):
@@ -244,10 +266,12 @@ def main():
           'then run `bash run.sh bench` again.')
     common.save_results({})
     return
+  load_before = os.getloadavg()[0]
   try:
     peer = Peer(common.KERNEL_THREADS)
     try:
       updates = {name: compare_updates(peer, name, args.rounds) for name in args.cases}
+      peak = compare_matmul(peer, args.rounds)
       kernels = compare_kernels(peer, args.rounds) if 'vit' in args.cases else []
     finally:
       peer.close()
@@ -255,6 +279,7 @@ def main():
     print(f'Not measured: {error}')
     common.save_results({})
     return
+  load_after = os.getloadavg()[0]
   v = peer.versions
   print(common.table(
       ['model, batch (R-Drop: form, KL reduction, alpha)', 'parameters', 'ours s/update', 'peer s/update',
@@ -264,11 +289,25 @@ def main():
         f'{r["cpu_ratio"]:.2f}') for c, r in ((CASES[name], updates[name]) for name in args.cases)]))
   print(f'\nPeer: PyTorch {v["torch"]}, timm {v["timm"]} (VisionTransformer, dropout after the position embedding, '
         f'GELU and fc2 as ours), torchvision {v["torchvision"]} (resnet50 + our head), Python {v["python"]}, '
-        f'{v["threads"]} kernel threads, as ours. Both: the same KL, momentum SGD, fp32. {args.rounds} rounds of '
+        f'{v["threads"]} kernel threads, as ours. Load average (1 min) {load_before:.1f} at the start of this '
+        f'comparison, {load_after:.1f} at its end. Both: the same KL, momentum SGD, fp32. {args.rounds} rounds of '
         f'{UPDATES["vit"]} (ViT) or {UPDATES["resnet"]} (ResNet) updates a side after a warm-up update, sides '
-        'alternating; medians of the per-round ratios (CPU time: all threads of the process). Target for the tiny '
-        'ViT: at most 2.0. When other jobs take turns on the cores, PyTorch\'s threads wait on each other in every '
-        'operation, which flatters us: quote a quiet machine\'s run, or compare with OMP_NUM_THREADS=1.')
+        'alternating; medians of the per-round ratios (CPU time: all threads of the process). Target for both '
+        'models: at most 1.0. When other jobs take turns on the cores, PyTorch\'s threads wait on each other in '
+        'every operation, which flatters us: quote a quiet machine\'s run, or compare with OMP_NUM_THREADS=1.')
+  machine_peak = max(peak.values())
+  for r in updates.values():
+    r['ours_of_peak'], r['peer_of_peak'] = (r['flops'] / r[side] / machine_peak for side in ('ours_s', 'peer_s'))
+  print('\nThe distance to the limit: each update\'s arithmetic (bench/flops.py: convolutions, linear layers and '
+        'attention\'s matrix products counted from the model\'s shapes, backward 2x forward, both R-Drop passes) '
+        'over its time, as a share of this machine\'s peak: the faster of the two frameworks on a '
+        f'{MATMUL_SIZE}x{MATMUL_SIZE} fp32 matrix product, {machine_peak / 1e9:.0f} GFLOP/s (Paddle '
+        f'{peak["ours"] / 1e9:.0f}, PyTorch {peak["peer"] / 1e9:.0f}; timed alternately in this run).\n')
+  print(common.table(
+      ['model', 'GFLOP per update', 'ours GFLOP/s', 'peer GFLOP/s', 'ours, share of peak', 'peer, share of peak'],
+      [(CASES[name]['title'].split(' (')[0], f'{r["flops"] / 1e9:.1f}', f'{r["flops"] / r["ours_s"] / 1e9:.1f}',
+        f'{r["flops"] / r["peer_s"] / 1e9:.1f}', f'**{r["ours_of_peak"]:.0%}**', f'{r["peer_of_peak"]:.0%}')
+       for name, r in updates.items()]))
   if kernels:
     ours_sum = sum(calls * r['ours_s'] for _, calls, r in kernels)
     peer_sum = sum(calls * r['peer_s'] for _, calls, r in kernels)
@@ -287,7 +326,8 @@ def main():
           f'{ours_sum / vit_update["ours_s"]:.0%} of our update and {peer_sum / vit_update["peer_s"]:.0%} of the '
           'peer\'s (the rest: patch embedding, head, loss, optimizer, autograd and Python).')
   kernel_sums = {'ours_s': ours_sum, 'peer_s': peer_sum} if kernels else {}
-  common.save_results({'versions': v, 'updates': updates, 'kernels': kernel_sums})
+  common.save_results({'versions': v, 'updates': updates, 'kernels': kernel_sums, 'matmul_flops_per_s': peak,
+                       'load': [load_before, load_after]})
 
 
 if __name__ == '__main__':

@@ -9,6 +9,8 @@ timed chunks between the two frameworks while both processes stay warm:
   {"updates": K}                     run K updates                 -> {"seconds": wall, "cpu_seconds": cpu}
   {"kernel": I, "calls": K}          K calls of the case's census kernel I (forward, backward), the same
                                      kernels bench/peer.py times in Paddle -> {"seconds": wall, "cpu_seconds": cpu}
+  {"matmul": N, "calls": K}          K products of two N x N fp32 matrices (the machine's peak rate)
+                                     -> {"seconds": wall, "cpu_seconds": cpu}
 """
 import json
 import platform
@@ -126,7 +128,7 @@ def timed(fn, calls):
 def main():
   torch.set_num_threads(int(sys.argv[1]))
   torch.manual_seed(0)
-  update, ops = None, []
+  update, ops, matrices = None, [], {}
   print(json.dumps({'torch': torch.__version__, 'torchvision': torchvision.__version__, 'timm': timm.__version__,
                     'python': platform.python_version(), 'threads': torch.get_num_threads()}), flush=True)
   for line in sys.stdin:
@@ -137,6 +139,13 @@ def main():
       answer = {'parameters': parameters}
     elif 'updates' in request:
       answer = timed(update, request['updates'])
+    elif 'matmul' in request:
+      size = request['matmul']
+      if size not in matrices:
+        generator = torch.Generator().manual_seed(0)
+        matrices[size] = [torch.randn(size, size, generator=generator) for _ in range(2)]
+      a, b = matrices[size]
+      answer = timed(lambda: torch.mm(a, b), request['calls'])
     else:
       answer = timed(ops[request['kernel']], request['calls'])
     print(json.dumps(answer), flush=True)

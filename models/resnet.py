@@ -13,6 +13,7 @@ import paddle.nn as nn
 from paddle.utils import download
 from paddle.vision.models import resnet as paddle_resnet
 
+from models import cpu_ops
 from utils import checkpoint
 from utils.rules import POSITIVE, RATE, one_of
 
@@ -27,8 +28,8 @@ class ResNetClassifier(nn.Layer):
     super().__init__()
     self.backbone = BACKBONES[depth](num_classes=IMAGENET_CLASSES)
     self.head = nn.Sequential(
-        nn.Linear(IMAGENET_CLASSES, head_width), nn.Sigmoid(), nn.Dropout(head_dropout),
-        nn.Linear(head_width, num_classes), nn.Dropout(head_dropout))
+        cpu_ops.Linear(IMAGENET_CLASSES, head_width), nn.Sigmoid(), cpu_ops.Dropout(head_dropout),
+        cpu_ops.Linear(head_width, num_classes), cpu_ops.Dropout(head_dropout))
 
   def forward(self, x):
     return self.head(self.backbone(x))

@@ -3,8 +3,9 @@ Google's `.npz` checkpoints (e.g. ImageNet-21k `ViT-B_16.npz`) through `load_fro
 
 Differences from the port, all for speed with the same results (up to float rounding): query/key/value
 are one fused projection, attention runs through `F.scaled_dot_product_attention` (flash attention on
-GPUs), and on the CPU the linear layers add their bias inside the matrix product and take its gradient
-as one (`Linear`).
+GPUs), and in fp32 on a CPU the linear layers, layer norms and dropout run models/cpu_ops.py's faster
+stand-ins for Paddle's kernels (same parameters; the same values up to float rounding, dropout masks drawn
+by another generator).
 """
 import os
 import warnings
@@ -16,6 +17,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
+from models.cpu_ops import Dropout, LayerNorm, Linear
 from utils.checkpoint import CheckpointError, load_state_strict
 from utils.rules import POSITIVE, RATE
 
@@ -45,42 +47,6 @@ VARIANTS = {
 }
 
 
-class _CpuLinear(paddle.autograd.PyLayer):
-  """x @ weight + bias as one addmm kernel, its bias gradient as the matrix product ones @ grad (see Linear)."""
-
-  @staticmethod
-  def forward(ctx, x, weight, bias):
-    ctx.save_for_backward(x, weight)
-    ctx.wanted = [not t.stop_gradient for t in (x, weight, bias)]
-    return paddle.addmm(bias, x.reshape([-1, x.shape[-1]]), weight).reshape([*x.shape[:-1], weight.shape[-1]])
-
-  @staticmethod
-  def backward(ctx, grad):
-    x, weight = ctx.saved_tensor()
-    rows = grad.reshape([-1, grad.shape[-1]])
-    grads = (lambda: paddle.matmul(grad, weight, transpose_y=True),
-             lambda: paddle.matmul(x.reshape([-1, x.shape[-1]]), rows, transpose_x=True),
-             lambda: paddle.matmul(paddle.ones([1, rows.shape[0]], dtype=rows.dtype), rows).reshape([-1]))
-    return tuple(g() if wanted else None for g, wanted in zip(grads, ctx.wanted))
-
-
-class Linear(nn.Linear):
-  """nn.Linear (same parameters, same values up to float rounding), faster when training in fp32 on a CPU.
-
-  There Paddle's linear is a matrix product followed by a broadcast add of the bias, and the add's backward
-  sums the bias gradient over rows; both broadcast kernels are slow on the CPU (bench/profile_update.py:
-  add and AddGradNode, about a tenth of a tiny ViT's update). addmm adds the bias inside the matrix product,
-  and ones @ grad is the same row sum as a matrix product. GPUs, mixed precision and exported models
-  keep Paddle's own linear.
-  """
-
-  def forward(self, x):
-    if (paddle.in_dynamic_mode() and x.place.is_cpu_place() and not paddle.amp.is_autocast_enabled()
-        and self.bias is not None and x.dtype == self.weight.dtype == paddle.float32):
-      return _CpuLinear.apply(x, self.weight, self.bias)
-    return super().forward(x)
-
-
 class Embeddings(nn.Layer):
   def __init__(self, config, img_size, in_channels):
     super().__init__()
@@ -92,7 +58,7 @@ class Embeddings(nn.Layer):
     self.position_embeddings = self.create_parameter(
         [1, n_patches + 1, config.hidden_size], default_initializer=nn.initializer.TruncatedNormal(std=0.02))
     self.cls_token = self.create_parameter([1, 1, config.hidden_size], default_initializer=nn.initializer.Constant(0.0))
-    self.dropout = nn.Dropout(config.transformer.dropout_rate)
+    self.dropout = Dropout(config.transformer.dropout_rate)
 
   def forward(self, x):
     x = self.patch_embeddings(x).flatten(2).transpose([0, 2, 1])
@@ -108,7 +74,7 @@ class Attention(nn.Layer):
     self.qkv = Linear(hidden, 3 * hidden)
     self.out = Linear(hidden, hidden)
     self.attention_dropout_rate = config.transformer.attention_dropout_rate
-    self.proj_dropout = nn.Dropout(config.transformer.attention_dropout_rate)
+    self.proj_dropout = Dropout(config.transformer.attention_dropout_rate)
 
   def forward(self, x):
     batch, tokens, hidden = x.shape
@@ -122,7 +88,7 @@ class Mlp(nn.Layer):
     super().__init__()
     self.fc1 = Linear(config.hidden_size, config.transformer.mlp_dim, bias_attr=nn.initializer.Normal(std=1e-6))
     self.fc2 = Linear(config.transformer.mlp_dim, config.hidden_size, bias_attr=nn.initializer.Normal(std=1e-6))
-    self.dropout = nn.Dropout(config.transformer.dropout_rate)
+    self.dropout = Dropout(config.transformer.dropout_rate)
 
   def forward(self, x):
     return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
@@ -131,9 +97,9 @@ class Mlp(nn.Layer):
 class Block(nn.Layer):
   def __init__(self, config):
     super().__init__()
-    self.attention_norm = nn.LayerNorm(config.hidden_size, epsilon=1e-6)
+    self.attention_norm = LayerNorm(config.hidden_size, epsilon=1e-6)
     self.attn = Attention(config)
-    self.ffn_norm = nn.LayerNorm(config.hidden_size, epsilon=1e-6)
+    self.ffn_norm = LayerNorm(config.hidden_size, epsilon=1e-6)
     self.ffn = Mlp(config)
 
   def forward(self, x):
@@ -145,7 +111,7 @@ class Encoder(nn.Layer):
   def __init__(self, config):
     super().__init__()
     self.layer = nn.LayerList([Block(config) for _ in range(config.transformer.num_layers)])
-    self.encoder_norm = nn.LayerNorm(config.hidden_size, epsilon=1e-6)
+    self.encoder_norm = LayerNorm(config.hidden_size, epsilon=1e-6)
     # Activation recompute: keep only each block's input and redo its forward pass during backward,
     # trading ~1/3 more compute for memory, so larger micro-batches (fewer accumulation steps) fit.
     self.recompute = config.get('recompute', False)

@@ -1,0 +1,33 @@
+"""The test suite's wall time, as a newcomer runs it: `python -m pytest -q -n 2 --dist loadfile tests`.
+
+Runs the suite in a subprocess from the project root and reports its wall time, pytest's closing line
+and the load average before and after (other jobs on the machine lengthen it).
+"""
+import os
+import subprocess
+import sys
+import time
+
+import common
+
+COMMAND = [sys.executable, '-m', 'pytest', '-q', '-n', '2', '--dist', 'loadfile', 'tests']
+
+
+def main():
+  load_before = os.getloadavg()[0]
+  start = time.perf_counter()
+  proc = subprocess.run(COMMAND, cwd=common.ROOT, capture_output=True, text=True)
+  seconds = time.perf_counter() - start
+  load_after = os.getloadavg()[0]
+  lines = proc.stdout.strip().splitlines()
+  summary = lines[-1].strip('= ') if lines else f'no output (exit code {proc.returncode})'
+  print('### 8. Test suite wall time (`python -m pytest -q -n 2 --dist loadfile tests`)\n')
+  print(common.table(['wall time', 'pytest says', 'exit code', 'load average (1 min) before, after'],
+                     [(f'{seconds / 60:.1f} min ({seconds:.0f} s)', summary, proc.returncode,
+                       f'{load_before:.1f}, {load_after:.1f}')]))
+  common.save_results({'seconds': seconds, 'summary': summary, 'returncode': proc.returncode,
+                       'load': [load_before, load_after]})
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,197 @@
+"""Faster stand-ins for Paddle's CPU kernels where those are the slow part of a training update.
+
+One switch, `applies(x)`: dynamic mode, a CPU tensor, float32, no autocast. Everywhere else (GPUs, mixed
+precision, static graphs and exported models, paddle.jit.save) the layers and functions here run Paddle's
+own op, so fused GPU kernels and exported programs are untouched. Each stand-in gives Paddle's values up to
+float rounding, dropout the same distribution from another generator (tests/test_cpu_ops.py compares
+outputs and gradients).
+
+What makes Paddle's CPU kernels slow at a tiny ViT's shapes (4160 rows of 192 or 768, measured on a 2-core
+AMD EPYC, bench/peer.py): broadcasting elementwise kernels (a row vector times a matrix takes 2x a same-shape
+product) and row sums (0.75 ms for 4160x192, 14x the same sum as a matrix product ones @ x). The stand-ins
+keep to same-shape elementwise ops and put reductions and broadcasts into small matrix products.
+"""
+import ctypes
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+
+def applies(x):
+  """Whether the stand-ins run for input `x`: fp32 training or evaluation in dynamic mode on a CPU."""
+  if (paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
+      and not paddle.amp.is_autocast_enabled()):
+    _keep_freed_memory()
+    return True
+  return False
+
+
+@functools.cache
+def _keep_freed_memory():
+  """Have glibc's malloc keep freed blocks up to 32 MiB for reuse instead of returning them to the system.
+
+  Paddle's CPU allocator takes every tensor from malloc, and glibc hands blocks above 128 KiB back to the
+  system when freed, so each new activation faults in fresh zeroed pages: an elementwise product of two
+  4160x768 matrices took 1.2 ms instead of 0.6, and a tiny ViT's R-Drop update 2.5-3.4 s instead of 2.1
+  (interleaved processes). The process's memory then stays at its peak, as with a caching allocator.
+  """
+  try:
+    libc = ctypes.CDLL('libc.so.6')
+  except OSError:  # not glibc (musl, macOS, Windows)
+    return
+  m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+  libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest (HEAP_MAX_SIZE / 2)
+  libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def _rows(x):
+  return x.reshape([-1, x.shape[-1]])
+
+
+class _CpuLinear(paddle.autograd.PyLayer):
+  """x @ weight + bias as one addmm kernel, its bias gradient as the matrix product ones @ grad (see Linear)."""
+
+  @staticmethod
+  def forward(ctx, x, weight, bias):
+    ctx.save_for_backward(x, weight)
+    ctx.wanted = [not t.stop_gradient for t in (x, weight, bias)]
+    return paddle.addmm(bias, _rows(x), weight).reshape([*x.shape[:-1], weight.shape[-1]])
+
+  @staticmethod
+  def backward(ctx, grad):
+    x, weight = ctx.saved_tensor()
+    rows = _rows(grad)
+    grads = (lambda: paddle.matmul(grad, weight, transpose_y=True),
+             lambda: paddle.matmul(_rows(x), rows, transpose_x=True),
+             lambda: paddle.matmul(paddle.ones([1, rows.shape[0]], dtype=rows.dtype), rows).reshape([-1]))
+    return tuple(g() if wanted else None for g, wanted in zip(grads, ctx.wanted))
+
+
+class Linear(nn.Linear):
+  """nn.Linear (same parameters, same values up to float rounding), faster when training in fp32 on a CPU.
+
+  There Paddle's linear is a matrix product followed by a broadcast add of the bias, and the add's backward
+  sums the bias gradient over rows; both broadcast kernels are slow on the CPU (bench/profile_update.py:
+  add and AddGradNode, about a tenth of a tiny ViT's update). addmm adds the bias inside the matrix product,
+  and ones @ grad is the same row sum as a matrix product. GPUs, mixed precision and exported models
+  keep Paddle's own linear.
+  """
+
+  def forward(self, x):
+    if applies(x) and self.bias is not None and self.weight.dtype == paddle.float32:
+      return _CpuLinear.apply(x, self.weight, self.bias)
+    return super().forward(x)
+
+
+def _ones(rows, columns, dtype):
+  return paddle.ones([rows, columns], dtype=dtype)
+
+
+def _row_means(rows, mean_weights):
+  """(R, 1) means of the rows of an (R, W) matrix: a matrix product, 14x faster than Paddle's mean here."""
+  return paddle.matmul(rows, mean_weights)
+
+
+def _spread(column, ones_row):
+  """(R, 1) -> (R, W), each value along its row: an outer product, cheaper than a broadcasting kernel."""
+  return paddle.matmul(column, ones_row)
+
+
+class _CpuLayerNorm(paddle.autograd.PyLayer):
+  """Paddle's layer-norm forward (fast); its backward from matrix-product reductions (see LayerNorm)."""
+
+  @staticmethod
+  def forward(ctx, x, weight, bias, epsilon):
+    ctx.save_for_backward(x, weight)
+    ctx.epsilon = epsilon
+    ctx.wanted = [not t.stop_gradient for t in (x, weight, bias)]
+    return F.layer_norm(x, x.shape[-1], weight, bias, epsilon)
+
+  @staticmethod
+  def backward(ctx, grad):
+    x, weight = ctx.saved_tensor()
+    x_rows, grad_rows = _rows(x), _rows(grad)
+    count, width = x_rows.shape
+    mean_weights = paddle.full([width, 1], 1.0 / width, dtype=x.dtype)
+    ones_row, ones_column = _ones(1, width, x.dtype), _ones(count, 1, x.dtype)
+    centred = x_rows - _spread(_row_means(x_rows, mean_weights), ones_row)
+    inverse_std = _spread(paddle.rsqrt(_row_means(centred * centred, mean_weights) + ctx.epsilon), ones_row)
+    normalised = centred * inverse_std
+    grads = [None, None, None]
+    if ctx.wanted[0]:
+      grad_normalised = grad_rows * _spread(ones_column, weight.reshape([1, width]))
+      grad_x = (grad_normalised - _spread(_row_means(grad_normalised, mean_weights), ones_row)
+                - normalised * _spread(_row_means(grad_normalised * normalised, mean_weights), ones_row))
+      grads[0] = (grad_x * inverse_std).reshape(x.shape)
+    if ctx.wanted[1]:
+      grads[1] = paddle.matmul(ones_column, grad_rows * normalised, transpose_x=True).reshape([width])
+    if ctx.wanted[2]:
+      grads[2] = paddle.matmul(ones_column, grad_rows, transpose_x=True).reshape([width])
+    return tuple(grads)
+
+
+def layer_norm(x, weight, bias, epsilon):
+  """F.layer_norm over the last axis with a weight and a bias, its backward faster in fp32 on a CPU.
+
+  Paddle's CPU backward takes 9.1x PyTorch's time at 4160x192 (bench/peer.py; 8.8 of its 9.0 ms are the
+  backward); matrix-product row sums and outer products instead of its reductions and broadcasts: 4.3 ms
+  forward and backward where Paddle takes 9 (both with `_keep_freed_memory`).
+  """
+  if applies(x) and weight is not None and bias is not None:
+    return _CpuLayerNorm.apply(x, weight, bias, epsilon)
+  return F.layer_norm(x, x.shape[-1], weight, bias, epsilon)
+
+
+class LayerNorm(nn.LayerNorm):
+  """nn.LayerNorm (same parameters) over the last axis, through `layer_norm`."""
+
+  def forward(self, x):
+    if len(self._normalized_shape) == 1 and self.weight is not None and self.bias is not None:
+      return layer_norm(x, self.weight, self.bias, self._epsilon)
+    return super().forward(x)
+
+
+_MASK_CHUNKS = 4  # fixed, so that a mask does not depend on the machine's cores
+_mask_workers = ThreadPoolExecutor(max_workers=min(_MASK_CHUNKS, len(os.sched_getaffinity(0))))
+
+
+def dropout_mask(shape, rate):
+  """A float32 tensor of `shape`: 1 / (1 - rate) with probability 1 - rate, else 0.
+
+  Drawn by numpy from a seed that Paddle's generator draws, so a mask is a pure function of Paddle's
+  random state (paddle.seed; recompute's replay restores that state), and two calls draw different masks.
+  numpy fills the mask in `_MASK_CHUNKS` parts in threads (it releases the GIL): 8.4 ms for 4160x768 where
+  Paddle's dropout kernel, one thread drawing through std::uniform_real_distribution, takes 32.
+  """
+  seeds = np.random.SeedSequence(paddle.randint(0, 2**31 - 1, [2]).numpy().tolist()).spawn(_MASK_CHUNKS)
+  mask = np.empty(shape, dtype=np.float32)
+  chunks = np.array_split(mask.reshape(-1), _MASK_CHUNKS)
+
+  def fill(chunk, seed):
+    np.random.Generator(np.random.SFC64(seed)).random(out=chunk, dtype=np.float32)
+    np.greater_equal(chunk, np.float32(rate), out=chunk)
+    chunk *= np.float32(1 / (1 - rate))
+  list(_mask_workers.map(fill, chunks, seeds))
+  return paddle.to_tensor(mask)
+
+
+def dropout(x, rate, training=True):
+  """F.dropout (upscale in training, identity in evaluation), its mask drawn faster in fp32 on a CPU
+  (`dropout_mask`); its backward is the product of the gradient with the same mask."""
+  if training and 0 < rate < 1 and applies(x):
+    return x * dropout_mask(x.shape, rate)
+  return F.dropout(x, rate, training=training)
+
+
+class Dropout(nn.Dropout):
+  """nn.Dropout through `dropout` (its default mode, upscale in training, on every element)."""
+
+  def forward(self, x):
+    if self.axis is None and self.mode == 'upscale_in_train':
+      return dropout(x, self.p, self.training)
+    return super().forward(x)

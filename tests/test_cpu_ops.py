@@ -1,0 +1,161 @@
+"""models/cpu_ops.py: each CPU stand-in gives Paddle's own op's outputs and gradients (float32 rounding),
+and Paddle's op runs wherever the switch is off (autocast, other dtypes, static graphs)."""
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+import pytest
+
+from models import cpu_ops
+
+# float32: the stand-ins sum in another order than Paddle's kernels (matrix products), so compare with
+# tolerances of a few float32 roundings of the values' scale.
+RTOL, ATOL = 1e-4, 1e-4
+
+
+def leaf(shape, seed, scale=1.0, offset=0.0):
+  values = np.random.default_rng(seed).standard_normal(shape).astype('float32') * scale + offset
+  return paddle.to_tensor(values, stop_gradient=False)
+
+
+def outputs_and_grads(op, inputs, grad):
+  out = op()
+  out.backward(grad)
+  grads = [None if t.grad is None else t.grad.numpy() for t in inputs]
+  for t in inputs:
+    t.clear_gradient()
+  return out.numpy(), grads
+
+
+def assert_same(ours, paddles, names):
+  (out_a, grads_a), (out_b, grads_b) = ours, paddles
+  np.testing.assert_allclose(out_a, out_b, rtol=RTOL, atol=ATOL, err_msg='output')
+  for name, a, b in zip(names, grads_a, grads_b):
+    assert (a is None) == (b is None), name
+    if a is not None:
+      np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=f'gradient of {name}')
+
+
+def test_the_switch_is_on_for_float32_cpu_tensors_without_autocast_only(amp_standin):
+  x = paddle.ones([2, 3])
+  assert cpu_ops.applies(x)
+  assert not cpu_ops.applies(x.astype('float64'))
+  assert not cpu_ops.applies(x.astype('float16'))
+  with paddle.amp.auto_cast(dtype='bfloat16'):  # on, as on a GPU (tests/amp_standin.py)
+    assert not cpu_ops.applies(x)
+
+
+@pytest.mark.parametrize('shape', [(7, 13), (2, 5, 16), (3, 1, 4, 6)])
+def test_linear_gives_paddles_outputs_and_gradients(shape):
+  paddle.seed(0)
+  layer = cpu_ops.Linear(shape[-1], 9)
+  x = leaf(shape, 1)
+  grad = paddle.to_tensor(np.random.default_rng(2).standard_normal([*shape[:-1], 9]).astype('float32'))
+  inputs = [x, layer.weight, layer.bias]
+  assert_same(outputs_and_grads(lambda: layer(x), inputs, grad),
+              outputs_and_grads(lambda: F.linear(x, layer.weight, layer.bias), inputs, grad), ('x', 'weight', 'bias'))
+
+
+@pytest.mark.parametrize('shape', [(5, 7), (4160, 192), (2, 3, 33), (1, 1)])
+def test_layer_norm_gives_paddles_outputs_and_gradients(shape):
+  # A mean far from 0 and a small spread: the centring must happen before the variance is taken.
+  x = leaf(shape, 0, scale=0.5, offset=3.0)
+  weight, bias = leaf(shape[-1:], 1), leaf(shape[-1:], 2)
+  grad = paddle.to_tensor(np.random.default_rng(3).standard_normal(shape).astype('float32'))
+  inputs = [x, weight, bias]
+  assert_same(outputs_and_grads(lambda: cpu_ops.layer_norm(x, weight, bias, 1e-6), inputs, grad),
+              outputs_and_grads(lambda: F.layer_norm(x, shape[-1], weight, bias, 1e-6), inputs, grad),
+              ('x', 'weight', 'bias'))
+
+
+def test_layer_norm_gradients_only_where_wanted():
+  x, weight, bias = leaf((6, 10), 0), leaf((10,), 1), leaf((10,), 2)
+  x.stop_gradient, bias.stop_gradient = True, True
+  grad = paddle.ones([6, 10])
+  inputs = [x, weight, bias]
+  assert_same(outputs_and_grads(lambda: cpu_ops.layer_norm(x, weight, bias, 1e-5), inputs, grad),
+              outputs_and_grads(lambda: F.layer_norm(x, 10, weight, bias, 1e-5), inputs, grad), ('x', 'weight', 'bias'))
+
+
+def test_layer_norm_layer_keeps_nn_layer_norms_parameters():
+  paddle.seed(0)
+  ours, paddles = cpu_ops.LayerNorm(12, epsilon=1e-6), nn.LayerNorm(12, epsilon=1e-6)
+  assert list(ours.state_dict()) == list(paddles.state_dict()) == ['weight', 'bias']
+  paddles.set_state_dict(ours.state_dict())
+  x = leaf((3, 4, 12), 0)
+  np.testing.assert_allclose(ours(x).numpy(), paddles(x).numpy(), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize('shape', [(64, 65, 768), (7, 13), (3,)])
+def test_dropout_zeroes_at_the_rate_and_scales_the_rest(shape):
+  rate = 0.1
+  paddle.seed(0)
+  x = leaf(shape, 0, offset=5.0)  # no input element is 0
+  out = cpu_ops.dropout(x, rate)
+  grad = paddle.to_tensor(np.random.default_rng(1).standard_normal(shape).astype('float32'))
+  out.backward(grad)
+  kept = out.numpy() != 0
+  scale = np.float32(1 / (1 - rate))
+  np.testing.assert_allclose(out.numpy(), np.where(kept, x.numpy() * scale, 0), rtol=1e-6)
+  np.testing.assert_allclose(x.grad.numpy(), np.where(kept, grad.numpy() * scale, 0), rtol=1e-6)
+  if kept.size > 100000:  # binomial: the dropped share within 5 standard deviations of the rate
+    assert abs((1 - kept.mean()) - rate) < 5 * np.sqrt(rate * (1 - rate) / kept.size)
+
+
+def test_dropout_masks_follow_paddles_seed_and_differ_between_calls():
+  x = paddle.ones([40, 50])
+  paddle.seed(7)
+  first, second = cpu_ops.dropout(x, 0.3).numpy(), cpu_ops.dropout(x, 0.3).numpy()
+  paddle.seed(7)
+  again = cpu_ops.dropout(x, 0.3).numpy()
+  np.testing.assert_array_equal(first, again)
+  assert (first != second).any()
+
+
+def test_dropout_is_the_identity_in_evaluation_and_at_rate_0():
+  x = leaf((4, 5), 0)
+  np.testing.assert_array_equal(cpu_ops.dropout(x, 0.5, training=False).numpy(), x.numpy())
+  np.testing.assert_array_equal(cpu_ops.dropout(x, 0.0).numpy(), x.numpy())
+  layer = cpu_ops.Dropout(0.5)
+  layer.eval()
+  np.testing.assert_array_equal(layer(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize('dtype', ['float64', 'float16'])
+def test_other_dtypes_run_paddles_ops(dtype, monkeypatch):
+  def refuse(*args):
+    raise AssertionError('a stand-in ran')
+  for stand_in in (cpu_ops._CpuLinear, cpu_ops._CpuLayerNorm):
+    monkeypatch.setattr(stand_in, 'apply', refuse)
+  monkeypatch.setattr(cpu_ops, 'dropout_mask', refuse)
+  x = paddle.ones([3, 8], dtype=dtype)
+  if dtype == 'float64':  # Paddle's CPU kernels of these ops have no float16
+    layer = cpu_ops.Linear(8, 4)
+    layer.to(dtype=dtype)
+    assert layer(x).dtype == x.dtype
+    assert cpu_ops.layer_norm(x, paddle.ones([8], dtype), paddle.zeros([8], dtype), 1e-6).dtype == x.dtype
+  assert cpu_ops.dropout(x, 0.5, training=False).dtype == x.dtype
+
+
+def test_autocast_runs_paddles_ops(monkeypatch, amp_standin):
+  def refuse(*args):
+    raise AssertionError('a stand-in ran')
+  monkeypatch.setattr(cpu_ops._CpuLinear, 'apply', refuse)
+  monkeypatch.setattr(cpu_ops._CpuLayerNorm, 'apply', refuse)
+  monkeypatch.setattr(cpu_ops, 'dropout_mask', refuse)
+  layer, norm = cpu_ops.Linear(8, 8), cpu_ops.LayerNorm(8)
+  with paddle.amp.auto_cast(dtype='bfloat16'):
+    cpu_ops.Dropout(0.5)(norm(layer(paddle.ones([2, 8]))))
+
+
+def test_static_graphs_run_paddles_ops(tmp_path):
+  """paddle.jit.save traces the layers into a static program: Paddle's own ops, not the PyLayers."""
+  paddle.seed(0)
+  model = nn.Sequential(cpu_ops.Linear(6, 5), cpu_ops.LayerNorm(5), cpu_ops.Dropout(0.5))
+  model.eval()
+  x = paddle.randn([2, 6])
+  expected = model(x).numpy()
+  path = str(tmp_path / 'model')
+  paddle.jit.save(model, path, input_spec=[paddle.static.InputSpec([None, 6], 'float32')])
+  loaded = paddle.jit.load(path)
+  np.testing.assert_allclose(loaded(x).numpy(), expected, rtol=1e-5, atol=1e-6)
