@@ -47,7 +47,7 @@ CONTINUING = ('resume', 'eval', 'predict', 'export')
 # Exit codes besides 0, 1 (a mistake in the command, config or input: repeating it will not help) and 128 + N
 # (stopped by signal N), for job scripts that repeat the command (README: the retry loop).
 EXIT_IO = 74    # EX_IOERR of sysexits.h: an I/O condition that may be mended, e.g. a full disk
-EXIT_BUSY = 75  # EX_TEMPFAIL: another process trains in the workdir; try again later
+EXIT_BUSY = 75  # EX_TEMPFAIL: another process trains in the workdir, or a job's processes did not all meet
 MENDABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.ETIMEDOUT}
 
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
@@ -181,7 +181,7 @@ def _run(argv):
   except preemption.Interrupted as err:
     print(err, file=sys.stderr)
     code = 128 + err.signum
-  except WorkdirBusy as err:
+  except (WorkdirBusy, distributed.JobIncomplete) as err:
     print(f'error: {err}', file=sys.stderr)
     code = EXIT_BUSY
   except (app.UsageError, ValueError, OSError, CheckpointError, FloatingPointError) as err:

@@ -61,7 +61,7 @@ def gpu_estimate(r):
       f'**Estimate, not a measurement.** On one A100, the paper recipe (20000 updates x 512 images at 224 px, '
       f'R-Drop: two forward/backward passes per image, fp16) is {passes / 1e6:.1f} M training passes of ViT-B/16. '
       f'At the published {A100_PASSES_PER_S:.0f} passes/s per A100 ({GPU_SOURCE}, divided by 8) that is '
-      f'{train_h:.1f} h of compute; our loop adds {100 * (loop - 1):.0f}% over a bare step (measured on the CPU), '
+      f'{train_h:.1f} h of compute; our loop adds {100 * (loop - 1):.0f}% over its update step alone (measured on the CPU), '
       f'and {UPDATES // EVAL_EVERY} evaluations of the {TEST_IMAGES} test images (forward only, taken as a third of a '
       f'training pass, times the measured evaluate/bare ratio {evaluation:.2f}) add {eval_h * evaluation:.1f} h: '
       f'about **{total:.0f} h** in all; the baseline (one pass per image) about {baseline:.0f} h, so '
@@ -105,8 +105,8 @@ def readme_fragment(r, stamp):
       f'- **R-Drop cost** (update with R-Drop / without; compute floor 2.0): {rdrop["demo"]["concat"]:.2f} '
       f'(`concat`) vs {rdrop["demo"]["twice"]:.2f} (`twice`) on the demo, {rdrop["vit224"]["concat"]:.2f} vs '
       f'{rdrop["vit224"]["twice"]:.2f} for a small ViT at 224 px.',
-      f'- **Loop overhead** (our loop with data, loss, logging, checkpoint cadence / a bare forward-backward-step '
-      f'on the same tensors): **{r["loop_overhead"]["loop_over_bare"]:.3f}** (target 1.05).',
+      f'- **Loop overhead** (our loop with data, logging, metrics and checkpoint cadence / its update step alone '
+      f'on one fixed batch): **{r["loop_overhead"]["loop_over_bare"]:.3f}** (target 1.05).',
       f'- **Input pipeline**: {r["input_pipeline"]["images_per_core_s"]:.0f} CIFAR images/s per core through '
       f'RandomResizedCrop(224); time waiting for data {100 * r["input_pipeline"]["reader_share"]:.2f}% of an update.',
       '- **Evaluation** takes {:.2f}-{:.2f} x a bare forward pass over the same batches.'.format(

@@ -47,6 +47,8 @@ EXIT_BUSY = 75
 #   stalled_decode n:    the same in Cat-12's start-up check, which decodes every image once in a thread pool
 #   nan_loss n:          the n-th loss computation returns NaN (a numerical blow-up)
 #   infinite_weights n:  the n-th optimizer step leaves an infinite weight behind
+#   lost_peer n:         rank 0 of a job of 2 whose other process never connects: Paddle's start-up ends
+#                        (after its fixed 900 s) in the SystemError it raises then
 FAULT_RUNNER = '''
 import os, runpy, signal, subprocess, sys, time
 fault, n = sys.argv[1], int(sys.argv[2])
@@ -145,6 +147,12 @@ elif fault == 'nan_loss':
 elif fault == 'infinite_weights':
   from training.precision import Precision
   Precision.step = nth_call(Precision.step, infinite_weights)
+elif fault == 'lost_peer':
+  import paddle.distributed
+  os.environ.update(PADDLE_TRAINER_ID='0', PADDLE_TRAINERS_NUM='2')
+  def lost_peer():
+    raise SystemError('(Fatal) TCPStore timeout: waited 900 s for 2 workers, 1 connected')
+  paddle.distributed.init_parallel_env = lost_peer
 else:
   raise SystemExit(f'unknown fault {fault}')
 runpy.run_path('main.py', run_name='__main__')
@@ -315,6 +323,17 @@ def test_a_second_training_into_a_running_workdir_is_refused_naming_the_first_wh
   assert 'from update 3' in resumed.stdout and not (workdir / 'lock').exists()
   _assert_same_run(workdir, reference)
   assert json.loads((workdir / 'config.json').read_text())['experiment'] == 'digits_vit_rdrop'
+
+
+def test_a_job_whose_processes_did_not_all_start_exits_75_naming_the_cause_and_leaves_no_trace(tmp_path):
+  """docs/distributed.md: a node lost while the job starts; the retry loop repeats on 75."""
+  workdir = tmp_path / 'run'
+  proc = _start(tmp_path, 'job', ['--config', DEMO, '--workdir', workdir, *RUN], fault=('lost_peer', 1))
+  assert proc.wait(timeout=120) == EXIT_BUSY
+  err = (tmp_path / 'job.err').read_text()
+  assert ('error: the 2 processes of this job did not all start: a node or process was lost or never came '
+          '((Fatal) TCPStore timeout' in err and 'Traceback' not in err), err
+  assert not workdir.exists()
 
 
 def test_sigterm_saves_at_the_update_reached_says_how_to_resume_and_resume_matches(reference, tmp_path):

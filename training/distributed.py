@@ -20,11 +20,24 @@ def rank_and_world_size():
   return dist.get_rank(), dist.get_world_size()
 
 
+class JobIncomplete(RuntimeError):
+  """The processes of a job did not all meet at start-up: one was lost, or never came."""
+
+
 def setup():
-  """(rank, world_size), the process group initialised when there is more than one process."""
+  """(rank, world_size), the process group initialised when there is more than one process.
+
+  At start-up Paddle waits for every process of the job for a fixed 900 s (the default timeout of its
+  global TCPStore, which no flag changes), then raises a bare SystemError: this names the likely cause.
+  """
   rank, world_size = rank_and_world_size()
   if world_size > 1:
-    dist.init_parallel_env()
+    try:
+      dist.init_parallel_env()
+    except (SystemError, RuntimeError) as err:
+      first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+      raise JobIncomplete(f'the {world_size} processes of this job did not all start: a node or process was lost '
+                          f'or never came ({first_line})') from err
   return rank, world_size
 
 
