@@ -113,6 +113,8 @@ def run_eval(config, workdir, checkpoint_path='', split='', output=''):
   """The eval mode: top-1, top-5 and loss of the best checkpoint (or `checkpoint_path`) on `split` (default
   config.eval.split), printed, then written to `output` (default <workdir>/eval_<split>.json)."""
   split = split or config.eval.split
+  if output:  # (the default, in the workdir, may be read-only: the metrics are printed first)
+    _check_output_file(output)
   model, path, update, dataset, precision = _trained_model(config, workdir, checkpoint_path, split)
   print(f'eval: checkpoint {path} (update {update}) on {config.data.name} {split} ({len(dataset)} samples)')
   metrics = dict(evaluate(model, dataset, config, split=split, autocast=precision.autocast), checkpoint=path,

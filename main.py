@@ -44,6 +44,8 @@ from utils.checkpoint import CheckpointError  # noqa: E402
 
 MODES = ('train', 'resume', 'eval', 'predict', 'export', 'report')
 CONTINUING = ('resume', 'eval', 'predict', 'export')
+MODES_OF_FLAG = {'autoresume': ('train',), 'checkpoint': CONTINUING, 'split': ('eval', 'predict'),
+                 'output': ('eval', 'predict', 'export'), 'command': ('report',)}
 # Exit codes besides 0, 1 (a mistake in the command, config or input: repeating it will not help) and 128 + N
 # (stopped by signal N), for job scripts that repeat the command (README: the retry loop).
 EXIT_IO = 74    # EX_IOERR of sysexits.h: an I/O condition that may be mended, e.g. a full disk
@@ -121,6 +123,9 @@ def _check_config_file(spec):
 
 def main(argv, stop):
   """Run the mode of the command line; its exit code."""
+  for name, modes in MODES_OF_FLAG.items():
+    if FLAGS[name].present and FLAGS.mode not in modes:
+      raise app.UsageError(f'--{name} belongs to --mode {" / ".join(modes)}, not --mode {FLAGS.mode}')
   if FLAGS.mode == 'report':
     if not FLAGS.workdir or len(argv) < 2:
       raise app.UsageError('report: python main.py --mode report --workdir OUT_DIR RUN_DIR [RUN_DIR ...]')
@@ -129,12 +134,10 @@ def main(argv, stop):
     return 0
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if FLAGS.config is None:
-    raise app.UsageError('--config is required (e.g. --config configs/digits_vit_rdrop.py)')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
-  if FLAGS.autoresume and FLAGS.mode != 'train':
-    raise app.UsageError(f'--autoresume belongs to --mode train (the repeatable command), not --mode {FLAGS.mode}')
+  if FLAGS.config is None:
+    raise app.UsageError('--config is required (e.g. --config configs/digits_vit_rdrop.py)')
   config, workdir = FLAGS.config, FLAGS.workdir
   if os.path.isfile(workdir):
     raise app.UsageError(f'--workdir {os.path.abspath(workdir)} is a file, not a run folder')
@@ -173,31 +176,33 @@ def _run(argv):
   if any(arg in HELP_FLAGS for arg in argv[1:]):
     print(__doc__ + '\nFlags:\n' + FLAGS.main_module_help().strip().split('\n', 1)[1])
     sys.exit(0)
-  argv = _parse_flags_or_exit(_with_config_file(argv))
-  # From here SIGTERM and Ctrl-C end the process within seconds, at any stage.
+  # From here SIGTERM and Ctrl-C end the process within seconds, at any stage (before, Paddle's own
+  # handler, installed at its import, would print a C++ stack for them).
   stop = preemption.StopRequest(under_launcher=distributed.under_launcher())
-  try:
-    code = main(argv, stop)
+  try:  # the outer try: a signal's Interrupted may also come while an error below is being reported
+    argv = _parse_flags_or_exit(_with_config_file(argv))
+    try:
+      code = main(argv, stop)
+    except (WorkdirBusy, distributed.JobIncomplete) as err:
+      print(f'error: {err}', file=sys.stderr)
+      code = EXIT_BUSY
+    except (app.UsageError, ValueError, OSError, CheckpointError, FloatingPointError) as err:
+      mendable = _mendable_io_error(err)
+      print(f'error: {err}' + (f'\n(exit {EXIT_IO}: {os.strerror(mendable)}, which a later attempt may find mended; '
+                               f'checkpoints already complete are kept)' if mendable else ''), file=sys.stderr)
+      code = EXIT_IO if mendable else 1
+    except (AttributeError, KeyError) as err:
+      frames = traceback.extract_tb(err.__traceback__)
+      if not frames or f'{os.sep}ml_collections{os.sep}' not in frames[-1].filename:
+        raise  # a bug, not a config: keep the traceback
+      # A saved config of an older version lacks a newer field.
+      field = err.args[0] if isinstance(err, KeyError) else err
+      print(f'error: the config has no field {field}; a run saved by an older version may need --config '
+            f'configs/<experiment>.py (its current defaults) with overrides', file=sys.stderr)
+      code = 1
   except preemption.Interrupted as err:
     print(err, file=sys.stderr)
     code = 128 + err.signum
-  except (WorkdirBusy, distributed.JobIncomplete) as err:
-    print(f'error: {err}', file=sys.stderr)
-    code = EXIT_BUSY
-  except (app.UsageError, ValueError, OSError, CheckpointError, FloatingPointError) as err:
-    mendable = _mendable_io_error(err)
-    print(f'error: {err}' + (f'\n(exit {EXIT_IO}: {os.strerror(mendable)}, which a later attempt may find mended; '
-                             f'checkpoints already complete are kept)' if mendable else ''), file=sys.stderr)
-    code = EXIT_IO if mendable else 1
-  except (AttributeError, KeyError) as err:
-    frames = traceback.extract_tb(err.__traceback__)
-    if not frames or f'{os.sep}ml_collections{os.sep}' not in frames[-1].filename:
-      raise  # a bug, not a config: keep the traceback
-    # A saved config of an older version lacks a newer field.
-    field = err.args[0] if isinstance(err, KeyError) else err
-    print(f'error: the config has no field {field}; a run saved by an older version may need --config '
-          f'configs/<experiment>.py (its current defaults) with overrides', file=sys.stderr)
-    code = 1
   stop.finish()  # a signal from here on (a launcher repeating its own) changes nothing: the work is over
   sys.exit(code)
 

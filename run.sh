@@ -84,7 +84,7 @@ need() {  # need VAR WHAT [FILE]: stop before any run, naming the variable to se
   local path=${!1}${3:+/$3}
   [ -e "$path" ] && return
   echo "run.sh: $path does not exist: set $1 to $2" >&2
-  exit 2
+  exit 1
 }
 
 need_cifar() {  # need_cifar VAR FILE MD5: as need, unless the extra arguments let Paddle download the tarball
@@ -92,9 +92,26 @@ need_cifar() {  # need_cifar VAR FILE MD5: as need, unless the extra arguments l
     need "$1" "the official python tarball $2 (https://www.cs.toronto.edu/~kriz/$2, md5 $3), or pass --config.data.download=True"
 }
 
-vit_cifar100() {
+# needs_<experiment>: the files an experiment reads, checked before its first run (`all`: before any run).
+needs_vit_cifar100() {
   need_cifar CIFAR100 cifar-100-python.tar.gz eb9058c3a382ffc7106e4002c42a8d85
   need VIT_WEIGHTS "Google's ImageNet-21k ViT-B_16.npz (https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz)"
+}
+
+needs_cifar10() {
+  need_cifar CIFAR10 cifar-10-python.tar.gz c58f30108f718f92721af3b95e74349a
+}
+
+needs_resnet50_cat12() {
+  need_cat12
+  if [ -n "$RESNET50_WEIGHTS" ] && [ "$RESNET50_WEIGHTS" != download ]; then
+    need RESNET50_WEIGHTS "Paddle's ImageNet resnet50.pdparams (https://paddle-hapi.bj.bcebos.com/models/resnet50.pdparams, \
+md5 ca6f485ee1ab0492d38f323885b0ad80), or to 'download' to let Paddle fetch it into its cache"
+  fi
+}
+
+vit_cifar100() {
+  needs_vit_cifar100
   local out=$RUNS_DIR/vit_b16_cifar100 data=(--config.data.root="$CIFAR100" --config.model.pretrained="$VIT_WEIGHTS")
   run "$out/baseline" configs/vit_b16_cifar100.py "${data[@]}"
   run "$out/rdrop" configs/vit_b16_cifar100_rdrop.py "${data[@]}"
@@ -119,14 +136,11 @@ cat12() {
 }
 
 resnet50_cat12() {
-  need_cat12
+  needs_resnet50_cat12
   if [ -z "$RESNET50_WEIGHTS" ]; then  # set but empty: the scratch variant, as resnet18_cat12
     COMMAND="RESNET50_WEIGHTS= $COMMAND"
     resnet18_cat12
     return
-  elif [ "$RESNET50_WEIGHTS" != download ]; then
-    need RESNET50_WEIGHTS "Paddle's ImageNet resnet50.pdparams (https://paddle-hapi.bj.bcebos.com/models/resnet50.pdparams, \
-md5 ca6f485ee1ab0492d38f323885b0ad80), or to 'download' to let Paddle fetch it into its cache"
   fi
   cat12 "$RUNS_DIR/resnet50_cat12" '' "$RESNET50_WEIGHTS"
 }
@@ -138,7 +152,7 @@ resnet18_cat12() {
 }
 
 dropblock_cifar10() {
-  need_cifar CIFAR10 cifar-10-python.tar.gz c58f30108f718f92721af3b95e74349a
+  needs_cifar10
   local out=$RUNS_DIR/dropblock_cnn_cifar10
   run "$out/none" configs/dropblock_cnn_cifar10.py:none --config.data.root="$CIFAR10"
   run "$out/dropblock" configs/dropblock_cnn_cifar10.py --config.data.root="$CIFAR10"
@@ -146,7 +160,7 @@ dropblock_cifar10() {
 }
 
 lenet5_cifar10() {
-  need_cifar CIFAR10 cifar-10-python.tar.gz c58f30108f718f92721af3b95e74349a
+  needs_cifar10
   local out=$RUNS_DIR/lenet5_cifar10 network
   for network in A B C D; do
     run "$out/$network" "configs/lenet5_cifar10.py:$network" --config.data.root="$CIFAR10"
@@ -155,7 +169,7 @@ lenet5_cifar10() {
 }
 
 repconv_cifar10() {
-  need_cifar CIFAR10 cifar-10-python.tar.gz c58f30108f718f92721af3b95e74349a
+  needs_cifar10
   local out=$RUNS_DIR/repconv_cifar10
   run "$out/repconv" configs/repconv_cifar10.py --config.data.root="$CIFAR10"
   python main.py --mode export --workdir "$(first_run "$out/repconv")" --config.data.root="$CIFAR10"
@@ -209,9 +223,9 @@ experiment=${1:-}
 [ $# -gt 0 ] && shift
 EXTRA=("$@")
 if [ -n "${SEEDS:-}" ]; then
-  [[ $SEEDS =~ ^[1-9][0-9]*$ ]] || { echo "SEEDS=$SEEDS: give the number of seeds, e.g. SEEDS=3" >&2; exit 2; }
+  [[ $SEEDS =~ ^[1-9][0-9]*$ ]] || { echo "SEEDS=$SEEDS: give the number of seeds, e.g. SEEDS=3" >&2; exit 1; }
   for arg in "${EXTRA[@]}"; do
-    [[ $arg == --config.seed=* ]] && { echo "$arg: SEEDS=$SEEDS sets the seeds (0..$((SEEDS - 1)))" >&2; exit 2; }
+    [[ $arg == --config.seed=* ]] && { echo "$arg: SEEDS=$SEEDS sets the seeds (0..$((SEEDS - 1)))" >&2; exit 1; }
   done
 fi
 # What produced these runs, as the report's summary states it.
@@ -226,7 +240,8 @@ case "$experiment" in
   dropblock_cifar10) dropblock_cifar10 ;;
   lenet5_cifar10) lenet5_cifar10 ;;
   repconv_cifar10) repconv_cifar10 ;;
-  all) vit_cifar100; resnet50_cat12; dropblock_cifar10; lenet5_cifar10; repconv_cifar10 ;;
+  all) needs_vit_cifar100; needs_resnet50_cat12; needs_cifar10
+       vit_cifar100; resnet50_cat12; dropblock_cifar10; lenet5_cifar10; repconv_cifar10 ;;
   bench) python bench/run_all.py --out BENCHMARKS.md ;;
-  *) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; [ -z "$experiment" ] || { echo "unknown experiment: $experiment" >&2; exit 2; } ;;
+  *) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; [ -z "$experiment" ] || { echo "unknown experiment: $experiment" >&2; exit 1; } ;;
 esac

@@ -316,7 +316,7 @@ def _expected_first_loss(net, config, num_classes):
 
 
 def _resume_command(workdir, *overrides):
-  return shlex.join(['python', 'main.py', '--mode', 'resume', '--workdir', str(workdir), *overrides])
+  return distributed.command_line(['main.py', '--mode', 'resume', '--workdir', str(workdir), *overrides])
 
 
 def _failed(err, update, workdir):

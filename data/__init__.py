@@ -2,7 +2,8 @@
 
 A dataset returns uint8 images (C, H, W) already at the model's size and int64 labels (-1 when the
 split has none); normalisation happens on the device (see `data.pipeline.to_model_input`). A module lists
-its split names in SPLITS (and its augmentations in AUGMENTS, if any), for training/config_check.py.
+its split names in SPLITS, the channels of its images in CHANNELS (and its augmentations in AUGMENTS, if
+any), for training/config_check.py.
 """
 import importlib
 import pkgutil

@@ -19,6 +19,7 @@ from utils.rules import NON_NEGATIVE, POSITIVE
 
 NUM_CLASSES = 12
 SPLITS = ('train', 'val', 'test')
+CHANNELS = 3
 ADDRESS = ('the data/ folder of https://github.com/nolank128/Cat-Twelve-Classification-Challenge, 2160 + 240 '
            'images; train_list.txt md5 61cd1dda9400b0a4e3ead24340d5380f')
 FIELD_RULES = {'resize': POSITIVE, 'val_every': NON_NEGATIVE}

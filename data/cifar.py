@@ -22,6 +22,7 @@ from utils.rules import one_of
 OFFICIAL_URL = 'https://www.cs.toronto.edu/~kriz/{}'
 AUGMENTS = ('rrc', 'none')
 SPLITS = ('train', 'test')
+CHANNELS = 3
 FIELD_RULES = {'classes': one_of((10, 100))}
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from data.pipeline import SeededDataset
 
 SPLITS = ('train', 'test')
+CHANNELS = 1  # grey levels
 SPLIT_SEED = 0  # independent of the training seed, so every run is tested on the same images
 
 

@@ -19,7 +19,7 @@ import os
 from configs.base import NOT_LEARNING
 from training import workdir as workdir_lib
 from utils import checkpoint
-from utils.io import read_jsonl
+from utils.io import read_json, read_jsonl
 
 # Fields that differ between runs without making them different variants.
 NOT_A_VARIANT = NOT_LEARNING | {'experiment', 'seed'}
@@ -136,11 +136,7 @@ def load_run(path):
   if not os.path.isfile(config_path):
     raise ValueError(f'{os.path.abspath(path)} is not a training run: it has no config.json, which main.py '
                      f'writes when training starts')
-  try:
-    with open(config_path) as f:
-      config = json.load(f)
-  except ValueError as err:
-    raise ValueError(f'{os.path.abspath(config_path)} is not valid JSON: {err}') from err
+  config = read_json(os.path.abspath(config_path))
   notes = []
   metrics_path = os.path.join(path, 'metrics.jsonl')
   metrics = _read_jsonl(metrics_path, notes)

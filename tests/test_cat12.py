@@ -220,7 +220,7 @@ def _run_sh(tmp_path, *args, **env):
 def test_run_sh_names_the_variable_to_set_for_missing_data_or_weights(tmp_path, env, missing, variable):
   make_cat12(tmp_path / 'cat12', n_plain=2, odd=False, broken=False)
   proc = _run_sh(tmp_path, 'resnet50_cat12', **{'CAT12_DIR': str(tmp_path / 'cat12'), **env})
-  assert proc.returncode == 2 and f'run.sh: {missing} does not exist: set {variable} to' in proc.stderr
+  assert proc.returncode == 1 and f'run.sh: {missing} does not exist: set {variable} to' in proc.stderr
   assert 'https://' in proc.stderr and ' md5 ' in proc.stderr  # where to get it, and how to check it
   assert not (tmp_path / 'runs').exists()
 

@@ -13,7 +13,7 @@ import data
 import models
 from rdrop import CE_OF_PASSES, FORMS, REDUCTIONS
 from training import optim, precision
-from utils.rules import ALL_POSITIVE, FRACTION, NON_NEGATIVE, POSITIVE, RATE
+from utils.rules import ALL_POSITIVE, FRACTION, NON_NEGATIVE, POSITIVE, RATE, numbers
 
 FLOAT32_MAX = 3.4028234663852886e38  # Paddle computes in float32: a larger number becomes infinite
 INT64_LIMIT = 2**63
@@ -26,14 +26,14 @@ MAX_LR = 10.0
 FIELD_RULES = {
     'seed': NON_NEGATIVE,
     'data.img_size': POSITIVE, 'data.num_workers': (lambda v: v >= -1, 'must be >= -1 (-1: one per core)'),
-    'data.mean': (lambda v: len(v) > 0 and all(0 <= x <= 1 for x in v), 'must be numbers in [0, 1]'),
+    'data.mean': (lambda v: numbers(v) and all(0 <= x <= 1 for x in v), 'must be numbers in [0, 1]'),
     'data.std': ALL_POSITIVE,
     'train.batch_size': POSITIVE, 'train.accum_steps': POSITIVE, 'train.updates': NON_NEGATIVE,
     'train.epochs': NON_NEGATIVE, 'train.lr': (lambda v: 0 < v <= MAX_LR, f'must be in (0, {MAX_LR:g}]'),
     'train.momentum': RATE, 'train.weight_decay': NON_NEGATIVE,
     'train.clip_grad_norm': NON_NEGATIVE, 'train.warmup_updates': NON_NEGATIVE, 'train.warmup_epochs': NON_NEGATIVE,
-    'train.end_lr_ratio': NON_NEGATIVE, 'train.decay_updates': NON_NEGATIVE, 'train.decay_epochs': NON_NEGATIVE,
-    'train.poly_power': POSITIVE, 'train.step_gamma': POSITIVE, 'train.init_loss_scale': POSITIVE,
+    'train.end_lr_ratio': (lambda v: 0 <= v <= 1, 'must be in [0, 1] (the final lr as a share of train.lr)'), 'train.decay_updates': NON_NEGATIVE, 'train.decay_epochs': NON_NEGATIVE,
+    'train.poly_power': POSITIVE, 'train.step_gamma': FRACTION, 'train.init_loss_scale': POSITIVE,
     'train.max_skipped_updates': NON_NEGATIVE, 'train.log_every': POSITIVE, 'train.eval_every': NON_NEGATIVE,
     'train.checkpoint_every': NON_NEGATIVE, 'train.checkpoint_every_minutes': NON_NEGATIVE,
     'train.keep_checkpoints': POSITIVE,
@@ -106,9 +106,11 @@ def check_config(config, world_size):
   # Names that a model or dataset module declares (models/__init__.py, data/__init__.py).
   if config.model.name in models.available():
     choices['model.variant'] = getattr(models.module(config.model.name), 'VARIANTS', None)
+  channels = None
   if config.data.name in data.available():
     dataset = data.module(config.data.name)
     choices.update({'eval.split': dataset.SPLITS, 'data.augment': getattr(dataset, 'AUGMENTS', None)})
+    channels = dataset.CHANNELS
   problems = {key: f'config.{key}={_field(config, key)!r}: choose one of {", ".join(allowed)}'
               for key, allowed in choices.items()
               if allowed is not None and _field(config, key) is not None and _field(config, key) not in allowed}
@@ -117,6 +119,12 @@ def check_config(config, world_size):
     value = _field(config, key)
     if value is not None and key not in problems and not test(value):
       problems[key] = f'config.{key}={value!r}: {allowed}'
+  for key in ('data.mean', 'data.std', 'model.in_channels'):
+    value = _field(config, key)
+    count = len(value) if isinstance(value, (tuple, list)) else value
+    if channels and value is not None and key not in problems and count != channels:
+      problems[key] = (f'config.{key}={value!r}: {config.data.name} images have {channels} channel(s), so it must '
+                       f'be {channels if key == "model.in_channels" else f"{channels} number(s)"}')
   tc = config.train
   if tc.updates == 0 and tc.epochs == 0:
     problems['train.updates'] = 'config.train.updates=0 and config.train.epochs=0: nothing to train; set either > 0'

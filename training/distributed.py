@@ -5,6 +5,7 @@ environment that `get_world_size` / `get_rank` read and `init_parallel_env` conn
 gloo on CPUs).
 """
 import os
+import shlex
 
 import paddle
 import paddle.distributed as dist
@@ -13,6 +14,18 @@ import paddle.distributed as dist
 def under_launcher():
   """True in a process started by `paddle.distributed.launch` (one rank of a job, even of one process)."""
   return 'PADDLE_TRAINER_ID' in os.environ
+
+
+def command_line(args):
+  """The command that runs `args` (e.g. ['main.py', ...]) as this process's job does: under the launcher
+  on the same number of processes, since another number changes the run (docs/distributed.md)."""
+  if not under_launcher():
+    return shlex.join(['python', *args])
+  nodes, per_node = os.environ.get('PADDLE_NNODES', '1'), os.environ.get('PADDLE_LOCAL_SIZE', '1')
+  if nodes == '1':
+    return shlex.join(['python', '-m', 'paddle.distributed.launch', '--nproc_per_node', per_node, *args])
+  return (f'on each of the {nodes} nodes, its launcher command (python -m paddle.distributed.launch --master ... '
+          f'--nnodes {nodes} --rank R, {per_node} process(es) a node) followed by: {shlex.join(args)}')
 
 
 def rank_and_world_size():

@@ -32,6 +32,10 @@ def in_updates(train_config, num_samples):
     tc.decay_updates = round(tc.decay_epochs * per_epoch)
   if tc.eval_every == 0:
     tc.eval_every = max(1, round(per_epoch))
+  for key, source in (('updates', 'epochs'), ('warmup_updates', 'warmup_epochs'), ('decay_updates', 'decay_epochs')):
+    if tc[key] >= 2**63:
+      raise ValueError(f'config.train.{source}={train_config[source]!r}: that is {tc[key]:.3g} updates of '
+                       f'{tc.batch_size} samples, beyond what 64 bits count')
   return tc
 
 

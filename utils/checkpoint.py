@@ -189,7 +189,7 @@ def latest_valid(directory):
       read_manifest(path)
       return path
     except CheckpointError as err:
-      print(f'WARNING: skipping {err}', file=sys.stderr)
+      print(f'WARNING: {err}; skipping it', file=sys.stderr)
   return None
 
 

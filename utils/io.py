@@ -31,6 +31,16 @@ def write_atomic(path, text):
       os.remove(tmp)
 
 
+def read_json(path):
+  """The JSON document in `path`; one that does not parse is an error naming the file."""
+  with open(path) as f:
+    text = f.read()
+  try:
+    return json.loads(text)
+  except ValueError as err:
+    raise ValueError(f'{path} is not valid JSON ({err}): restore it or remove the run') from err
+
+
 def append_line(path, line):
   """Append one line (a reader may find the last line cut by a kill: read_jsonl skips it)."""
   with naming(path), open(path, 'a') as f:
