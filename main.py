@@ -203,6 +203,14 @@ def _run(argv):
   except preemption.Interrupted as err:
     print(err, file=sys.stderr)
     code = 128 + err.signum
+  except Exception as err:
+    if not stop:
+      raise
+    # A signal came, and its handler had not yet run where the error arose: under the launcher a peer that
+    # took its SIGTERM first breaks the collective this rank waits in.
+    print(f'{preemption.Interrupted(stop.signum)} ({type(err).__name__} while stopping: '
+          f'{(str(err).strip().splitlines() or [""])[0]})', file=sys.stderr)
+    code = 128 + stop.signum
   stop.finish()  # a signal from here on (a launcher repeating its own) changes nothing: the work is over
   sys.exit(code)
 

@@ -122,6 +122,36 @@ def test_a_damaged_saved_config_is_named_on_resume(digits_run, tmp_path):
   assert proc.stderr == f'error: --config {workdir / "config.py"}: SyntaxError: invalid syntax\n  at {workdir / "config.py"}, line 1\n'
 
 
+def test_a_damaged_saved_config_json_is_named_on_autoresume(digits_run, tmp_path):
+  workdir = shutil.copytree(digits_run, tmp_path / 'run')
+  (workdir / 'config.json').write_text('{bad')
+  proc = run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', workdir, '--autoresume', check=False)
+  assert proc.returncode == 1 and proc.stderr.startswith(f'error: {workdir / "config.json"} is not valid JSON ('), \
+      proc.stderr
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--checkpoint', 'x'], '--checkpoint belongs to --mode resume / eval / predict / export, not --mode train'),
+    (['--split', 'test'], '--split belongs to --mode eval / predict, not --mode train'),
+    (['--output', 'x.csv'], '--output belongs to --mode eval / predict / export, not --mode train'),
+])
+def test_a_flag_of_another_mode_is_refused_not_ignored(tmp_path, flags, message):
+  proc = run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', tmp_path / 'run', *flags, check=False)
+  assert proc.returncode == 1 and f'error: {message}' in proc.stderr, proc.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_eval_without_a_workdir_asks_for_the_workdir():
+  proc = run_main('--mode', 'eval', check=False)
+  assert proc.returncode == 1 and 'error: --workdir is required' in proc.stderr, proc.stderr
+
+
+def test_eval_refuses_an_output_that_is_a_folder_before_evaluating(digits_run, tmp_path):
+  proc = run_main('--mode', 'eval', '--workdir', digits_run, '--output', tmp_path, check=False)
+  assert proc.returncode == 1 and 'eval: checkpoint' not in proc.stdout
+  assert f'error: --output {tmp_path} is a folder: name a file' in proc.stderr
+
+
 def test_predict_on_an_empty_folder_is_an_error_and_writes_no_csv(cat12_run):
   workdir, _ = cat12_run
   proc = run_main('--mode', 'predict', '--workdir', workdir, '--config.data.test_dir=empty', check=False)

@@ -53,6 +53,11 @@ def test_every_numeric_field_of_every_config_has_a_validation_rule():
     ('train.optimizer', 'adamm', 'choose one of sgd, momentum, adam, adamw'),
     ('data.name', 'digit', 'choose one of '),
     ('model.variant', 'ViT-B_17', 'choose one of ViT-B_16, '), ('eval.split', 'val', 'choose one of train, test'),
+    ('data.mean', ('(0.5,nan)',), 'must be numbers in [0, 1]'), ('data.std', ('x',), 'must be positive numbers'),
+    ('data.mean', (0.5, 0.5), 'digits images have 1 channel(s), so it must be 1 number(s)'),
+    ('model.in_channels', 3, 'digits images have 1 channel(s), so it must be 1'),
+    ('train.end_lr_ratio', 1e6, 'must be in [0, 1] (the final lr as a share of train.lr)'),
+    ('train.step_gamma', 2.0, 'must be in (0, 1]'),
 ])
 def test_a_bad_value_is_refused_naming_the_field_its_value_and_what_is_allowed(field, value, allowed):
   from training import config_check
@@ -63,3 +68,12 @@ def test_a_bad_value_is_refused_naming_the_field_its_value_and_what_is_allowed(f
   with pytest.raises(ValueError) as refused:
     config_check.check_config(config, world_size=1)
   assert str(refused.value).startswith(f'config.{field}={value!r}: {allowed}')
+
+
+def test_epochs_that_come_to_more_updates_than_64_bits_count_are_refused_naming_the_field():
+  from configs import digits_vit_rdrop
+  from training import optim
+  tc = digits_vit_rdrop.get_config().train
+  tc.updates, tc.epochs = 0, 1e30
+  with pytest.raises(ValueError, match=r'^config.train.epochs=1e\+30: that is 2.2e\+31 updates of 64 samples'):
+    optim.in_updates(tc, 1438)

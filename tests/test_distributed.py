@@ -114,8 +114,10 @@ def test_resume_on_another_number_of_processes_continues_the_same_data(tmp_path)
   common = [*TINY, *NO_DROPOUT, '--config.train.updates=6', '--config.train.checkpoint_every=3']
   launch(2, tmp_path / 'logs_a', '--config', DEMO, '--workdir', tmp_path / 'straight', *common)
   launch(2, tmp_path / 'logs_b', '--config', DEMO, '--workdir', tmp_path / 'moved', *common, '--config.train.updates=3')
-  subprocess.run([sys.executable, 'main.py', '--mode', 'resume', '--workdir', tmp_path / 'moved',
-                  '--config.train.updates=6'], cwd=ROOT, check=True, capture_output=True, env=child_env())
+  resumed = subprocess.run([sys.executable, 'main.py', '--mode', 'resume', '--workdir', tmp_path / 'moved',
+                            '--config.train.updates=6'], cwd=ROOT, check=True, capture_output=True, text=True,
+                           env=child_env())
+  assert 'resume: the run trained on 2 process(es) until now and continues on 1' in resumed.stdout
   assert _max_difference(_weights(tmp_path / 'straight', 6), _weights(tmp_path / 'moved', 6)) < 1e-5
 
 
@@ -167,7 +169,9 @@ def test_sigterm_to_the_launcher_saves_the_update_reached_and_autoresume_under_t
   logs = _worker_logs(tmp_path / 'logs_b')
   assert 4 < reached < 12, logs
   for name, text in logs.items():
-    assert f'stopped by a signal after update {reached}, checkpoint saved' in text, (name, text[-3000:])
+    assert (f'stopped by a signal after update {reached}, checkpoint saved. Continue with:\n  python -m '
+            f'paddle.distributed.launch --nproc_per_node 2 main.py --mode resume --workdir {stopped}') in text, \
+        (name, text[-3000:])
     assert 'exiting now' not in text and 'Traceback' not in text and 'SIGABRT' not in text, (name, text[-3000:])
   launch(2, tmp_path / 'logs_c', '--config', DEMO, '--workdir', stopped, *common, '--autoresume')
   assert _max_difference(_weights(tmp_path / 'straight', 12), _weights(stopped, 12)) == 0
