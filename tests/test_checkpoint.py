@@ -75,7 +75,7 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_a_warning_naming_it(tmp_p
   newest = checkpoint.folder(str(tmp_path), 2)
   cut_in_half(os.path.join(newest, 'model.pdparams'))
   assert checkpoint.latest_valid(str(tmp_path)) == checkpoint.folder(str(tmp_path), 1)
-  assert (f'WARNING: skipping checkpoint {newest}: model.pdparams does not match its checksum'
+  assert (f'WARNING: checkpoint {newest}: model.pdparams does not match its checksum'
           in capsys.readouterr().err)
   with pytest.raises(checkpoint.CheckpointError, match='model.pdparams does not match its checksum'):
     checkpoint.load(newest)  # named explicitly: an error, never a fallback
@@ -90,7 +90,7 @@ def test_a_folder_without_an_intact_manifest_is_not_a_checkpoint(tmp_path, capsy
   if manifest is not None:
     open(manifest_path, 'w').write(manifest)
   assert checkpoint.latest_valid(str(tmp_path)) == checkpoint.folder(str(tmp_path), 1)
-  assert f'skipping checkpoint {checkpoint.folder(str(tmp_path), 3)}' in capsys.readouterr().err
+  assert f'WARNING: checkpoint {checkpoint.folder(str(tmp_path), 3)}' in capsys.readouterr().err
 
 
 def test_a_leftover_temporary_folder_is_not_a_checkpoint_and_is_removed_at_start(tmp_path):
@@ -246,7 +246,7 @@ def test_resume_skips_a_truncated_newest_checkpoint_and_continues_from_the_previ
   ckpts = workdir_lib.checkpoints_dir(str(workdir))
   cut_in_half(os.path.join(checkpoint.folder(ckpts, 6), 'model.pdparams'))
   proc = run_main('--mode', 'resume', '--workdir', workdir, '--config.train.updates=8')
-  assert f'WARNING: skipping checkpoint {checkpoint.folder(ckpts, 6)}: model.pdparams does not match' in proc.stderr
+  assert f'WARNING: checkpoint {checkpoint.folder(ckpts, 6)}: model.pdparams does not match' in proc.stderr
   assert f'resume: from {checkpoint.folder(ckpts, 4)}' in proc.stdout and 'from update 4' in proc.stdout
   assert [r['update'] for r in metric_rows(workdir, 'train')] == list(range(1, 9))
   for path in checkpoint.committed(ckpts):  # update 6 was written again, whole
