@@ -82,8 +82,12 @@ def test_on_a_read_only_filesystem_autoresume_has_nothing_to_do_for_a_finished_r
     "$PYTHON" main.py --config {DEMO} --workdir "$FS/finished" {" ".join(args)} --autoresume; echo "exit $?"
     "$PYTHON" main.py --config {DEMO} --workdir "$FS/interrupted" {" ".join(args)} --autoresume; echo "exit $?"
     "$PYTHON" main.py --mode eval --workdir "$FS/finished" --output "$OUT/eval.json"; echo "exit $?"
+    "$PYTHON" main.py --mode eval --workdir "$FS/finished"; echo "exit $?"
   ''', tmp_path, size='32m')
-  assert _exit_codes(proc) == [0, 1, 0], proc.stdout + proc.stderr
+  assert _exit_codes(proc) == [0, 1, 0, 1], proc.stdout + proc.stderr
+  # Into the read-only workdir (the default output): the numbers first, then the file that was not written.
+  assert proc.stdout.count('\ntop1 ') == 2 and 'error: metrics not written to ' in proc.stderr
+  assert 'the results above are complete' in proc.stderr
   assert 'finished at update 4' in proc.stdout and 'nothing to do' in proc.stdout
   assert 'error: cannot write to the workdir ' in proc.stderr and 'is not a writable folder' in proc.stderr
   assert (tmp_path / 'eval.json').exists()
