@@ -167,6 +167,7 @@ def train(config, workdir, resume_from='', stop=None):
                 'trainer.pdstate': {'precision': precision.state_dict(), 'loop': progress.loop_state()}}
       meta = {'best': progress.best, 'experiment': config.experiment, 'model': config.model.name,
               'num_classes': train_set.num_classes, 'total_updates': tc.updates, 'evaluation_due': evaluation_due,
+              'world_size': world_size,
               'train_seconds': progress.train_seconds + time.monotonic() - started, 'config': config.to_dict()}
       with stop.working():
         checkpoint.save(workdir_lib.checkpoints_dir(workdir), update, pieces, meta, tc.keep_checkpoints,
@@ -261,15 +262,19 @@ def _datasets(config):
 
 def _restore(path, config, num_classes, model, optimizer, precision, progress, say):
   """Load checkpoint `path` into the model, optimizer, loss scaler and the loop's `progress`."""
+  rank, world_size = distributed.rank_and_world_size()
   try:
     manifest, state = checkpoint.load(path)
   except checkpoint.CheckpointError as err:
-    rank = distributed.rank_and_world_size()[0]
     if rank == 0:
       raise
     raise checkpoint.CheckpointError(f'{err}, seen from rank {rank}: every rank resumes from the checkpoint rank 0 '
                                      f'chose, so the workdir must be on a filesystem that every node shares') from err
   models.check_fits(manifest, config.model, path, num_classes)
+  written_on = manifest.get('world_size', world_size)  # (absent from older checkpoints)
+  if written_on != world_size:
+    say(f'resume: the run trained on {written_on} process(es) until now and continues on {world_size}: the same '
+        f'samples in every update, other dropout masks, so another run than on {written_on} (docs/distributed.md)')
   checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {path}')
   optimizer.set_state_dict(precision.optimizer_state(state['optimizer.pdopt'], model, state['model.pdparams']))
   trainer = state['trainer.pdstate']

@@ -13,10 +13,9 @@ import data
 import models
 from rdrop import CE_OF_PASSES, FORMS, REDUCTIONS
 from training import optim, precision
-from utils.rules import ALL_POSITIVE, FRACTION, NON_NEGATIVE, POSITIVE, RATE, numbers
+from utils.rules import ALL_POSITIVE, FRACTION, INT64_LIMIT, NON_NEGATIVE, POSITIVE, RATE, numbers
 
 FLOAT32_MAX = 3.4028234663852886e38  # Paddle computes in float32: a larger number becomes infinite
-INT64_LIMIT = 2**63
 # An infinite initial loss scale overflows every fp16 update, which the run stops on with its own message
 # after train.max_skipped_updates (the tests force overflows this way).
 MAY_BE_INFINITE = {'train.init_loss_scale'}

@@ -48,6 +48,8 @@ def setup():
     try:
       dist.init_parallel_env()
     except (SystemError, RuntimeError) as err:
+      if 'timeout' not in str(err).lower():
+        raise  # e.g. a misconfigured device: repeating the command would not mend it
       first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
       raise JobIncomplete(f'the {world_size} processes of this job did not all start: a node or process was lost '
                           f'or never came ({first_line})') from err

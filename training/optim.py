@@ -9,6 +9,8 @@ import math
 import ml_collections
 import paddle
 
+from utils.rules import INT64_LIMIT
+
 SCHEDULES = ('constant', 'cosine', 'linear', 'polynomial', 'step')
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
 
@@ -33,7 +35,7 @@ def in_updates(train_config, num_samples):
   if tc.eval_every == 0:
     tc.eval_every = max(1, round(per_epoch))
   for key, source in (('updates', 'epochs'), ('warmup_updates', 'warmup_epochs'), ('decay_updates', 'decay_epochs')):
-    if tc[key] >= 2**63:
+    if tc[key] >= INT64_LIMIT:
       raise ValueError(f'config.train.{source}={train_config[source]!r}: that is {tc[key]:.3g} updates of '
                        f'{tc.batch_size} samples, beyond what 64 bits count')
   return tc

@@ -9,7 +9,7 @@ import subprocess
 
 from configs.base import NOT_LEARNING
 from utils import checkpoint
-from utils.io import append_line, read_json, read_jsonl, write_atomic
+from utils.io import append_line, read_json, write_atomic
 
 CONFIG_FILE = 'config.py'
 
@@ -63,11 +63,6 @@ def start_run(workdir, config, world_size, resume_from=''):
   if previous is not None:
     for key, old, new in config_changes(previous, config.to_dict()):
       print(f'resume: config differs from the saved run: {key}: {old!r} -> {new!r}')
-  runs, _ = read_jsonl(os.path.join(workdir, 'run.jsonl'))
-  if previous is not None and runs and runs[-1].get('world_size', world_size) != world_size:
-    print(f'resume: the run trained on {runs[-1]["world_size"]} process(es) until now and continues on {world_size}: '
-          f'the same samples in every update, other dropout masks, so another run than on '
-          f'{runs[-1]["world_size"]} (docs/distributed.md)')
   save_config(workdir, config)
   record_run(workdir, 'resume' if previous is not None else 'train', world_size)
 

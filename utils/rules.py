@@ -1,6 +1,9 @@
 """What a config field's value may be: (test, what is allowed), as the FIELD_RULES that model and dataset
 modules declare for their own fields, and training/config_check.py for the trainer's, are written."""
 
+INT64_LIMIT = 2**63  # what Paddle's int64 holds
+
+
 def numbers(v):
   """True for a non-empty tuple or list of ints and floats (a bad override can leave strings in one)."""
   return (isinstance(v, (tuple, list)) and len(v) > 0
