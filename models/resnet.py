@@ -26,7 +26,7 @@ IMAGENET_CLASSES = 1000
 class ResNetClassifier(nn.Layer):
   def __init__(self, depth, num_classes, head_width, head_dropout):
     super().__init__()
-    self.backbone = BACKBONES[depth](num_classes=IMAGENET_CLASSES)
+    self.backbone = cpu_ops.with_fast_convolutions(BACKBONES[depth](num_classes=IMAGENET_CLASSES))
     self.head = nn.Sequential(
         cpu_ops.Linear(IMAGENET_CLASSES, head_width), nn.Sigmoid(), cpu_ops.Dropout(head_dropout),
         cpu_ops.Linear(head_width, num_classes), cpu_ops.Dropout(head_dropout))
