@@ -90,63 +90,68 @@ class Linear(nn.Linear):
     return super().forward(x)
 
 
-def _ones(rows, columns, dtype):
-  return paddle.ones([rows, columns], dtype=dtype)
-
-
-def _row_means(rows, mean_weights):
-  """(R, 1) means of the rows of an (R, W) matrix: a matrix product, 14x faster than Paddle's mean here."""
-  return paddle.matmul(rows, mean_weights)
-
-
-def _spread(column, ones_row):
-  """(R, 1) -> (R, W), each value along its row: an outer product, cheaper than a broadcasting kernel."""
-  return paddle.matmul(column, ones_row)
-
-
 class _CpuLayerNorm(paddle.autograd.PyLayer):
-  """Paddle's layer-norm forward (fast); its backward from matrix-product reductions (see LayerNorm)."""
+  """Layer norm over the last axis and its backward by oneDNN's primitives (see layer_norm)."""
 
   @staticmethod
   def forward(ctx, x, weight, bias, epsilon):
-    ctx.save_for_backward(x, weight)
-    ctx.epsilon = epsilon
+    rows = _rows(x.contiguous())
+    forward, ctx.backward_step = onednn.layer_normalization(*rows.shape, epsilon)
+    out = paddle.empty(rows.shape, dtype=rows.dtype)
+    mean, variance = (paddle.empty(rows.shape[:1], dtype=rows.dtype) for _ in range(2))
+    forward.run(src=rows, scale=weight, shift=bias, dst=out, mean=mean, variance=variance)
+    ctx.save_for_backward(rows, weight, bias, mean, variance)
     ctx.wanted = [not t.stop_gradient for t in (x, weight, bias)]
-    return F.layer_norm(x, x.shape[-1], weight, bias, epsilon)
+    return out.reshape(x.shape)
 
   @staticmethod
   def backward(ctx, grad):
-    x, weight = ctx.saved_tensor()
-    x_rows, grad_rows = _rows(x), _rows(grad)
-    count, width = x_rows.shape
-    mean_weights = paddle.full([width, 1], 1.0 / width, dtype=x.dtype)
-    ones_row, ones_column = _ones(1, width, x.dtype), _ones(count, 1, x.dtype)
-    centred = x_rows - _spread(_row_means(x_rows, mean_weights), ones_row)
-    inverse_std = _spread(paddle.rsqrt(_row_means(centred * centred, mean_weights) + ctx.epsilon), ones_row)
-    normalised = centred * inverse_std
-    grads = [None, None, None]
-    if ctx.wanted[0]:
-      grad_normalised = grad_rows * _spread(ones_column, weight.reshape([1, width]))
-      grad_x = (grad_normalised - _spread(_row_means(grad_normalised, mean_weights), ones_row)
-                - normalised * _spread(_row_means(grad_normalised * normalised, mean_weights), ones_row))
-      grads[0] = (grad_x * inverse_std).reshape(x.shape)
-    if ctx.wanted[1]:
-      grads[1] = paddle.matmul(ones_column, grad_rows * normalised, transpose_x=True).reshape([width])
-    if ctx.wanted[2]:
-      grads[2] = paddle.matmul(ones_column, grad_rows, transpose_x=True).reshape([width])
-    return tuple(grads)
+    rows, weight, bias, mean, variance = ctx.saved_tensor()
+    grads = [paddle.empty(rows.shape, dtype=rows.dtype), paddle.empty(weight.shape, dtype=weight.dtype),
+             paddle.empty(bias.shape, dtype=bias.dtype)]
+    ctx.backward_step.run(src=rows, diff_dst=_rows(grad.contiguous()), mean=mean, variance=variance, scale=weight,
+                     shift=bias, diff_src=grads[0], diff_scale=grads[1], diff_shift=grads[2])
+    grads[0] = grads[0].reshape(grad.shape)
+    return tuple(g if wanted else None for g, wanted in zip(grads, ctx.wanted))
 
 
 def layer_norm(x, weight, bias, epsilon):
-  """F.layer_norm over the last axis with a weight and a bias, its backward faster in fp32 on a CPU.
+  """F.layer_norm over the last axis with a weight and a bias, by oneDNN in fp32 on a CPU.
 
-  Paddle's CPU backward takes 9.1x PyTorch's time at 4160x192 (bench/peer.py; 8.8 of its 9.0 ms are the
-  backward); matrix-product row sums and outer products instead of its reductions and broadcasts: 4.3 ms
-  forward and backward where Paddle takes 9 (both with `_keep_freed_memory`).
+  Paddle's CPU backward is a dozen ops (9.1x PyTorch's time at 4160x192, bench/peer.py); oneDNN's fused
+  forward and backward take 0.9 ms there where Paddle takes 10 (2-core AMD EPYC).
   """
-  if applies(x) and weight is not None and bias is not None:
+  if applies(x) and onednn.available() and weight is not None and bias is not None:
     return _CpuLayerNorm.apply(x, weight, bias, epsilon)
   return F.layer_norm(x, x.shape[-1], weight, bias, epsilon)
+
+
+class _CpuGelu(paddle.autograd.PyLayer):
+  """The exact GELU and its backward by oneDNN's primitives (see gelu)."""
+
+  @staticmethod
+  def forward(ctx, x):
+    x = x.contiguous()
+    forward, ctx.backward_step = onednn.gelu(x.size)
+    out = paddle.empty(x.shape, dtype=x.dtype)
+    forward.run(src=x, dst=out)
+    ctx.save_for_backward(x)
+    return out
+
+  @staticmethod
+  def backward(ctx, grad):
+    x, = ctx.saved_tensor()
+    grad_x = paddle.empty(x.shape, dtype=x.dtype)
+    ctx.backward_step.run(src=x, diff_dst=grad.contiguous(), diff_src=grad_x)
+    return grad_x
+
+
+def gelu(x):
+  """F.gelu (exact, erf), by oneDNN in fp32 on a CPU: 3.9 ms forward and backward at 4160x768 where
+  Paddle's kernels take 14 (PyTorch's 3.3x less, bench/peer.py)."""
+  if applies(x) and onednn.available():
+    return _CpuGelu.apply(x)
+  return F.gelu(x)
 
 
 class LayerNorm(nn.LayerNorm):

@@ -17,8 +17,8 @@ F32 = 3  # dnnl_f32
 FORMAT_ANY = 1  # dnnl_format_tag_any
 FORWARD_TRAINING, FORWARD_INFERENCE, BACKWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 64, 96, 128, 160, 192
 CONVOLUTION_DIRECT = 0x1
-ELTWISE_RELU, ELTWISE_GELU_ERF = 0x20, 0x20 + 23
-USE_SCALE, USE_SHIFT, FUSE_NORM_RELU = 0x2, 0x4, 0x8
+ELTWISE_GELU_ERF = 0x20 + 17  # dnnl_eltwise_relu = 0x20, gelu_erf the 17th after it
+USE_SCALE, USE_SHIFT = 0x2, 0x4
 QUERY_EXEC_ARG_MD = 255
 ARG = dict(src=1, dst=17, weights=33, bias=41, mean=49, variance=50, scale=51, shift=52, workspace=64,
            diff_src=129, diff_dst=145, diff_weights=161, diff_bias=169, diff_scale=255, diff_shift=256)
@@ -191,3 +191,36 @@ def convolution(x_shape, w_shape, stride, padding, dilation, free_layout=True):
                     inputs={'diff_dst', 'weights'}),
           Primitive(weights_pd, {'src': x_md, 'diff_dst': y_md, 'diff_weights': w_md},
                     inputs={'src', 'diff_dst'}))
+
+
+@functools.lru_cache(maxsize=256)
+def layer_normalization(rows, width, epsilon):
+  """(forward, backward) primitives of layer norm over the last axis of a (rows, width) matrix, with a
+  scale and a shift; the forward also writes each row's mean and variance, which the backward reads."""
+  engine, _ = _engine()
+  x_md, stat_md, parameter_md = plain((rows, width)), plain((rows,)), plain((width,))
+  flags = USE_SCALE | USE_SHIFT
+  forward_pd = _create('dnnl_layer_normalization_forward_primitive_desc_create', engine, FORWARD_TRAINING,
+                       x_md, x_md, stat_md, ctypes.c_float(epsilon), flags, None)
+  backward_pd = _create('dnnl_layer_normalization_backward_primitive_desc_create', engine, BACKWARD,
+                        x_md, x_md, x_md, stat_md, ctypes.c_float(epsilon), flags, forward_pd, None)
+  forward_args = {'src': x_md, 'scale': parameter_md, 'shift': parameter_md, 'dst': x_md,
+                  'mean': stat_md, 'variance': stat_md}
+  backward_args = {'src': x_md, 'diff_dst': x_md, 'mean': stat_md, 'variance': stat_md, 'scale': parameter_md,
+                   'shift': parameter_md,
+                   'diff_src': x_md, 'diff_scale': parameter_md, 'diff_shift': parameter_md}
+  return (Primitive(forward_pd, forward_args, inputs={'src', 'scale', 'shift'}),
+          Primitive(backward_pd, backward_args, inputs={'src', 'diff_dst', 'mean', 'variance', 'scale', 'shift'}))
+
+
+@functools.lru_cache(maxsize=256)
+def gelu(size):
+  """(forward, backward) primitives of the exact (erf) GELU of `size` float32 values."""
+  engine, _ = _engine()
+  md = plain((size,))
+  forward_pd = _create('dnnl_eltwise_forward_primitive_desc_create', engine, FORWARD_TRAINING,
+                       ELTWISE_GELU_ERF, md, md, 0.0, 0.0, None)
+  backward_pd = _create('dnnl_eltwise_backward_primitive_desc_create', engine, ELTWISE_GELU_ERF, md, md, md,
+                        0.0, 0.0, forward_pd, None)
+  return (Primitive(forward_pd, {'src': md, 'dst': md}, inputs={'src'}),
+          Primitive(backward_pd, {'src': md, 'diff_dst': md, 'diff_src': md}, inputs={'src', 'diff_dst'}))

@@ -17,7 +17,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
-from models.cpu_ops import Dropout, LayerNorm, Linear
+from models.cpu_ops import Dropout, LayerNorm, Linear, gelu
 from utils.checkpoint import CheckpointError, load_state_strict
 from utils.rules import POSITIVE, RATE
 
@@ -91,7 +91,7 @@ class Mlp(nn.Layer):
     self.dropout = Dropout(config.transformer.dropout_rate)
 
   def forward(self, x):
-    return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
+    return self.dropout(self.fc2(self.dropout(gelu(self.fc1(x)))))
 
 
 class Block(nn.Layer):

@@ -86,6 +86,64 @@ def test_layer_norm_layer_keeps_nn_layer_norms_parameters():
   np.testing.assert_allclose(ours(x).numpy(), paddles(x).numpy(), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize('shape', [(4160, 768), (2, 3, 5), (1,)])
+def test_gelu_gives_paddles_outputs_and_gradients(shape):
+  x = leaf(shape, 0, scale=3.0)  # far into both tails
+  grad = paddle.to_tensor(np.random.default_rng(1).standard_normal(shape).astype('float32'))
+  assert_same(outputs_and_grads(lambda: cpu_ops.gelu(x), [x], grad),
+              outputs_and_grads(lambda: F.gelu(x), [x], grad), ('x',))
+
+
+# (batch, channels in, size, channels out, kernel, stride, padding, dilation): ResNet's kinds and odd ones
+CONVOLUTIONS = [(2, 3, 32, 8, 7, 2, 3, 1), (2, 16, 9, 16, 3, 1, 1, 1), (3, 8, 11, 12, 3, 2, 1, 1),
+                (2, 16, 8, 4, 1, 1, 0, 1), (2, 8, 10, 16, 1, 2, 0, 1), (1, 4, 13, 5, 3, 1, 2, 2),
+                (1, 3, 6, 2, (2, 3), 1, (0, 1), 1)]
+
+
+@pytest.mark.parametrize('batch, channels, size, out_channels, kernel, stride, padding, dilation', CONVOLUTIONS)
+def test_convolution_gives_paddles_outputs_and_gradients(batch, channels, size, out_channels, kernel, stride,
+                                                          padding, dilation):
+  paddle.seed(0)
+  layer = cpu_ops.Conv2D(channels, out_channels, kernel, stride, padding, dilation, bias_attr=False)
+  x = leaf((batch, channels, size, size), 0)
+  inputs = [x, layer.weight]
+  out_shape = layer(x).shape
+  grad = paddle.to_tensor(np.random.default_rng(1).standard_normal(out_shape).astype('float32'))
+  assert_same(outputs_and_grads(lambda: layer(x), inputs, grad),
+              outputs_and_grads(lambda: F.conv2d(x, layer.weight, stride=stride, padding=padding,
+                                                 dilation=dilation), inputs, grad), ('x', 'weight'))
+
+
+def test_convolution_of_images_that_need_no_gradient():
+  layer = cpu_ops.Conv2D(3, 4, 3, padding=1, bias_attr=False)
+  x = paddle.randn([2, 3, 6, 6])
+  layer(x).sum().backward()
+  assert x.grad is None and layer.weight.grad is not None
+
+
+def test_convolutions_oneDNN_cannot_run_are_paddles(monkeypatch):
+  def refuse(*args):
+    raise AssertionError('oneDNN ran')
+  monkeypatch.setattr(cpu_ops._CpuConv2D, 'apply', refuse)
+  x = paddle.randn([2, 4, 8, 8])
+  for kwargs in ({'groups': 2}, {'bias_attr': None}, {'padding': 'SAME'}, {'padding_mode': 'reflect'}):
+    layer = cpu_ops.Conv2D(4, 4, 3, **{'padding': 1, 'bias_attr': False, **kwargs})
+    np.testing.assert_allclose(layer(x).numpy(), nn.Conv2D.forward(layer, x).numpy())
+
+
+def test_models_built_by_others_get_fast_convolutions_with_their_parameters_unchanged():
+  from paddle.vision.models import resnet18
+  paddle.seed(0)
+  model = resnet18(num_classes=3)
+  keys = {name: p.numpy() for name, p in model.state_dict().items()}
+  cpu_ops.with_fast_convolutions(model)
+  assert all(type(layer) is not nn.Conv2D for layer in model.sublayers())
+  assert sum(type(layer) is cpu_ops.Conv2D for layer in model.sublayers()) == 20
+  assert list(model.state_dict()) == list(keys)
+  for name, value in model.state_dict().items():
+    np.testing.assert_array_equal(value.numpy(), keys[name])
+
+
 @pytest.mark.parametrize('shape', [(64, 65, 768), (7, 13), (3,)])
 def test_dropout_zeroes_at_the_rate_and_scales_the_rest(shape):
   rate = 0.1
@@ -125,7 +183,7 @@ def test_dropout_is_the_identity_in_evaluation_and_at_rate_0():
 def test_other_dtypes_run_paddles_ops(dtype, monkeypatch):
   def refuse(*args):
     raise AssertionError('a stand-in ran')
-  for stand_in in (cpu_ops._CpuLinear, cpu_ops._CpuLayerNorm):
+  for stand_in in (cpu_ops._CpuLinear, cpu_ops._CpuLayerNorm, cpu_ops._CpuGelu, cpu_ops._CpuConv2D):
     monkeypatch.setattr(stand_in, 'apply', refuse)
   monkeypatch.setattr(cpu_ops, 'dropout_mask', refuse)
   x = paddle.ones([3, 8], dtype=dtype)
@@ -134,28 +192,34 @@ def test_other_dtypes_run_paddles_ops(dtype, monkeypatch):
     layer.to(dtype=dtype)
     assert layer(x).dtype == x.dtype
     assert cpu_ops.layer_norm(x, paddle.ones([8], dtype), paddle.zeros([8], dtype), 1e-6).dtype == x.dtype
+    assert cpu_ops.gelu(x).dtype == x.dtype
+    conv = cpu_ops.Conv2D(3, 2, 3, bias_attr=False)
+    conv.to(dtype=dtype)
+    assert conv(paddle.ones([1, 3, 5, 5], dtype=dtype)).dtype == x.dtype
   assert cpu_ops.dropout(x, 0.5, training=False).dtype == x.dtype
 
 
 def test_autocast_runs_paddles_ops(monkeypatch, amp_standin):
   def refuse(*args):
     raise AssertionError('a stand-in ran')
-  monkeypatch.setattr(cpu_ops._CpuLinear, 'apply', refuse)
-  monkeypatch.setattr(cpu_ops._CpuLayerNorm, 'apply', refuse)
+  for stand_in in (cpu_ops._CpuLinear, cpu_ops._CpuLayerNorm, cpu_ops._CpuGelu, cpu_ops._CpuConv2D):
+    monkeypatch.setattr(stand_in, 'apply', refuse)
   monkeypatch.setattr(cpu_ops, 'dropout_mask', refuse)
-  layer, norm = cpu_ops.Linear(8, 8), cpu_ops.LayerNorm(8)
+  conv, layer, norm = cpu_ops.Conv2D(2, 2, 1, bias_attr=False), cpu_ops.Linear(8, 8), cpu_ops.LayerNorm(8)
   with paddle.amp.auto_cast(dtype='bfloat16'):
-    cpu_ops.Dropout(0.5)(norm(layer(paddle.ones([2, 8]))))
+    x = conv(paddle.ones([2, 2, 2, 2])).reshape([2, 8])
+    cpu_ops.Dropout(0.5)(cpu_ops.gelu(norm(layer(x))))
 
 
 def test_static_graphs_run_paddles_ops(tmp_path):
   """paddle.jit.save traces the layers into a static program: Paddle's own ops, not the PyLayers."""
   paddle.seed(0)
-  model = nn.Sequential(cpu_ops.Linear(6, 5), cpu_ops.LayerNorm(5), cpu_ops.Dropout(0.5))
+  model = nn.Sequential(cpu_ops.Conv2D(1, 1, 3, padding=1, bias_attr=False), nn.Flatten(),
+                        cpu_ops.Linear(6, 5), cpu_ops.LayerNorm(5), cpu_ops.Dropout(0.5))
   model.eval()
-  x = paddle.randn([2, 6])
+  x = paddle.randn([2, 1, 2, 3])
   expected = model(x).numpy()
   path = str(tmp_path / 'model')
-  paddle.jit.save(model, path, input_spec=[paddle.static.InputSpec([None, 6], 'float32')])
+  paddle.jit.save(model, path, input_spec=[paddle.static.InputSpec([None, 1, 2, 3], 'float32')])
   loaded = paddle.jit.load(path)
   np.testing.assert_allclose(loaded(x).numpy(), expected, rtol=1e-5, atol=1e-6)
