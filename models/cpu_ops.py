@@ -163,6 +163,53 @@ class LayerNorm(nn.LayerNorm):
     return super().forward(x)
 
 
+class _CpuAttention(paddle.autograd.PyLayer):
+  """Attention of the heads in a fused q/k/v projection, and its backward, by oneDNN (see attention)."""
+
+  @staticmethod
+  def forward(ctx, qkv, heads):
+    qkv = qkv.contiguous()
+    batch, tokens, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    ctx.steps = onednn.attention(batch, tokens, heads, width // heads)
+    p = paddle.empty([batch, heads, tokens, tokens], dtype=qkv.dtype)
+    ctx.steps['scores'].run(src=qkv, weights=(qkv, width), dst=p)
+    ctx.steps['softmax'].run(src=p, dst=p)
+    out = paddle.empty([batch, tokens, width], dtype=qkv.dtype)
+    ctx.steps['out'].run(src=p, weights=(qkv, 2 * width), dst=out)
+    ctx.save_for_backward(qkv, p)
+    return out
+
+  @staticmethod
+  def backward(ctx, grad):
+    qkv, p = ctx.saved_tensor()
+    grad, width, steps = grad.contiguous(), qkv.shape[2] // 3, ctx.steps
+    grad_qkv, grad_scores = paddle.empty(qkv.shape, dtype=qkv.dtype), paddle.empty(p.shape, dtype=p.dtype)
+    steps['grad_p'].run(src=grad, weights=(qkv, 2 * width), dst=grad_scores)
+    steps['grad_v'].run(src=p, weights=grad, dst=(grad_qkv, 2 * width))
+    steps['softmax_backward'].run(dst=p, diff_dst=grad_scores, diff_src=grad_scores)
+    steps['grad_q'].run(src=grad_scores, weights=(qkv, width), dst=grad_qkv)
+    steps['grad_k'].run(src=grad_scores, weights=qkv, dst=(grad_qkv, width))
+    return grad_qkv
+
+
+def attention(qkv, heads, dropout_rate, training):
+  """Multi-head attention of a fused projection qkv [batch, tokens, 3 x width] (q, k, v, each heads x
+  head_dim wide) -> [batch, tokens, width], heads merged: F.scaled_dot_product_attention (flash attention
+  on GPUs), by oneDNN in fp32 on a CPU without attention dropout.
+
+  On the CPU Paddle's scaled_dot_product_attention is a composition of ops, and around it q, k and v are
+  split off and the heads transposed, copies each (bench/profile_update.py: unbind, transpose, softmax
+  and their backward took a tenth of a tiny ViT's update); oneDNN's matrix products read q, k and v in
+  place as strided views and write the heads merged.
+  """
+  batch, tokens, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+  if applies(qkv) and onednn.available() and (dropout_rate == 0 or not training):
+    return _CpuAttention.apply(qkv, heads)
+  q, k, v = qkv.reshape([batch, tokens, 3, heads, width // heads]).unbind(axis=2)
+  out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_rate, training=training)
+  return out.reshape([batch, tokens, width])
+
+
 _MASK_CHUNKS = 4  # fixed, so that a mask does not depend on the machine's cores
 _mask_workers = ThreadPoolExecutor(max_workers=min(_MASK_CHUNKS, len(os.sched_getaffinity(0))))
 

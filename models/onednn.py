@@ -17,7 +17,8 @@ F32 = 3  # dnnl_f32
 FORMAT_ANY = 1  # dnnl_format_tag_any
 FORWARD_TRAINING, FORWARD_INFERENCE, BACKWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 64, 96, 128, 160, 192
 CONVOLUTION_DIRECT = 0x1
-ELTWISE_GELU_ERF = 0x20 + 17  # dnnl_eltwise_relu = 0x20, gelu_erf the 17th after it
+ELTWISE_LINEAR, ELTWISE_GELU_ERF = 0x20 + 6, 0x20 + 17  # after dnnl_eltwise_relu = 0x20 in dnnl_types.h
+SOFTMAX_ACCURATE = 0x30000
 USE_SCALE, USE_SHIFT = 0x2, 0x4
 QUERY_EXEC_ARG_MD = 255
 ARG = dict(src=1, dst=17, weights=33, bias=41, mean=49, variance=50, scale=51, shift=52, workspace=64,
@@ -70,6 +71,15 @@ def _library():
       'dnnl_layer_normalization_backward_primitive_desc_create':
           [p, _handle, ctypes.c_int, _handle, _handle, _handle, _handle, ctypes.c_float, ctypes.c_uint,
            _handle, _handle],
+      'dnnl_matmul_primitive_desc_create': [p, _handle, _handle, _handle, _handle, _handle, _handle],
+      'dnnl_softmax_forward_primitive_desc_create':
+          [p, _handle, ctypes.c_int, ctypes.c_int, _handle, _handle, ctypes.c_int, _handle],
+      'dnnl_softmax_backward_primitive_desc_create':
+          [p, _handle, ctypes.c_int, _handle, _handle, _handle, ctypes.c_int, _handle, _handle],
+      'dnnl_primitive_attr_create': [p],
+      'dnnl_post_ops_create': [p],
+      'dnnl_post_ops_append_eltwise': [_handle, ctypes.c_int, ctypes.c_float, ctypes.c_float],
+      'dnnl_primitive_attr_set_post_ops': [_handle, _handle],
       'dnnl_batch_normalization_forward_primitive_desc_create':
           [p, _handle, ctypes.c_int, _handle, _handle, ctypes.c_float, ctypes.c_uint, _handle],
       'dnnl_batch_normalization_backward_primitive_desc_create':
@@ -108,12 +118,14 @@ def _engine():
   return engine, _create('dnnl_stream_create', engine, 1)  # in order
 
 
-def plain(shape):
-  """The memory descriptor of a contiguous float32 tensor of `shape` (row-major)."""
-  strides, step = [], 1
-  for size in reversed(shape):
-    strides.insert(0, step)
-    step *= size
+def plain(shape, strides=None):
+  """The memory descriptor of a float32 tensor of `shape`: contiguous (row-major), or a view of one with
+  `strides` (in elements)."""
+  if strides is None:
+    strides, step = [], 1
+    for size in reversed(shape):
+      strides.insert(0, step)
+      step *= size
   return _create('dnnl_memory_desc_create_with_strides', len(shape), _dims(shape), F32, _dims(strides))
 
 
@@ -146,10 +158,13 @@ class Primitive:
       (self.reorders_before if name in inputs else self.reorders_after).append((reorder, name))
 
   def run(self, **tensors):
-    """Runs the primitive on contiguous float32 tensors, one per argument name (outputs preallocated)."""
+    """Runs the primitive on contiguous float32 tensors, one per argument name (outputs preallocated); a
+    (tensor, offset) pair passes the view that starts `offset` elements into the tensor."""
     lib, (_, stream) = _library(), _engine()
     for name, tensor in tensors.items():
-      _check(lib.dnnl_memory_set_data_handle(self.user[name], _handle(tensor.data_ptr())), 'set_data_handle')
+      tensor, offset = tensor if isinstance(tensor, tuple) else (tensor, 0)
+      address = _handle(tensor.data_ptr() + 4 * offset)  # float32
+      _check(lib.dnnl_memory_set_data_handle(self.user[name], address), 'set_data_handle')
     buffers = []  # alive until the primitive has run
     for name, (memory, size) in self.own.items():
       buffers.append(paddle.empty([size], dtype=paddle.uint8))
@@ -224,3 +239,53 @@ def gelu(size):
                         0.0, 0.0, forward_pd, None)
   return (Primitive(forward_pd, {'src': md, 'dst': md}, inputs={'src'}),
           Primitive(backward_pd, {'src': md, 'diff_dst': md, 'diff_src': md}, inputs={'src', 'diff_dst'}))
+
+
+def _scaled_by(factor):
+  """Primitive attributes that multiply a result by `factor` (an eltwise post-op)."""
+  post_ops, attr = _create('dnnl_post_ops_create'), _create('dnnl_primitive_attr_create')
+  _check(_library().dnnl_post_ops_append_eltwise(post_ops, ELTWISE_LINEAR, factor, 0.0), 'append_eltwise')
+  _check(_library().dnnl_primitive_attr_set_post_ops(attr, post_ops), 'set_post_ops')
+  return attr
+
+
+def _matmul(a, b, out, attr=None):
+  """A batched matrix product a @ b -> out of memory descriptors (strided views allowed)."""
+  pd = _create('dnnl_matmul_primitive_desc_create', _engine()[0], a, b, None, out, attr)
+  return Primitive(pd, {'src': a, 'weights': b, 'dst': out}, inputs={'src', 'weights'})
+
+
+@functools.lru_cache(maxsize=64)
+def attention(batch, tokens, heads, head_dim):
+  """Primitives of softmax(q k^T / sqrt(head_dim)) v and its backward, reading q, k and v in place from a
+  fused projection [batch, tokens, 3, heads, head_dim] and writing [batch, tokens, heads, head_dim]: no
+  splitting of q, k and v, no transposes of heads (strided views instead), gradients written in place
+  into one [batch, tokens, 3, heads, head_dim] tensor. The views start at element offsets 0 (q), `width`
+  (k) and 2 `width` (v), width = heads x head_dim.
+  """
+  width = heads * head_dim
+  fused = (tokens * 3 * width, head_dim, 3 * width, 1)  # [batch, heads, tokens, head_dim] of q, k or v
+  fused_transposed = (tokens * 3 * width, head_dim, 1, 3 * width)  # [batch, heads, head_dim, tokens]
+  merged = (tokens * width, head_dim, width, 1)  # [batch, heads, tokens, head_dim] of [b, t, h, d]
+  scores = plain((batch, heads, tokens, tokens))
+  scores_transposed = plain((batch, heads, tokens, tokens), (heads * tokens * tokens, tokens * tokens, 1, tokens))
+  by_token = plain((batch, heads, tokens, head_dim), fused)
+  by_dim = plain((batch, heads, head_dim, tokens), fused_transposed)
+  out = plain((batch, heads, tokens, head_dim), merged)
+  scale = _scaled_by(head_dim ** -0.5)
+  engine = _engine()[0]
+  softmax_pd = _create('dnnl_softmax_forward_primitive_desc_create', engine, FORWARD_TRAINING, SOFTMAX_ACCURATE,
+                       scores, scores, 3, None)
+  softmax_backward_pd = _create('dnnl_softmax_backward_primitive_desc_create', engine, SOFTMAX_ACCURATE,
+                                scores, scores, scores, 3, softmax_pd, None)
+  return {
+      'scores': _matmul(by_token, by_dim, scores, scale),  # q @ k^T / sqrt(d)
+      'softmax': Primitive(softmax_pd, {'src': scores, 'dst': scores}, inputs={'src'}),
+      'out': _matmul(scores, by_token, out),  # p @ v
+      'grad_p': _matmul(out, by_dim, scores),  # dout @ v^T
+      'grad_v': _matmul(scores_transposed, out, by_token),  # p^T @ dout
+      'softmax_backward': Primitive(softmax_backward_pd, {'dst': scores, 'diff_dst': scores, 'diff_src': scores},
+                                    inputs={'dst', 'diff_dst'}),
+      'grad_q': _matmul(scores, by_token, by_token, scale),  # ds @ k / sqrt(d)
+      'grad_k': _matmul(scores_transposed, by_token, by_token, scale),  # ds^T @ q / sqrt(d)
+  }

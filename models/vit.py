@@ -17,7 +17,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
-from models.cpu_ops import Dropout, LayerNorm, Linear, gelu
+from models.cpu_ops import Dropout, LayerNorm, Linear, attention, gelu
 from utils.checkpoint import CheckpointError, load_state_strict
 from utils.rules import POSITIVE, RATE
 
@@ -77,10 +77,8 @@ class Attention(nn.Layer):
     self.proj_dropout = Dropout(config.transformer.attention_dropout_rate)
 
   def forward(self, x):
-    batch, tokens, hidden = x.shape
-    q, k, v = self.qkv(x).reshape([batch, tokens, 3, self.num_heads, hidden // self.num_heads]).unbind(axis=2)
-    x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attention_dropout_rate, training=self.training)
-    return self.proj_dropout(self.out(x.reshape([batch, tokens, hidden])))
+    x = attention(self.qkv(x), self.num_heads, self.attention_dropout_rate, self.training)
+    return self.proj_dropout(self.out(x))
 
 
 class Mlp(nn.Layer):

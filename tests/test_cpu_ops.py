@@ -94,6 +94,26 @@ def test_gelu_gives_paddles_outputs_and_gradients(shape):
               outputs_and_grads(lambda: F.gelu(x), [x], grad), ('x',))
 
 
+@pytest.mark.parametrize('batch, tokens, heads, head_dim', [(64, 65, 3, 64), (2, 5, 4, 8), (1, 1, 1, 3)])
+def test_attention_gives_paddles_outputs_and_gradients(batch, tokens, heads, head_dim):
+  width = heads * head_dim
+  qkv = leaf((batch, tokens, 3 * width), 0)
+  grad = paddle.to_tensor(np.random.default_rng(1).standard_normal((batch, tokens, width)).astype('float32'))
+
+  def paddles():
+    q, k, v = qkv.reshape([batch, tokens, 3, heads, head_dim]).unbind(axis=2)
+    return F.scaled_dot_product_attention(q, k, v).reshape([batch, tokens, width])
+  assert_same(outputs_and_grads(lambda: cpu_ops.attention(qkv, heads, 0.0, training=True), [qkv], grad),
+              outputs_and_grads(paddles, [qkv], grad), ('qkv',))
+
+
+def test_attention_with_dropout_in_training_is_paddles(monkeypatch):
+  def refuse(*args):
+    raise AssertionError('oneDNN ran')
+  monkeypatch.setattr(cpu_ops._CpuAttention, 'apply', refuse)
+  assert cpu_ops.attention(paddle.ones([2, 3, 12]), 2, 0.1, training=True).shape == [2, 3, 4]
+
+
 # (batch, channels in, size, channels out, kernel, stride, padding, dilation): ResNet's kinds and odd ones
 CONVOLUTIONS = [(2, 3, 32, 8, 7, 2, 3, 1), (2, 16, 9, 16, 3, 1, 1, 1), (3, 8, 11, 12, 3, 2, 1, 1),
                 (2, 16, 8, 4, 1, 1, 0, 1), (2, 8, 10, 16, 1, 2, 0, 1), (1, 4, 13, 5, 3, 1, 2, 2),
@@ -183,7 +203,8 @@ def test_dropout_is_the_identity_in_evaluation_and_at_rate_0():
 def test_other_dtypes_run_paddles_ops(dtype, monkeypatch):
   def refuse(*args):
     raise AssertionError('a stand-in ran')
-  for stand_in in (cpu_ops._CpuLinear, cpu_ops._CpuLayerNorm, cpu_ops._CpuGelu, cpu_ops._CpuConv2D):
+  for stand_in in (cpu_ops._CpuLinear, cpu_ops._CpuLayerNorm, cpu_ops._CpuGelu, cpu_ops._CpuConv2D,
+                    cpu_ops._CpuAttention):
     monkeypatch.setattr(stand_in, 'apply', refuse)
   monkeypatch.setattr(cpu_ops, 'dropout_mask', refuse)
   x = paddle.ones([3, 8], dtype=dtype)
@@ -193,6 +214,7 @@ def test_other_dtypes_run_paddles_ops(dtype, monkeypatch):
     assert layer(x).dtype == x.dtype
     assert cpu_ops.layer_norm(x, paddle.ones([8], dtype), paddle.zeros([8], dtype), 1e-6).dtype == x.dtype
     assert cpu_ops.gelu(x).dtype == x.dtype
+    assert cpu_ops.attention(paddle.ones([1, 2, 6], dtype), 1, 0.0, True).dtype == x.dtype
     conv = cpu_ops.Conv2D(3, 2, 3, bias_attr=False)
     conv.to(dtype=dtype)
     assert conv(paddle.ones([1, 3, 5, 5], dtype=dtype)).dtype == x.dtype
@@ -202,13 +224,15 @@ def test_other_dtypes_run_paddles_ops(dtype, monkeypatch):
 def test_autocast_runs_paddles_ops(monkeypatch, amp_standin):
   def refuse(*args):
     raise AssertionError('a stand-in ran')
-  for stand_in in (cpu_ops._CpuLinear, cpu_ops._CpuLayerNorm, cpu_ops._CpuGelu, cpu_ops._CpuConv2D):
+  for stand_in in (cpu_ops._CpuLinear, cpu_ops._CpuLayerNorm, cpu_ops._CpuGelu, cpu_ops._CpuConv2D,
+                    cpu_ops._CpuAttention):
     monkeypatch.setattr(stand_in, 'apply', refuse)
   monkeypatch.setattr(cpu_ops, 'dropout_mask', refuse)
-  conv, layer, norm = cpu_ops.Conv2D(2, 2, 1, bias_attr=False), cpu_ops.Linear(8, 8), cpu_ops.LayerNorm(8)
+  conv, layer, norm = cpu_ops.Conv2D(2, 2, 1, bias_attr=False), cpu_ops.Linear(8, 6), cpu_ops.LayerNorm(6)
   with paddle.amp.auto_cast(dtype='bfloat16'):
     x = conv(paddle.ones([2, 2, 2, 2])).reshape([2, 8])
-    cpu_ops.Dropout(0.5)(cpu_ops.gelu(norm(layer(x))))
+    x = cpu_ops.attention(cpu_ops.gelu(norm(layer(x))).reshape([2, 1, 6]), 1, 0.0, True)
+    cpu_ops.Dropout(0.5)(x)
 
 
 def test_static_graphs_run_paddles_ops(tmp_path):
