@@ -98,7 +98,8 @@ def kernel_name(kind, shape):
   if kind == 'linear':
     return f'linear {shape[0]}x{shape[1]} -> {shape[2]}'
   if kind == 'attention':
-    return f'attention: batch {shape[0]}, {shape[1]} heads, {shape[2]} tokens, head {shape[3]}'
+    return (f'attention from the fused q/k/v projection: batch {shape[0]}, {shape[1]} heads, {shape[2]} tokens, '
+            f'head {shape[3]}')
   if kind == 'dropout':
     return f'dropout p={shape[2]} {shape[0]}x{shape[1]}'
   return f'{kind.replace("_", " ")} {"x".join(map(str, shape))}' + (' (exact)' if kind == 'gelu' else '')

@@ -94,8 +94,12 @@ def kernel(kind, shape):
     op, inputs = lambda: layer(x), [x, layer.weight, layer.bias]
   elif kind == 'attention':
     batch, heads, tokens, head_dim = shape
-    q, k, v = (leaf(batch, heads, tokens, head_dim) for _ in range(3))  # PyTorch's layout
-    op, inputs = lambda: F.scaled_dot_product_attention(q, k, v), [q, k, v]
+    qkv = leaf(batch, tokens, 3 * heads * head_dim)  # the fused projection, split as timm's Attention does
+
+    def op():
+      q, k, v = qkv.reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+      return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+    inputs = [qkv]
   elif kind == 'layer_norm':
     x, weight, bias = leaf(*shape), leaf(shape[-1]), leaf(shape[-1])
     op, inputs = lambda: F.layer_norm(x, (shape[-1],), weight, bias, 1e-6), [x, weight, bias]
