@@ -1,11 +1,15 @@
 """models/cpu_ops.py: each CPU stand-in gives Paddle's own op's outputs and gradients (float32 rounding),
 and Paddle's op runs wherever the switch is off (autocast, other dtypes, static graphs)."""
+import subprocess
+import sys
+
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
+from conftest import ROOT, child_env
 from models import cpu_ops
 
 # float32: the stand-ins sum in another order than Paddle's kernels (matrix products), so compare with
@@ -247,3 +251,13 @@ def test_static_graphs_run_paddles_ops(tmp_path):
   paddle.jit.save(model, path, input_spec=[paddle.static.InputSpec([None, 1, 2, 3], 'float32')])
   loaded = paddle.jit.load(path)
   np.testing.assert_allclose(loaded(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_onednn_takes_this_processes_share_of_the_cores_under_a_launch():
+  """oneDNN runs on GNU OpenMP, which Paddle's set_num_threads does not reach (utils/threads.py)."""
+  script = ('from utils import threads; threads.configure(); import ctypes, os; '
+            'print(ctypes.CDLL("libgomp.so.1").omp_get_max_threads(), threads.cores_per_process())')
+  for local_processes in ('1', '2'):
+    out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env=child_env(PADDLE_LOCAL_SIZE=local_processes)).stdout.split()
+    assert out[0] == out[1], f'{local_processes} local processes: GNU OpenMP {out[0]} threads, ours {out[1]}'

@@ -1,4 +1,5 @@
 """CPU threads and kernel choices for Paddle, set up before anything else imports Paddle."""
+import ctypes
 import os
 import warnings
 
@@ -27,6 +28,7 @@ def configure():
     # (a launcher's workers, a test's subprocess) would take for the user's choice.
     os.environ.pop('OMP_NUM_THREADS', None)
     paddle.base.core.set_num_threads(cores_per_process())
+    _set_gnu_openmp_threads(cores_per_process())
   if paddle.device.get_device() == 'cpu':
     # View ops (transpose, unbind, split) return strided views, which the next CPU kernel first copies
     # with a generic strided loop, ~7x slower than Paddle's transpose kernel (55 vs 8 ms for a ViT's q/k/v
@@ -39,3 +41,13 @@ def cores_per_process():
   """This machine's cores (that this process may use), shared among the local processes of a launch."""
   local_processes = int(os.environ.get('PADDLE_LOCAL_SIZE', os.environ.get('PADDLE_TRAINERS_NUM', '1')))
   return max(1, len(os.sched_getaffinity(0)) // local_processes)
+
+
+def _set_gnu_openmp_threads(count):
+  """The oneDNN in Paddle's wheel (models/onednn.py) runs on GNU OpenMP, whose thread count Paddle's
+  set_num_threads (Intel's OpenMP and MKL) leaves at every core: under a launch its processes would
+  each take all cores."""
+  try:
+    ctypes.CDLL('libgomp.so.1').omp_set_num_threads(count)
+  except OSError:  # no GNU OpenMP here: nor a oneDNN built on it
+    pass
