@@ -6,10 +6,11 @@ own op, so fused GPU kernels and exported programs are untouched. Each stand-in 
 float rounding, dropout the same distribution from another generator (tests/test_cpu_ops.py compares
 outputs and gradients).
 
-What makes Paddle's CPU kernels slow at a tiny ViT's shapes (4160 rows of 192 or 768, measured on a 2-core
-AMD EPYC, bench/peer.py): broadcasting elementwise kernels (a row vector times a matrix takes 2x a same-shape
-product) and row sums (0.75 ms for 4160x192, 14x the same sum as a matrix product ones @ x). The stand-ins
-keep to same-shape elementwise ops and put reductions and broadcasts into small matrix products.
+Two kinds: convolution, layer norm, exact GELU and attention call oneDNN's fused primitives
+(models/onednn.py: the library inside Paddle's wheel that PyTorch's CPU kernels also run on), where
+Paddle's dynamic-mode kernels are its own and slower; the linear layer and dropout keep to Paddle's ops
+in a faster arrangement (one addmm; masks drawn in numpy threads). Without oneDNN (a Paddle build
+without it) the first kind runs Paddle's ops.
 """
 import ctypes
 import functools
