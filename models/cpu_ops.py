@@ -120,7 +120,7 @@ def layer_norm(x, weight, bias, epsilon):
   """F.layer_norm over the last axis with a weight and a bias, by oneDNN in fp32 on a CPU.
 
   Paddle's CPU backward is a dozen ops (9.1x PyTorch's time at 4160x192, bench/peer.py); oneDNN's fused
-  forward and backward take 0.9 ms there where Paddle takes 10 (2-core AMD EPYC).
+  forward and backward take 1.1 ms there where Paddle takes 10 (2-core AMD EPYC, through autograd).
   """
   if applies(x) and onednn.available() and weight is not None and bias is not None:
     return _CpuLayerNorm.apply(x, weight, bias, epsilon)
@@ -148,8 +148,8 @@ class _CpuGelu(paddle.autograd.PyLayer):
 
 
 def gelu(x):
-  """F.gelu (exact, erf), by oneDNN in fp32 on a CPU: 3.9 ms forward and backward at 4160x768 where
-  Paddle's kernels take 14 (PyTorch's 3.3x less, bench/peer.py)."""
+  """F.gelu (exact, erf), by oneDNN in fp32 on a CPU: 7.3 ms forward and backward at 4160x768 where
+  Paddle's kernels take 14 (2-core AMD EPYC, through autograd)."""
   if applies(x) and onednn.available():
     return _CpuGelu.apply(x)
   return F.gelu(x)
