@@ -1,11 +1,14 @@
 """oneDNN's CPU primitives on Paddle tensors, through oneDNN's C API.
 
 Paddle's CPU wheel ships oneDNN (paddle/libs/libdnnl.so.3, the library PyTorch's CPU convolutions and
-normalisations run on) but its dynamic-mode kernels for convolution, layer norm and GELU are its own
-(im2col and a matrix product per image; a dozen ops for layer norm's backward). This module calls
-oneDNN's primitives directly on the tensors' memory: a primitive is built once per shape and kept, each
-call passes the tensors' data pointers. Tensors stay in Paddle's plain layouts (NCHW, row-major); where
-a primitive runs faster in a blocked layout of its choosing, reorders to and from it are part of the call.
+normalisations run on), but its dynamic-mode kernels for convolution, layer norm, GELU and attention are
+its own (im2col and a matrix product per image; a dozen ops for layer norm's backward). This module calls
+oneDNN's primitives directly on the tensors' memory, through ctypes: nothing to compile. A primitive is
+built once per shape and kept for the life of the process (a training run meets a handful of shapes:
+its micro-batch, evaluation batch and last partial batches); each call passes the tensors' data pointers.
+Tensors stay in Paddle's plain layouts (NCHW, row-major); where a primitive runs faster in a blocked
+layout of its choosing, reorders to and from it are part of the call. Constants and signatures are those
+of oneDNN 3.x's include/oneapi/dnnl/dnnl.h and dnnl_types.h; `available()` is false for other versions.
 """
 import ctypes
 import functools
@@ -43,6 +46,9 @@ def _library():
   try:
     lib = ctypes.CDLL(path)
   except OSError:
+    return None
+  lib.dnnl_version.restype = ctypes.POINTER(ctypes.c_int)  # dnnl_version_t starts with major, minor
+  if lib.dnnl_version()[0] != 3:  # the C API and the constants above are version 3's
     return None
   status, p, dims = ctypes.c_int, ctypes.POINTER(_handle), ctypes.POINTER(ctypes.c_int64)
   signatures = {
@@ -182,7 +188,7 @@ def _execute(primitive, stream, args):
   _check(_library().dnnl_primitive_execute(primitive, stream, len(args), array), 'dnnl_primitive_execute')
 
 
-@functools.lru_cache(maxsize=256)
+@functools.cache
 def convolution(x_shape, w_shape, stride, padding, dilation):
   """(output shape, forward, backward data, backward weights) primitives of a 2-D convolution without
   bias, one group.
@@ -218,7 +224,7 @@ def convolution(x_shape, w_shape, stride, padding, dilation):
                     inputs={'src', 'diff_dst'}))
 
 
-@functools.lru_cache(maxsize=256)
+@functools.cache
 def layer_normalization(rows, width, epsilon):
   """(forward, backward) primitives of layer norm over the last axis of a (rows, width) matrix, with a
   scale and a shift; the forward also writes each row's mean and variance, which the backward reads."""
@@ -238,7 +244,7 @@ def layer_normalization(rows, width, epsilon):
           Primitive(backward_pd, backward_args, inputs={'src', 'diff_dst', 'mean', 'variance', 'scale', 'shift'}))
 
 
-@functools.lru_cache(maxsize=256)
+@functools.cache
 def gelu(size):
   """(forward, backward) primitives of the exact (erf) GELU of `size` float32 values."""
   engine, _ = _engine()
@@ -265,7 +271,7 @@ def _matmul(a, b, out, attr=None):
   return Primitive(pd, {'src': a, 'weights': b, 'dst': out}, inputs={'src', 'weights'})
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache
 def attention(batch, tokens, heads, head_dim):
   """Primitives of softmax(q k^T / sqrt(head_dim)) v and its backward, reading q, k and v in place from a
   fused projection [batch, tokens, 3, heads, head_dim] and writing [batch, tokens, heads, head_dim]: no

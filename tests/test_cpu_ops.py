@@ -225,6 +225,21 @@ def test_other_dtypes_run_paddles_ops(dtype, monkeypatch):
   assert cpu_ops.dropout(x, 0.5, training=False).dtype == x.dtype
 
 
+def test_without_onednn_paddles_ops_run(monkeypatch):
+  """A Paddle build without oneDNN (or with another major version of it): Paddle's own ops, same values."""
+  def refuse(*args):
+    raise AssertionError('oneDNN ran')
+  x = leaf((2, 3, 6), 0)
+  conv, norm = cpu_ops.Conv2D(2, 3, 3, padding=1, bias_attr=False), cpu_ops.LayerNorm(6)
+  expected = [conv(x.reshape([1, 2, 3, 6])), norm(x), cpu_ops.gelu(x), cpu_ops.attention(x, 1, 0.0, True)]
+  monkeypatch.setattr(cpu_ops.onednn, 'available', lambda: False)
+  for stand_in in (cpu_ops._CpuLayerNorm, cpu_ops._CpuGelu, cpu_ops._CpuConv2D, cpu_ops._CpuAttention):
+    monkeypatch.setattr(stand_in, 'apply', refuse)
+  got = [conv(x.reshape([1, 2, 3, 6])), norm(x), cpu_ops.gelu(x), cpu_ops.attention(x, 1, 0.0, True)]
+  for a, b in zip(got, expected):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=RTOL, atol=ATOL)
+
+
 def test_autocast_runs_paddles_ops(monkeypatch, amp_standin):
   def refuse(*args):
     raise AssertionError('a stand-in ran')
