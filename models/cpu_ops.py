@@ -122,7 +122,8 @@ def layer_norm(x, weight, bias, epsilon):
   Paddle's CPU backward is a dozen ops (9.1x PyTorch's time at 4160x192, bench/peer.py); oneDNN's fused
   forward and backward take 1.1 ms there where Paddle takes 10 (2-core AMD EPYC, through autograd).
   """
-  if applies(x) and onednn.available() and weight is not None and bias is not None:
+  if (applies(x) and onednn.available() and weight is not None and bias is not None
+      and weight.shape == bias.shape == x.shape[-1:]):
     return _CpuLayerNorm.apply(x, weight, bias, epsilon)
   return F.layer_norm(x, x.shape[-1], weight, bias, epsilon)
 
@@ -204,7 +205,8 @@ def attention(qkv, heads, dropout_rate, training):
   place as strided views and write the heads merged.
   """
   batch, tokens, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
-  if applies(qkv) and onednn.available() and (dropout_rate == 0 or not training):
+  if (applies(qkv) and onednn.available() and (dropout_rate == 0 or not training) and len(qkv.shape) == 3
+      and qkv.shape[2] % (3 * heads) == 0):
     return _CpuAttention.apply(qkv, heads)
   q, k, v = qkv.reshape([batch, tokens, 3, heads, width // heads]).unbind(axis=2)
   out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_rate, training=training)
@@ -295,14 +297,20 @@ class Conv2D(nn.Conv2D):
   """
 
   def forward(self, x):
-    if applies(x) and onednn.available() and self._onednn_can_run():
+    if applies(x) and onednn.available() and self._onednn_can_run(x):
       return _CpuConv2D.apply(x, self.weight, _pair(self._stride), _pair(self._padding), _pair(self._dilation))
     return super().forward(x)
 
-  def _onednn_can_run(self):
-    padding = _pair(self._padding)
-    return (self.bias is None and self._groups == 1 and self._data_format == 'NCHW'
-            and self._padding_mode == 'zeros' and len(padding) == 2 and all(isinstance(p, int) for p in padding))
+  def _onednn_can_run(self, x):
+    """The layer's kind and `x`'s shape fit; for an `x` that does not, Paddle's op says what is wrong."""
+    padding, stride, dilation, kernel = (_pair(v) for v in (self._padding, self._stride, self._dilation,
+                                                            self._kernel_size))
+    if not (self.bias is None and self._groups == 1 and self._data_format == 'NCHW' and self._padding_mode == 'zeros'
+            and len(padding) == 2 and all(isinstance(p, int) for p in padding)):
+      return False
+    return (len(x.shape) == 4 and x.shape[1] == self._in_channels
+            and all(size + 2 * p - d * (k - 1) - 1 >= 0
+                    for size, p, d, k in zip(x.shape[2:], padding, dilation, kernel)))
 
 
 def with_fast_convolutions(model):

@@ -155,6 +155,17 @@ def test_convolutions_oneDNN_cannot_run_are_paddles(monkeypatch):
     np.testing.assert_allclose(layer(x).numpy(), nn.Conv2D.forward(layer, x).numpy())
 
 
+def test_inputs_of_the_wrong_shape_get_paddles_errors():
+  with pytest.raises(ValueError, match="input's channels"):
+    cpu_ops.Conv2D(3, 4, 3, bias_attr=False)(paddle.ones([1, 5, 8, 8]))
+  with pytest.raises(ValueError, match='4-D or 5-D'):
+    cpu_ops.Conv2D(3, 4, 3, bias_attr=False)(paddle.ones([3, 8, 8]))
+  with pytest.raises(ValueError, match='Scale'):
+    cpu_ops.layer_norm(paddle.ones([2, 5]), paddle.ones([4]), paddle.zeros([4]), 1e-5)
+  with pytest.raises(ValueError, match='shape'):
+    cpu_ops.attention(paddle.ones([2, 3, 10]), 2, 0.0, True)
+
+
 def test_models_built_by_others_get_fast_convolutions_with_their_parameters_unchanged():
   from paddle.vision.models import resnet18
   paddle.seed(0)
