@@ -169,6 +169,9 @@ class Primitive:
     lib, (_, stream) = _library(), _engine()
     for name, tensor in tensors.items():
       tensor, offset = tensor if isinstance(tensor, tuple) else (tensor, 0)
+      if tensor.dtype != paddle.float32 or not tensor.is_contiguous():  # oneDNN would read other memory
+        raise ValueError(f'oneDNN argument {name}: a contiguous float32 tensor is needed, not {tensor.dtype} '
+                         f'{"contiguous" if tensor.is_contiguous() else "strided"}')
       address = _handle(tensor.data_ptr() + 4 * offset)  # float32
       _check(lib.dnnl_memory_set_data_handle(self.user[name], address), 'set_data_handle')
     buffers = []  # alive until the primitive has run
