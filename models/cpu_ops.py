@@ -110,8 +110,8 @@ class _CpuLayerNorm(paddle.autograd.PyLayer):
     rows, weight, bias, mean, variance = ctx.saved_tensor()
     grads = [paddle.empty(rows.shape, dtype=rows.dtype), paddle.empty(weight.shape, dtype=weight.dtype),
              paddle.empty(bias.shape, dtype=bias.dtype)]
-    ctx.backward_step.run(src=rows, diff_dst=_rows(grad.contiguous()), mean=mean, variance=variance, scale=weight,
-                     shift=bias, diff_src=grads[0], diff_scale=grads[1], diff_shift=grads[2])
+    ctx.backward_step.run(src=rows, diff_dst=_rows(grad.contiguous()), mean=mean, variance=variance,
+                          scale=weight, shift=bias, diff_src=grads[0], diff_scale=grads[1], diff_shift=grads[2])
     grads[0] = grads[0].reshape(grad.shape)
     return tuple(g if wanted else None for g, wanted in zip(grads, ctx.wanted))
 
@@ -292,8 +292,7 @@ class Conv2D(nn.Conv2D):
 
   Paddle's CPU convolution is im2col and one matrix product per image: at ResNet50's shapes (batch 8,
   forward and backward) its 3x3 convolutions took 1.4-2.1x PyTorch's time, which runs oneDNN's. oneDNN
-  ships inside Paddle's wheel (models/onednn.py); its convolutions run in a blocked layout of their
-  choosing, with reorders from and to Paddle's NCHW in each call.
+  ships inside Paddle's wheel (models/onednn.py; which layout each convolution runs in: onednn.convolution).
   """
 
   def forward(self, x):
