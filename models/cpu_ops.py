@@ -52,6 +52,26 @@ def _keep_freed_memory():
   libc.mallopt(m_trim_threshold, 1 << 30)
 
 
+def _save(ctx, *tensors):
+  """ctx.save_for_backward, remembering the tensors' in-place versions (a PyLayer does not check them)."""
+  ctx.save_for_backward(*tensors)
+  ctx.versions = [t._inplace_version() for t in tensors]
+
+
+def _saved(ctx, op):
+  """The tensors `_save` kept, refusing what Paddle's own ops refuse: a tensor changed in place since the
+  forward (the gradient would be wrong), and a second-order gradient (these backwards are not
+  differentiable)."""
+  tensors = ctx.saved_tensor()
+  if any(t._inplace_version() != version for t, version in zip(tensors, ctx.versions)):
+    raise RuntimeError(f'{op} (models/cpu_ops.py): a tensor it saved for the backward was modified by an inplace '
+                       'operation after the forward; its gradient would be wrong')
+  if paddle.is_grad_enabled():
+    raise RuntimeError(f'{op} (models/cpu_ops.py): second-order gradients (create_graph=True) are not available '
+                       'for the fp32 CPU stand-ins')
+  return tensors
+
+
 def _rows(x):
   return x.reshape([-1, x.shape[-1]])
 
@@ -61,13 +81,13 @@ class _CpuLinear(paddle.autograd.PyLayer):
 
   @staticmethod
   def forward(ctx, x, weight, bias):
-    ctx.save_for_backward(x, weight)
+    _save(ctx, x, weight)
     ctx.wanted = [not t.stop_gradient for t in (x, weight, bias)]
     return paddle.addmm(bias, _rows(x), weight).reshape([*x.shape[:-1], weight.shape[-1]])
 
   @staticmethod
   def backward(ctx, grad):
-    x, weight = ctx.saved_tensor()
+    x, weight = _saved(ctx, 'linear')
     rows = _rows(grad)
     grads = (lambda: paddle.matmul(grad, weight, transpose_y=True),
              lambda: paddle.matmul(_rows(x), rows, transpose_x=True),
@@ -101,13 +121,13 @@ class _CpuLayerNorm(paddle.autograd.PyLayer):
     out = paddle.empty(rows.shape, dtype=rows.dtype)
     mean, variance = (paddle.empty(rows.shape[:1], dtype=rows.dtype) for _ in range(2))
     forward.run(src=rows, scale=weight, shift=bias, dst=out, mean=mean, variance=variance)
-    ctx.save_for_backward(rows, weight, bias, mean, variance)
+    _save(ctx, rows, weight, bias, mean, variance)
     ctx.wanted = [not t.stop_gradient for t in (x, weight, bias)]
     return out.reshape(x.shape)
 
   @staticmethod
   def backward(ctx, grad):
-    rows, weight, bias, mean, variance = ctx.saved_tensor()
+    rows, weight, bias, mean, variance = _saved(ctx, 'layer norm')
     grads = [paddle.empty(rows.shape, dtype=rows.dtype), paddle.empty(weight.shape, dtype=weight.dtype),
              paddle.empty(bias.shape, dtype=bias.dtype)]
     ctx.backward_step.run(src=rows, diff_dst=_rows(grad.contiguous()), mean=mean, variance=variance,
@@ -123,7 +143,7 @@ def layer_norm(x, weight, bias, epsilon):
   forward and backward take 1.1 ms there where Paddle takes 10 (2-core AMD EPYC, through autograd).
   """
   if (applies(x) and onednn.available() and weight is not None and bias is not None
-      and weight.shape == bias.shape == x.shape[-1:]):
+      and weight.shape == bias.shape == x.shape[-1:] and weight.dtype == bias.dtype == x.dtype):
     return _CpuLayerNorm.apply(x, weight, bias, epsilon)
   return F.layer_norm(x, x.shape[-1], weight, bias, epsilon)
 
@@ -137,12 +157,12 @@ class _CpuGelu(paddle.autograd.PyLayer):
     forward, ctx.backward_step = onednn.gelu(x.size)
     out = paddle.empty(x.shape, dtype=x.dtype)
     forward.run(src=x, dst=out)
-    ctx.save_for_backward(x)
+    _save(ctx, x)
     return out
 
   @staticmethod
   def backward(ctx, grad):
-    x, = ctx.saved_tensor()
+    x, = _saved(ctx, 'GELU')
     grad_x = paddle.empty(x.shape, dtype=x.dtype)
     ctx.backward_step.run(src=x, diff_dst=grad.contiguous(), diff_src=grad_x)
     return grad_x
@@ -178,12 +198,12 @@ class _CpuAttention(paddle.autograd.PyLayer):
     ctx.steps['softmax'].run(src=p, dst=p)
     out = paddle.empty([batch, tokens, width], dtype=qkv.dtype)
     ctx.steps['out'].run(src=p, weights=(qkv, 2 * width), dst=out)
-    ctx.save_for_backward(qkv, p)
+    _save(ctx, qkv, p)
     return out
 
   @staticmethod
   def backward(ctx, grad):
-    qkv, p = ctx.saved_tensor()
+    qkv, p = _saved(ctx, 'attention')
     grad, width, steps = grad.contiguous(), qkv.shape[2] // 3, ctx.steps
     grad_qkv, grad_scores = paddle.empty(qkv.shape, dtype=qkv.dtype), paddle.empty(p.shape, dtype=p.dtype)
     steps['grad_p'].run(src=grad, weights=(qkv, 2 * width), dst=grad_scores)
@@ -266,7 +286,7 @@ class _CpuConv2D(paddle.autograd.PyLayer):
     x = x.contiguous()
     out_shape, forward, ctx.backward_data, ctx.backward_weights = onednn.convolution(
         tuple(x.shape), tuple(weight.shape), stride, padding, dilation)
-    ctx.save_for_backward(x, weight)
+    _save(ctx, x, weight)
     ctx.wanted = [not t.stop_gradient for t in (x, weight)]
     out = paddle.empty(out_shape, dtype=x.dtype)
     forward.run(src=x, weights=weight, dst=out)
@@ -274,7 +294,7 @@ class _CpuConv2D(paddle.autograd.PyLayer):
 
   @staticmethod
   def backward(ctx, grad):
-    x, weight = ctx.saved_tensor()
+    x, weight = _saved(ctx, 'convolution')
     grad = grad.contiguous()
     grad_x = grad_weight = None
     if ctx.wanted[0]:  # not for the input images
@@ -304,8 +324,8 @@ class Conv2D(nn.Conv2D):
     """The layer's kind and `x`'s shape fit; for an `x` that does not, Paddle's op says what is wrong."""
     padding, stride, dilation, kernel = (_pair(v) for v in (self._padding, self._stride, self._dilation,
                                                             self._kernel_size))
-    if not (self.bias is None and self._groups == 1 and self._data_format == 'NCHW' and self._padding_mode == 'zeros'
-            and len(padding) == 2 and all(isinstance(p, int) for p in padding)):
+    if not (self.bias is None and self.weight.dtype == x.dtype and self._groups == 1 and self._data_format == 'NCHW'
+            and self._padding_mode == 'zeros' and len(padding) == 2 and all(isinstance(p, int) for p in padding)):
       return False
     return (len(x.shape) == 4 and x.shape[1] == self._in_channels
             and all(size + 2 * p - d * (k - 1) - 1 >= 0

@@ -166,6 +166,63 @@ def test_inputs_of_the_wrong_shape_get_paddles_errors():
     cpu_ops.attention(paddle.ones([2, 3, 10]), 2, 0.0, True)
 
 
+STAND_INS = {  # name: (input shape, the op on it)
+    'convolution': ((2, 4, 6, 6), lambda x, layer=cpu_ops.Conv2D(4, 3, 3, padding=1, bias_attr=False): layer(x)),
+    'layer norm': ((3, 8), lambda x, norm=cpu_ops.LayerNorm(8): norm(x)),
+    'GELU': ((3, 8), cpu_ops.gelu),
+    'attention': ((2, 3, 12), lambda x: cpu_ops.attention(x, 2, 0.0, True)),
+    'linear': ((3, 8), lambda x, layer=cpu_ops.Linear(8, 5): layer(x)),
+}
+
+
+@pytest.mark.parametrize('name', STAND_INS)
+def test_an_input_changed_in_place_after_the_forward_is_refused_as_paddle_does(name):
+  shape, op = STAND_INS[name]
+  x = leaf(shape, 0)
+  h = x * 1.0
+  out = op(h)
+  h.add_(paddle.ones(shape))
+  with pytest.raises(OSError, match=f'{name} .*modified by an inplace operation'):
+    out.sum().backward()
+
+
+@pytest.mark.parametrize('name', STAND_INS)
+def test_second_order_gradients_are_refused_clearly(name):
+  shape, op = STAND_INS[name]
+  x = leaf(shape, 0)
+  with pytest.raises(OSError, match=f'{name} .*second-order gradients'):
+    paddle.grad((op(x) ** 2).sum(), x, create_graph=True)
+
+
+def test_threads_calling_one_layer_at_once_get_their_own_results():
+  """oneDNN's memory objects take each call's pointers: concurrent callers must not mix them up."""
+  import threading
+  layer = cpu_ops.Conv2D(8, 8, 3, padding=1, bias_attr=False)
+  inputs = [paddle.full([2, 8, 10, 10], float(i)) for i in range(4)]
+  with paddle.no_grad():
+    expected = [layer(x).numpy() for x in inputs]
+  wrong = []
+
+  def call(i):
+    with paddle.no_grad():
+      for _ in range(30):
+        if not np.allclose(layer(inputs[i]).numpy(), expected[i]):
+          wrong.append(i)
+  threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert not wrong
+
+
+def test_primitives_are_kept_for_a_bounded_number_of_shapes():
+  from models import onednn
+  for rows in range(1, onednn.KEPT_SHAPES + 20):
+    cpu_ops.layer_norm(paddle.ones([rows, 4]), paddle.ones([4]), paddle.zeros([4]), 1e-5)
+  assert onednn.layer_normalization.cache_info().currsize == onednn.KEPT_SHAPES
+
+
 def test_models_built_by_others_get_fast_convolutions_with_their_parameters_unchanged():
   from paddle.vision.models import resnet18
   paddle.seed(0)
