@@ -19,15 +19,15 @@ import paddle
 
 F32 = 3  # dnnl_f32
 FORMAT_ANY = 1  # dnnl_format_tag_any
-FORWARD_TRAINING, FORWARD_INFERENCE, BACKWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 64, 96, 128, 160, 192
+FORWARD_TRAINING, BACKWARD = 64, 128  # dnnl_prop_kind_t
 CONVOLUTION_DIRECT = 0x1
 ELTWISE_LINEAR, ELTWISE_GELU_ERF = 0x20 + 6, 0x20 + 17  # after dnnl_eltwise_relu = 0x20 in dnnl_types.h
 SOFTMAX_ACCURATE = 0x30000
 USE_SCALE, USE_SHIFT = 0x2, 0x4
 QUERY_SCRATCHPAD_MD, QUERY_EXEC_ARG_MD = 136, 255  # dnnl_query_some_md = 128 + 8; exec_arg_md
 SCRATCHPAD_MODE_USER = 1
-ARG = dict(src=1, dst=17, weights=33, bias=41, mean=49, variance=50, scale=51, shift=52, workspace=64, scratchpad=80,
-           diff_src=129, diff_dst=145, diff_weights=161, diff_bias=169, diff_scale=255, diff_shift=256)
+ARG = dict(src=1, dst=17, weights=33, mean=49, variance=50, scale=51, shift=52, scratchpad=80,  # DNNL_ARG_*
+           diff_src=129, diff_dst=145, diff_weights=161, diff_scale=255, diff_shift=256)
 MAX_DIMS = 12
 
 _handle = ctypes.c_void_p
@@ -89,11 +89,6 @@ def _library():
       'dnnl_post_ops_append_eltwise': [_handle, ctypes.c_int, ctypes.c_float, ctypes.c_float],
       'dnnl_primitive_attr_set_post_ops': [_handle, _handle],
       'dnnl_primitive_attr_set_scratchpad_mode': [_handle, ctypes.c_int],
-      'dnnl_batch_normalization_forward_primitive_desc_create':
-          [p, _handle, ctypes.c_int, _handle, _handle, ctypes.c_float, ctypes.c_uint, _handle],
-      'dnnl_batch_normalization_backward_primitive_desc_create':
-          [p, _handle, ctypes.c_int, _handle, _handle, _handle, ctypes.c_float, ctypes.c_uint, _handle,
-           _handle],
   }
   for name, argtypes in signatures.items():
     function = getattr(lib, name)
@@ -173,6 +168,19 @@ def plain(shape, strides=None):
 def any_layout(shape):
   """A memory descriptor that lets the primitive choose its layout."""
   return _create('dnnl_memory_desc_create_with_tag', len(shape), _dims(shape), F32, FORMAT_ANY)
+
+
+def attributes(scale=None):
+  """Primitive attributes: a scratchpad passed by each call (oneDNN's own is shared per thread and sized
+  when a primitive is built, so a primitive run from another thread, such as a predictor's thread pool,
+  could overrun it), and optionally a factor that multiplies the result (an eltwise post-op)."""
+  attr = _create('dnnl_primitive_attr_create')
+  _check(_library().dnnl_primitive_attr_set_scratchpad_mode(attr, SCRATCHPAD_MODE_USER), 'set_scratchpad_mode')
+  if scale is not None:
+    post_ops = _create('dnnl_post_ops_create')
+    _check(_library().dnnl_post_ops_append_eltwise(post_ops, ELTWISE_LINEAR, scale, 0.0), 'append_eltwise')
+    _check(_library().dnnl_primitive_attr_set_post_ops(attr, post_ops), 'set_post_ops')
+  return attr
 
 
 class _Step:
@@ -308,11 +316,11 @@ def layer_normalization(rows, width, epsilon):
                         x_md, x_md, x_md, stat_md, ctypes.c_float(epsilon), flags, forward_pd, attributes())
   forward_args = {'src': x_md, 'scale': parameter_md, 'shift': parameter_md, 'dst': x_md,
                   'mean': stat_md, 'variance': stat_md}
-  backward_args = {'src': x_md, 'diff_dst': x_md, 'mean': stat_md, 'variance': stat_md, 'scale': parameter_md,
-                   'shift': parameter_md,
-                   'diff_src': x_md, 'diff_scale': parameter_md, 'diff_shift': parameter_md}
+  backward_inputs = {'src': x_md, 'diff_dst': x_md, 'mean': stat_md, 'variance': stat_md, 'scale': parameter_md,
+                     'shift': parameter_md}
+  backward_outputs = {'diff_src': x_md, 'diff_scale': parameter_md, 'diff_shift': parameter_md}
   return (Primitive(forward_pd, forward_args, inputs={'src', 'scale', 'shift'}),
-          Primitive(backward_pd, backward_args, inputs={'src', 'diff_dst', 'mean', 'variance', 'scale', 'shift'}))
+          Primitive(backward_pd, {**backward_inputs, **backward_outputs}, inputs=set(backward_inputs)))
 
 
 @_kept
@@ -326,19 +334,6 @@ def gelu(size):
                         0.0, 0.0, forward_pd, attributes())
   return (Primitive(forward_pd, {'src': md, 'dst': md}, inputs={'src'}),
           Primitive(backward_pd, {'src': md, 'diff_dst': md, 'diff_src': md}, inputs={'src', 'diff_dst'}))
-
-
-def attributes(scale=None):
-  """Primitive attributes: a scratchpad passed by each call (oneDNN's own is shared per thread and sized
-  when a primitive is built, so a primitive run from another thread, such as a predictor's thread pool,
-  could overrun it), and optionally a factor that multiplies the result (an eltwise post-op)."""
-  attr = _create('dnnl_primitive_attr_create')
-  _check(_library().dnnl_primitive_attr_set_scratchpad_mode(attr, SCRATCHPAD_MODE_USER), 'set_scratchpad_mode')
-  if scale is not None:
-    post_ops = _create('dnnl_post_ops_create')
-    _check(_library().dnnl_post_ops_append_eltwise(post_ops, ELTWISE_LINEAR, scale, 0.0), 'append_eltwise')
-    _check(_library().dnnl_primitive_attr_set_post_ops(attr, post_ops), 'set_post_ops')
-  return attr
 
 
 def _matmul(a, b, out, scale=None):

@@ -2,6 +2,7 @@
 and Paddle's op runs wherever the switch is off (autocast, other dtypes, static graphs)."""
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import paddle
@@ -10,7 +11,7 @@ import paddle.nn.functional as F
 import pytest
 
 from conftest import ROOT, child_env
-from models import cpu_ops
+from models import cpu_ops, onednn
 
 # float32: the stand-ins sum in another order than Paddle's kernels (matrix products), so compare with
 # tolerances of a few float32 roundings of the values' scale.
@@ -196,7 +197,6 @@ def test_second_order_gradients_are_refused_clearly(name):
 
 def test_threads_calling_one_layer_at_once_get_their_own_results():
   """oneDNN's memory objects take each call's pointers: concurrent callers must not mix them up."""
-  import threading
   layer = cpu_ops.Conv2D(8, 8, 3, padding=1, bias_attr=False)
   inputs = [paddle.full([2, 8, 10, 10], float(i)) for i in range(4)]
   with paddle.no_grad():
@@ -217,16 +217,14 @@ def test_threads_calling_one_layer_at_once_get_their_own_results():
 
 
 def test_primitives_are_kept_for_a_bounded_number_of_shapes():
-  from models import onednn
   for rows in range(1, onednn.KEPT_SHAPES + 20):
     cpu_ops.layer_norm(paddle.ones([rows, 4]), paddle.ones([4]), paddle.zeros([4]), 1e-5)
   assert onednn.layer_normalization.cache_info().currsize == onednn.KEPT_SHAPES
 
 
 def test_models_built_by_others_get_fast_convolutions_with_their_parameters_unchanged():
-  from paddle.vision.models import resnet18
   paddle.seed(0)
-  model = resnet18(num_classes=3)
+  model = paddle.vision.models.resnet18(num_classes=3)
   keys = {name: p.numpy() for name, p in model.state_dict().items()}
   cpu_ops.with_fast_convolutions(model)
   assert all(type(layer) is not nn.Conv2D for layer in model.sublayers())
