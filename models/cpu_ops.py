@@ -34,6 +34,11 @@ def applies(x):
   return False
 
 
+def _onednn_applies(x):
+  """Whether the oneDNN stand-ins run for input `x`: `applies`, and Paddle's wheel has oneDNN 3.x."""
+  return applies(x) and onednn.available()
+
+
 @functools.cache
 def _keep_freed_memory():
   """Have glibc's malloc keep freed blocks up to 32 MiB for reuse instead of returning them to the system.
@@ -142,7 +147,7 @@ def layer_norm(x, weight, bias, epsilon):
   Paddle's CPU backward is a dozen ops (9.1x PyTorch's time at 4160x192, bench/peer.py); oneDNN's fused
   forward and backward take 1.1 ms there where Paddle takes 10 (2-core AMD EPYC, through autograd).
   """
-  if (applies(x) and onednn.available() and weight is not None and bias is not None
+  if (_onednn_applies(x) and weight is not None and bias is not None
       and weight.shape == bias.shape == x.shape[-1:] and weight.dtype == bias.dtype == x.dtype):
     return _CpuLayerNorm.apply(x, weight, bias, epsilon)
   return F.layer_norm(x, x.shape[-1], weight, bias, epsilon)
@@ -171,7 +176,7 @@ class _CpuGelu(paddle.autograd.PyLayer):
 def gelu(x):
   """F.gelu (exact, erf), by oneDNN in fp32 on a CPU: 7.3 ms forward and backward at 4160x768 where
   Paddle's kernels take 14 (2-core AMD EPYC, through autograd)."""
-  if applies(x) and onednn.available():
+  if _onednn_applies(x):
     return _CpuGelu.apply(x)
   return F.gelu(x)
 
@@ -225,7 +230,7 @@ def attention(qkv, heads, dropout_rate, training):
   place as strided views and write the heads merged.
   """
   batch, tokens, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
-  if (applies(qkv) and onednn.available() and (dropout_rate == 0 or not training) and len(qkv.shape) == 3
+  if (_onednn_applies(qkv) and (dropout_rate == 0 or not training) and len(qkv.shape) == 3
       and qkv.shape[2] % (3 * heads) == 0):
     return _CpuAttention.apply(qkv, heads)
   q, k, v = qkv.reshape([batch, tokens, 3, heads, width // heads]).unbind(axis=2)
@@ -274,10 +279,6 @@ class Dropout(nn.Dropout):
     return super().forward(x)
 
 
-def _pair(value):
-  return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
-
-
 class _CpuConv2D(paddle.autograd.PyLayer):
   """A 2-D convolution (no bias, one group) and its two gradients by oneDNN's primitives (see Conv2D)."""
 
@@ -316,20 +317,23 @@ class Conv2D(nn.Conv2D):
   """
 
   def forward(self, x):
-    if applies(x) and onednn.available() and self._onednn_can_run(x):
-      return _CpuConv2D.apply(x, self.weight, _pair(self._stride), _pair(self._padding), _pair(self._dilation))
+    geometry = self._onednn_geometry(x) if _onednn_applies(x) else None
+    if geometry:
+      return _CpuConv2D.apply(x, self.weight, *geometry)
     return super().forward(x)
 
-  def _onednn_can_run(self, x):
-    """The layer's kind and `x`'s shape fit; for an `x` that does not, Paddle's op says what is wrong."""
-    padding, stride, dilation, kernel = (_pair(v) for v in (self._padding, self._stride, self._dilation,
-                                                            self._kernel_size))
+  def _onednn_geometry(self, x):
+    """(stride, padding, dilation) when the layer's kind and `x`'s shape fit oneDNN, else None: for an `x`
+    that does not fit, Paddle's op says what is wrong. (nn.Conv2D keeps stride and dilation as lists of 2,
+    padding as given: an int, a list or a string.)"""
+    padding = tuple(self._padding) if isinstance(self._padding, (list, tuple)) else (self._padding,) * 2
+    geometry = tuple(self._stride), padding, tuple(self._dilation)
     if not (self.bias is None and self.weight.dtype == x.dtype and self._groups == 1 and self._data_format == 'NCHW'
-            and self._padding_mode == 'zeros' and len(padding) == 2 and all(isinstance(p, int) for p in padding)):
-      return False
-    return (len(x.shape) == 4 and x.shape[1] == self._in_channels
-            and all(size + 2 * p - d * (k - 1) - 1 >= 0
-                    for size, p, d, k in zip(x.shape[2:], padding, dilation, kernel)))
+            and self._padding_mode == 'zeros' and len(padding) == 2 and all(isinstance(p, int) for p in padding)
+            and len(x.shape) == 4 and x.shape[1] == self._in_channels):
+      return None
+    out_shape = onednn.convolution_output_shape(tuple(x.shape), tuple(self.weight.shape), *geometry)
+    return geometry if min(out_shape[2:]) > 0 else None
 
 
 def with_fast_convolutions(model):

@@ -183,6 +183,12 @@ def attributes(scale=None):
   return attr
 
 
+def _bind_new_buffer(lib, memory, size, buffers):
+  """Points `memory` at a new buffer of `size` bytes, appended to `buffers` (which keeps it alive)."""
+  buffers.append(paddle.empty([size], dtype=paddle.uint8))
+  _check(lib.dnnl_memory_set_data_handle(memory, _handle(buffers[-1].data_ptr())), 'set_data_handle')
+
+
 class _Step:
   """A primitive with the size of the scratchpad it wants from each call (user scratchpads: see attributes)."""
 
@@ -196,8 +202,7 @@ class _Step:
   def execute(self, lib, args, buffers):
     """Runs on `args` {oneDNN argument: memory}, with a scratchpad appended to `buffers` (kept alive)."""
     if self.scratchpad is not None:
-      buffers.append(paddle.empty([self.scratchpad_size], dtype=paddle.uint8))
-      _check(lib.dnnl_memory_set_data_handle(self.scratchpad, _handle(buffers[-1].data_ptr())), 'set_data_handle')
+      _bind_new_buffer(lib, self.scratchpad, self.scratchpad_size, buffers)
       args = {**args, ARG['scratchpad']: self.scratchpad}
     array = (_ExecArg * len(args))(*[_ExecArg(key, memory) for key, memory in args.items()])
     _check(lib.dnnl_primitive_execute(self.primitive, _engine()[1], len(args), array), 'dnnl_primitive_execute')
@@ -218,9 +223,8 @@ class Primitive:
   def __init__(self, pd, plain_mds, inputs):
     lib, (engine, _) = _library(), _engine()
     self._lib = lib  # for __del__, which may run after this module's globals are gone
-    self.steps, self.user, self.own, self.reorders_before, self.reorders_after = [], {}, {}, [], []
+    self.user, self.own, self.reorders_before, self.reorders_after = {}, {}, [], []
     self.main = _Step(lib, pd)
-    self.steps.append(self.main)
     for name, md in plain_mds.items():
       own_md = lib.dnnl_primitive_desc_query_md(pd, QUERY_EXEC_ARG_MD, ARG[name])
       self.user[name] = _create('dnnl_memory_create', md, engine, None)
@@ -231,11 +235,10 @@ class Primitive:
       source, target = (md, own_md) if name in inputs else (own_md, md)
       reorder = _Step(lib, _create('dnnl_reorder_primitive_desc_create', source, engine, target, engine,
                                    attributes()))
-      self.steps.append(reorder)
       (self.reorders_before if name in inputs else self.reorders_after).append((reorder, name))
 
   def __del__(self):
-    for step in self.steps:
+    for step in [self.main] + [reorder for reorder, _ in self.reorders_before + self.reorders_after]:
       step.destroy(self._lib)
     for memory in [*self.user.values(), *(memory for memory, _ in self.own.values())]:
       self._lib.dnnl_memory_destroy(memory)
@@ -256,15 +259,22 @@ class Primitive:
       address = _handle(tensor.data_ptr() + 4 * offset)  # float32
       _check(lib.dnnl_memory_set_data_handle(self.user[name], address), 'set_data_handle')
     buffers = []  # alive until the primitive has run
-    for name, (memory, size) in self.own.items():
-      buffers.append(paddle.empty([size], dtype=paddle.uint8))
-      _check(lib.dnnl_memory_set_data_handle(memory, _handle(buffers[-1].data_ptr())), 'set_data_handle')
+    for memory, size in self.own.values():
+      _bind_new_buffer(lib, memory, size, buffers)
     for reorder, name in self.reorders_before:
       reorder.execute(lib, {ARG['src']: self.user[name], ARG['dst']: self.own[name][0]}, buffers)
     self.main.execute(lib, {ARG[name]: self.own[name][0] if name in self.own else memory
                             for name, memory in self.user.items()}, buffers)
     for reorder, name in self.reorders_after:
       reorder.execute(lib, {ARG['src']: self.own[name][0], ARG['dst']: self.user[name]}, buffers)
+
+
+def convolution_output_shape(x_shape, w_shape, stride, padding, dilation):
+  """The NCHW shape a 2-D convolution of an `x_shape` input with `w_shape` weights writes."""
+  spatial = (
+      (size + 2 * pad - dilate * (kernel - 1) - 1) // step + 1
+      for size, kernel, step, pad, dilate in zip(x_shape[2:], w_shape[2:], stride, padding, dilation))
+  return (x_shape[0], w_shape[0], *spatial)
 
 
 @_kept
@@ -279,11 +289,8 @@ def convolution(x_shape, w_shape, stride, padding, dilation):
   3x3 in the blocked layout 0.5-0.9x the time on NCHW, 1x1 on NCHW 0.4-1.1x the time blocked.
   """
   engine, _ = _engine()
-  n, c, h, w = x_shape
-  o, _, kh, kw = w_shape
-  out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-  out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-  y_shape = (n, o, out_h, out_w)
+  c, (kh, kw) = x_shape[1], w_shape[2:]
+  y_shape = convolution_output_shape(x_shape, w_shape, stride, padding, dilation)
   geometry = (_dims(stride), _dims([d - 1 for d in dilation]), _dims(padding), _dims(padding))
   x_md, w_md, y_md = plain(x_shape), plain(w_shape), plain(y_shape)
   blocked = kh * kw > 1 and c >= 16

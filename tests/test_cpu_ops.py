@@ -32,6 +32,20 @@ def outputs_and_grads(op, inputs, grad):
   return out.numpy(), grads
 
 
+ONEDNN_STAND_INS = (cpu_ops._CpuLayerNorm, cpu_ops._CpuGelu, cpu_ops._CpuConv2D, cpu_ops._CpuAttention)
+ALL_STAND_INS = (cpu_ops._CpuLinear, *ONEDNN_STAND_INS)
+
+
+def refuse(monkeypatch, *stand_ins, masks=False):
+  """Make these stand-ins (and with `masks`, cpu_ops' dropout masks) fail the test if they run."""
+  def refused(*args):
+    raise AssertionError('a stand-in ran')
+  for stand_in in stand_ins:
+    monkeypatch.setattr(stand_in, 'apply', refused)
+  if masks:
+    monkeypatch.setattr(cpu_ops, 'dropout_mask', refused)
+
+
 def assert_same(ours, paddles, names):
   (out_a, grads_a), (out_b, grads_b) = ours, paddles
   np.testing.assert_allclose(out_a, out_b, rtol=RTOL, atol=ATOL, err_msg='output')
@@ -113,9 +127,7 @@ def test_attention_gives_paddles_outputs_and_gradients(batch, tokens, heads, hea
 
 
 def test_attention_with_dropout_in_training_is_paddles(monkeypatch):
-  def refuse(*args):
-    raise AssertionError('oneDNN ran')
-  monkeypatch.setattr(cpu_ops._CpuAttention, 'apply', refuse)
+  refuse(monkeypatch, cpu_ops._CpuAttention)
   assert cpu_ops.attention(paddle.ones([2, 3, 12]), 2, 0.1, training=True).shape == [2, 3, 4]
 
 
@@ -147,9 +159,7 @@ def test_convolution_of_images_that_need_no_gradient():
 
 
 def test_convolutions_oneDNN_cannot_run_are_paddles(monkeypatch):
-  def refuse(*args):
-    raise AssertionError('oneDNN ran')
-  monkeypatch.setattr(cpu_ops._CpuConv2D, 'apply', refuse)
+  refuse(monkeypatch, cpu_ops._CpuConv2D)
   x = paddle.randn([2, 4, 8, 8])
   for kwargs in ({'groups': 2}, {'bias_attr': None}, {'padding': 'SAME'}, {'padding_mode': 'reflect'}):
     layer = cpu_ops.Conv2D(4, 4, 3, **{'padding': 1, 'bias_attr': False, **kwargs})
@@ -271,12 +281,7 @@ def test_dropout_is_the_identity_in_evaluation_and_at_rate_0():
 
 @pytest.mark.parametrize('dtype', ['float64', 'float16'])
 def test_other_dtypes_run_paddles_ops(dtype, monkeypatch):
-  def refuse(*args):
-    raise AssertionError('a stand-in ran')
-  for stand_in in (cpu_ops._CpuLinear, cpu_ops._CpuLayerNorm, cpu_ops._CpuGelu, cpu_ops._CpuConv2D,
-                    cpu_ops._CpuAttention):
-    monkeypatch.setattr(stand_in, 'apply', refuse)
-  monkeypatch.setattr(cpu_ops, 'dropout_mask', refuse)
+  refuse(monkeypatch, *ALL_STAND_INS, masks=True)
   x = paddle.ones([3, 8], dtype=dtype)
   if dtype == 'float64':  # Paddle's CPU kernels of these ops have no float16
     layer = cpu_ops.Linear(8, 4)
@@ -293,26 +298,18 @@ def test_other_dtypes_run_paddles_ops(dtype, monkeypatch):
 
 def test_without_onednn_paddles_ops_run(monkeypatch):
   """A Paddle build without oneDNN (or with another major version of it): Paddle's own ops, same values."""
-  def refuse(*args):
-    raise AssertionError('oneDNN ran')
   x = leaf((2, 3, 6), 0)
   conv, norm = cpu_ops.Conv2D(2, 3, 3, padding=1, bias_attr=False), cpu_ops.LayerNorm(6)
   expected = [conv(x.reshape([1, 2, 3, 6])), norm(x), cpu_ops.gelu(x), cpu_ops.attention(x, 1, 0.0, True)]
   monkeypatch.setattr(cpu_ops.onednn, 'available', lambda: False)
-  for stand_in in (cpu_ops._CpuLayerNorm, cpu_ops._CpuGelu, cpu_ops._CpuConv2D, cpu_ops._CpuAttention):
-    monkeypatch.setattr(stand_in, 'apply', refuse)
+  refuse(monkeypatch, *ONEDNN_STAND_INS)
   got = [conv(x.reshape([1, 2, 3, 6])), norm(x), cpu_ops.gelu(x), cpu_ops.attention(x, 1, 0.0, True)]
   for a, b in zip(got, expected):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=RTOL, atol=ATOL)
 
 
 def test_autocast_runs_paddles_ops(monkeypatch, amp_standin):
-  def refuse(*args):
-    raise AssertionError('a stand-in ran')
-  for stand_in in (cpu_ops._CpuLinear, cpu_ops._CpuLayerNorm, cpu_ops._CpuGelu, cpu_ops._CpuConv2D,
-                    cpu_ops._CpuAttention):
-    monkeypatch.setattr(stand_in, 'apply', refuse)
-  monkeypatch.setattr(cpu_ops, 'dropout_mask', refuse)
+  refuse(monkeypatch, *ALL_STAND_INS, masks=True)
   conv, layer, norm = cpu_ops.Conv2D(2, 2, 1, bias_attr=False), cpu_ops.Linear(8, 6), cpu_ops.LayerNorm(6)
   with paddle.amp.auto_cast(dtype='bfloat16'):
     x = conv(paddle.ones([2, 2, 2, 2])).reshape([2, 8])

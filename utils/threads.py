@@ -27,8 +27,9 @@ def configure():
     # Importing Paddle writes OMP_NUM_THREADS=1 into the environment, which every child process
     # (a launcher's workers, a test's subprocess) would take for the user's choice.
     os.environ.pop('OMP_NUM_THREADS', None)
-    paddle.base.core.set_num_threads(cores_per_process())
-    _set_gnu_openmp_threads(cores_per_process())
+    cores = cores_per_process()
+    paddle.base.core.set_num_threads(cores)
+    _set_gnu_openmp_threads(cores)
   if paddle.device.get_device() == 'cpu':
     # View ops (transpose, unbind, split) return strided views, which the next CPU kernel first copies
     # with a generic strided loop, ~7x slower than Paddle's transpose kernel (55 vs 8 ms for a ViT's q/k/v
