@@ -29,7 +29,8 @@ import numpy as np
 import paddle
 
 from configs import resnet50_cat12_rdrop, vit_b16_cifar100_rdrop
-from models import cpu_ops, vit
+from kernels import cpu_ops
+from models import vit
 
 PEER_PYTHON = os.environ.get('PEER_PYTHON', os.path.join(common.ROOT, '.venv-peer', 'bin', 'python'))
 SETUP = ('python -m venv .venv-peer && .venv-peer/bin/pip install -r bench/requirements-peer.txt '

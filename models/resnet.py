@@ -14,7 +14,7 @@ import paddle.nn as nn
 from paddle.utils import download
 from paddle.vision.models import resnet as paddle_resnet
 
-from models import cpu_ops
+from kernels import cpu_ops
 from utils import checkpoint
 from utils.rules import POSITIVE, RATE, one_of
 

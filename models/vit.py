@@ -16,7 +16,7 @@ import paddle
 import paddle.nn as nn
 from paddle.distributed.fleet.utils import recompute
 
-from models.cpu_ops import Dropout, LayerNorm, Linear, attention, gelu
+from kernels.cpu_ops import Dropout, LayerNorm, Linear, attention, gelu
 from utils.checkpoint import CheckpointError, load_state_strict
 from utils.rules import POSITIVE, RATE
 

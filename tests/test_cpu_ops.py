@@ -11,7 +11,7 @@ import paddle.nn.functional as F
 import pytest
 
 from conftest import ROOT, child_env
-from models import cpu_ops, onednn
+from kernels import cpu_ops, onednn
 
 # float32: the stand-ins sum in another order than Paddle's kernels (matrix products), so compare with
 # tolerances of a few float32 roundings of the values' scale.
