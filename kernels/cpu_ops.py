@@ -22,7 +22,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from models import onednn
+from kernels import onednn
 
 
 def applies(x):
