@@ -25,8 +25,8 @@ from data import pipeline
 from training import distributed, workdir as workdir_lib
 from training.config_check import check_config
 from training.precision import Precision
-from training.preemption import Interrupted
 from utils.io import write_atomic
+from utils.preemption import Interrupted
 
 
 @paddle.no_grad()

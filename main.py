@@ -38,8 +38,9 @@ threads.configure()
 from absl import app, flags  # noqa: E402  (after the thread settings, which Paddle reads at import)
 from ml_collections import config_flags  # noqa: E402
 
-from training import distributed, preemption  # noqa: E402
+from training import distributed  # noqa: E402
 from training.lock import WorkdirBusy  # noqa: E402
+from utils import preemption  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
 
 MODES = ('train', 'resume', 'eval', 'predict', 'export', 'report')

@@ -31,10 +31,10 @@ from training.collapse import collapse_warning, collapsed
 from training.config_check import check_config, micro_batch_size
 from training.lock import own
 from training.precision import Precision
-from training.preemption import Interrupted, StopRequest
 from training.runlog import LogWindow, RunLog
 from training.step import NonFiniteLoss, Skips, TooManySkips, UpdateStep
 from utils import checkpoint
+from utils.preemption import Interrupted, StopRequest
 
 # What each evaluation logs as eval/<name> (besides best_top1 and collapsed).
 EVAL_SCALARS = ('top1', 'top5', 'loss', 'majority_fraction', 'prediction_information')

@@ -14,8 +14,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from utils import threads
-from training import preemption
+from utils import preemption, threads
 
 
 class SeededDataset(paddle.io.Dataset):

@@ -201,7 +201,7 @@ def test_a_checkpoint_resumes_with_or_without_a_loss_scaler(amp_standin, tmp_pat
 def _signals_script(under_launcher, *steps):
   """A process with a deferring StopRequest that sends itself `steps`: a signal name or seconds to sleep."""
   lines = ['import os, signal, sys, time', f'sys.path.insert(0, {ROOT!r})',
-           'from training.preemption import StopRequest', f'stop = StopRequest(under_launcher={under_launcher})',
+           'from utils.preemption import StopRequest', f'stop = StopRequest(under_launcher={under_launcher})',
            'stop.defer(True)']
   for step in steps:
     lines.append(f'time.sleep({step})' if isinstance(step, float) else f'os.kill(os.getpid(), signal.{step})')

@@ -22,8 +22,7 @@ import pytest
 from conftest import ROOT, child_env, metric_rows, run_main
 from fakedata import make_cat12
 from test_training import DEMO, TINY, _max_difference, _weights
-from training import preemption
-from utils import checkpoint
+from utils import checkpoint, preemption
 
 pytestmark = pytest.mark.slow  # runs the command line in processes of its own
 
