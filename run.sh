@@ -192,7 +192,7 @@ smoke() {
   SMOKE_TMP=$(mktemp -d)
   trap 'rm -rf "$SMOKE_TMP"' EXIT
   local tmp=$SMOKE_TMP
-  python -m tests.fakedata "$tmp/data"
+  python -m tools.fakedata "$tmp/data"
   local -A root=([digits]='' [cifar100]="$tmp/data/cifar-100-python.tar.gz"
                  [cifar10]="$tmp/data/cifar-10-python.tar.gz" [cat12]="$tmp/data/cat12")
   while read -r config variant data; do

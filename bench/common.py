@@ -123,7 +123,7 @@ def small_recipe_config(root):
 
 def fake_cifar100(directory, train=512, test=256, seed=0):
   """A `cifar-100-python.tar.gz` in the official pickle layout with random images; returns its path."""
-  from tests.fakedata import make_cifar100
+  from tools.fakedata import make_cifar100
   return str(make_cifar100(os.path.join(directory, 'cifar-100-python.tar.gz'), train=train, test=test, seed=seed))
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT, child_env, cut_in_half, metric_rows, run_main
-from fakedata import make_cat12
+from tools.fakedata import make_cat12
 from utils import checkpoint
 
 pytestmark = pytest.mark.slow  # runs the command line in processes of its own

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_main
-from fakedata import make_cifar10, make_cifar100
+from tools.fakedata import make_cifar10, make_cifar100
 from data import cifar
 
 

@@ -10,7 +10,7 @@ import pytest
 import models
 import train
 from configs import dropblock_cnn_cifar10, lenet5_cifar10, repconv_cifar10
-from fakedata import make_cifar10
+from tools.fakedata import make_cifar10
 from models.dropblock import DropBlock
 from utils import checkpoint
 from training import optim

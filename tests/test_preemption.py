@@ -20,7 +20,7 @@ import paddle
 import pytest
 
 from conftest import ROOT, child_env, metric_rows, run_main
-from fakedata import make_cat12
+from tools.fakedata import make_cat12
 from test_training import DEMO, TINY, _max_difference, _weights
 from utils import checkpoint, preemption
 

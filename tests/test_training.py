@@ -7,7 +7,7 @@ import paddle
 import pytest
 
 from conftest import metric_rows, run_main
-from fakedata import make_cat12
+from tools.fakedata import make_cat12
 from utils import checkpoint
 
 pytestmark = pytest.mark.slow  # runs the command line in processes of its own
