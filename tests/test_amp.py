@@ -17,7 +17,7 @@ import paddle
 import pytest
 
 import data
-from conftest import ROOT, child_env, main_command, metric_rows, run_main
+from helpers import ROOT, child_env, main_command, metric_rows, run_main
 from configs import digits_vit_rdrop
 from evaluate import evaluate, predict
 from test_training import DEMO, TINY, _max_difference, _weights

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, child_env, cut_in_half, metric_rows, run_main
+from helpers import ROOT, child_env, cut_in_half, metric_rows, run_main
 from tools.fakedata import make_cat12
 from utils import checkpoint
 

@@ -14,7 +14,7 @@ from paddle.utils import download
 
 import models
 from configs import resnet50_cat12, resnet50_cat12_rdrop
-from conftest import ROOT, child_env, run_main
+from helpers import ROOT, child_env, run_main
 from tools.fakedata import BROKEN, ODD_FILES, make_cat12
 from data import cat12
 from models import resnet

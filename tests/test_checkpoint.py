@@ -12,7 +12,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import ROOT, cut_in_half, metric_rows, run_main
+from helpers import ROOT, cut_in_half, metric_rows, run_main
 from test_training import DEMO, TINY
 from utils import checkpoint
 from training import workdir as workdir_lib

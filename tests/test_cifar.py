@@ -10,7 +10,7 @@ import paddle
 import pytest
 from PIL import Image
 
-from conftest import run_main
+from helpers import run_main
 from tools.fakedata import make_cifar10, make_cifar100
 from data import cifar
 

@@ -7,7 +7,7 @@ import paddle
 import pytest
 
 from configs import base
-from conftest import run_main
+from helpers import run_main
 from data.pipeline import SeededDataset
 from evaluate import evaluate
 from training.collapse import collapse_warning, collapsed

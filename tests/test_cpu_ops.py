@@ -10,7 +10,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
-from conftest import ROOT, child_env
+from helpers import ROOT, child_env
 from kernels import cpu_ops, onednn
 
 # float32: the stand-ins sum in another order than Paddle's kernels (matrix products), so compare with

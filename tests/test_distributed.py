@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, child_env, metric_rows
+from helpers import ROOT, child_env, metric_rows
 from test_training import DEMO, TINY, _max_difference, _weights
 from utils import checkpoint
 

@@ -9,7 +9,7 @@ import numpy as np
 import paddle
 
 import train
-from conftest import run_main
+from helpers import run_main
 from configs import digits_vit, repconv_cifar10
 from export import export
 from utils import checkpoint

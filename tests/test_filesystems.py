@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, child_env, metric_rows, run_main
+from helpers import ROOT, child_env, metric_rows, run_main
 from test_training import DEMO, TINY, _max_difference, _weights
 from utils import checkpoint
 

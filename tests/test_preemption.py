@@ -19,7 +19,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import ROOT, child_env, metric_rows, run_main
+from helpers import ROOT, child_env, metric_rows, run_main
 from tools.fakedata import make_cat12
 from test_training import DEMO, TINY, _max_difference, _weights
 from utils import checkpoint, preemption

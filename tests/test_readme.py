@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, SHORT_TRAINING, child_env
+from helpers import ROOT, SHORT_TRAINING, child_env
 
 pytestmark = pytest.mark.slow  # runs the command line in processes of its own
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, child_env, run_main
+from helpers import ROOT, child_env, run_main
 import report
 from report import runs as report_runs
 from report import statistics as report_statistics

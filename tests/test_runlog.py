@@ -9,7 +9,7 @@ import subprocess
 import sys
 import termios
 
-from conftest import ROOT, child_env
+from helpers import ROOT, child_env
 from configs import digits_vit
 from training.runlog import RunLog
 

@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import metric_rows, run_main
+from helpers import metric_rows, run_main
 from tools.fakedata import make_cat12
 from utils import checkpoint
 
