@@ -38,6 +38,7 @@ threads.configure()
 from absl import app, flags  # noqa: E402  (after the thread settings, which Paddle reads at import)
 from ml_collections import config_flags  # noqa: E402
 
+from kernels import KernelError  # noqa: E402
 from training import distributed  # noqa: E402
 from training.lock import WorkdirBusy  # noqa: E402
 from utils import preemption  # noqa: E402
@@ -51,6 +52,7 @@ MODES_OF_FLAG = {'autoresume': ('train',), 'checkpoint': CONTINUING, 'split': ('
 # (stopped by signal N), for job scripts that repeat the command (README: the retry loop).
 EXIT_IO = 74    # EX_IOERR of sysexits.h: an I/O condition that may be mended, e.g. a full disk
 EXIT_BUSY = 75  # EX_TEMPFAIL: another process trains in the workdir, or a job's processes did not all meet
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: a fault of this code or of the machine (kernels.KernelError)
 MENDABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.ETIMEDOUT}
 
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
@@ -192,6 +194,9 @@ def _run(argv):
       print(f'error: {err}' + (f'\n(exit {EXIT_IO}: {os.strerror(mendable)}, which a later attempt may find mended; '
                                f'checkpoints already complete are kept)' if mendable else ''), file=sys.stderr)
       code = EXIT_IO if mendable else 1
+    except KernelError:
+      traceback.print_exc()  # not the command's fault: the traceback is what a bug report needs
+      code = EXIT_SOFTWARE
     except (AttributeError, KeyError) as err:
       frames = traceback.extract_tb(err.__traceback__)
       if not frames or f'{os.sep}ml_collections{os.sep}' not in frames[-1].filename:

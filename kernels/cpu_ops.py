@@ -1,20 +1,24 @@
 """Faster stand-ins for Paddle's CPU kernels where those are the slow part of a training update.
 
-One switch, `applies(x)`: dynamic mode, a CPU tensor, float32, no autocast. Everywhere else (GPUs, mixed
-precision, static graphs and exported models, paddle.jit.save) the layers and functions here run Paddle's
-own op, so fused GPU kernels and exported programs are untouched. Each stand-in gives Paddle's values up to
+One switch, `applies(x)`: dynamic mode, a CPU tensor, float32, no autocast, and FAST_CPU_OPS not 0 in the
+environment (kernels/__init__.py). Everywhere else (GPUs, mixed precision, static graphs and exported models,
+paddle.jit.save) the layers and functions here run Paddle's own op, so fused GPU kernels and exported
+programs are untouched. Each stand-in gives Paddle's values up to
 float rounding, dropout the same distribution from another generator (tests/test_cpu_ops.py compares
 outputs and gradients).
 
 Two kinds: convolution, layer norm, exact GELU and attention call oneDNN's fused primitives
-(models/onednn.py: the library inside Paddle's wheel that PyTorch's CPU kernels also run on), where
+(kernels/onednn.py: the library inside Paddle's wheel that PyTorch's CPU kernels also run on), where
 Paddle's dynamic-mode kernels are its own and slower; the linear layer and dropout keep to Paddle's ops
 in a faster arrangement (one addmm; masks drawn in numpy threads). Without oneDNN (a Paddle build
 without it) the first kind runs Paddle's ops.
+
+An error in a stand-in's backward is a `Refused` where Paddle's own ops refuse too (or would crash), else
+a kernels.KernelError; `errors_as_raised` keeps Paddle from disguising either as an OSError.
 """
-import ctypes
+import contextlib
 import functools
-import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,16 +26,16 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from kernels import onednn
+import kernels
+from kernels import KernelError, onednn
+from utils import threads
 
 
 def applies(x):
-  """Whether the stand-ins run for input `x`: fp32 training or evaluation in dynamic mode on a CPU."""
-  if (paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
-      and not paddle.amp.is_autocast_enabled()):
-    _keep_freed_memory()
-    return True
-  return False
+  """Whether the stand-ins run for input `x`: fp32 training or evaluation in dynamic mode on a CPU, unless
+  FAST_CPU_OPS=0."""
+  return (kernels.fast_cpu_ops() and paddle.in_dynamic_mode() and x.place.is_cpu_place()
+          and x.dtype == paddle.float32 and not paddle.amp.is_autocast_enabled())
 
 
 def _onednn_applies(x):
@@ -39,22 +43,12 @@ def _onednn_applies(x):
   return applies(x) and onednn.available()
 
 
-@functools.cache
-def _keep_freed_memory():
-  """Have glibc's malloc keep freed blocks up to 32 MiB for reuse instead of returning them to the system.
+class Refused(RuntimeError):
+  """A stand-in's backward refuses what it was asked (as Paddle's own ops refuse it too, or worse, crash)."""
 
-  Paddle's CPU allocator takes every tensor from malloc, and glibc hands blocks above 128 KiB back to the
-  system when freed, so each new activation faults in fresh zeroed pages: an elementwise product of two
-  4160x768 matrices took 1.2 ms instead of 0.6, and a tiny ViT's R-Drop update 2.5-3.4 s instead of 2.1
-  (interleaved processes). The process's memory then stays at its peak, as with a caching allocator.
-  """
-  try:
-    libc = ctypes.CDLL('libc.so.6')
-  except OSError:  # not glibc (musl, macOS, Windows)
-    return
-  m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-  libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest (HEAP_MAX_SIZE / 2)
-  libc.mallopt(m_trim_threshold, 1 << 30)
+
+_INSTEAD = '; FAST_CPU_OPS=0 in the environment runs Paddle\'s own ops instead'
+_raised = threading.local()  # the error a stand-in raised inside this thread's backward (see errors_as_raised)
 
 
 def _save(ctx, *tensors):
@@ -63,18 +57,81 @@ def _save(ctx, *tensors):
   ctx.versions = [t._inplace_version() for t in tensors]
 
 
-def _saved(ctx, op):
+def _saved(ctx):
   """The tensors `_save` kept, refusing what Paddle's own ops refuse: a tensor changed in place since the
   forward (the gradient would be wrong), and a second-order gradient (these backwards are not
   differentiable)."""
-  tensors = ctx.saved_tensor()
+  tensors, op = ctx.saved_tensor(), ctx.op
   if any(t._inplace_version() != version for t, version in zip(tensors, ctx.versions)):
-    raise RuntimeError(f'{op} (models/cpu_ops.py): a tensor it saved for the backward was modified by an inplace '
-                       'operation after the forward; its gradient would be wrong')
+    raise Refused(f'{op} (kernels/cpu_ops.py): a tensor it saved for the backward was modified by an inplace '
+                  'operation after the forward; its gradient would be wrong')
   if paddle.is_grad_enabled():
-    raise RuntimeError(f'{op} (models/cpu_ops.py): second-order gradients (create_graph=True) are not available '
-                       'for the fp32 CPU stand-ins')
+    raise Refused(f'{op} (kernels/cpu_ops.py): second-order gradients (create_graph=True) are not available '
+                  f'for the fp32 CPU stand-ins{_INSTEAD}')
   return tensors
+
+
+def _raise_through_paddle(error):
+  """Raise `error` inside a backward, keeping it for `errors_as_raised` to give back."""
+  _raised.error = error
+  raise error
+
+
+def _backward(op):
+  """A PyLayer's backward for `op`, whose errors `errors_as_raised` gives back: a `Refused` as raised, any
+  other as a KernelError naming the op, caused by it."""
+  def decorate(backward):
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+      ctx.op = op
+      try:
+        return backward(ctx, *grads)
+      except Refused as refused:
+        _raise_through_paddle(refused)
+      except Exception as err:
+        failure = KernelError(f'{op} (kernels/cpu_ops.py) failed in its backward: {type(err).__name__}: {err}'
+                              f'{_INSTEAD}')
+        failure.__cause__ = err
+        _raise_through_paddle(failure)
+    run.op = op
+    return staticmethod(run)
+  return decorate
+
+
+@contextlib.contextmanager
+def errors_as_raised():
+  """Around a backward: an error a stand-in raised inside it comes out as that error, not as the OSError
+  into which Paddle's PyLayer turns every error of a backward (which a command line takes for a bad file)."""
+  _raised.error = None
+  try:
+    yield
+  except OSError:
+    error, _raised.error = _raised.error, None
+    if error is None:
+      raise
+    raise error from error.__cause__  # Paddle's OSError only repeats the error's text
+
+
+def _apply(pylayer, *inputs):
+  """`pylayer.apply(*inputs)`, refusing a second backward through its output.
+
+  Paddle's PyLayer frees its context after the first backward even when the graph is retained
+  (GradNodePyLayer, paddle/fluid/eager/pylayer/py_layer_node.cc), so a second one (`backward(retain_graph=
+  True)` then `backward()`) crashed the process with a segmentation fault. A gradient hook on the output
+  runs before that, and refuses.
+  """
+  out = pylayer.apply(*inputs)
+  if not out.stop_gradient:
+    done = []
+
+    def once(grad):
+      if done:
+        _raise_through_paddle(Refused(f'{pylayer.backward.op} (kernels/cpu_ops.py): a second backward through the '
+                                      'same graph (retain_graph=True) is not available for the fp32 CPU stand-ins'
+                                      f'{_INSTEAD}'))
+      done.append(True)
+    out.register_hook(once)
+  return out
 
 
 def _rows(x):
@@ -90,9 +147,9 @@ class _CpuLinear(paddle.autograd.PyLayer):
     ctx.wanted = [not t.stop_gradient for t in (x, weight, bias)]
     return paddle.addmm(bias, _rows(x), weight).reshape([*x.shape[:-1], weight.shape[-1]])
 
-  @staticmethod
+  @_backward('linear')
   def backward(ctx, grad):
-    x, weight = _saved(ctx, 'linear')
+    x, weight = _saved(ctx)
     rows = _rows(grad)
     grads = (lambda: paddle.matmul(grad, weight, transpose_y=True),
              lambda: paddle.matmul(_rows(x), rows, transpose_x=True),
@@ -112,7 +169,7 @@ class Linear(nn.Linear):
 
   def forward(self, x):
     if applies(x) and self.bias is not None and self.weight.dtype == paddle.float32:
-      return _CpuLinear.apply(x, self.weight, self.bias)
+      return _apply(_CpuLinear, x, self.weight, self.bias)
     return super().forward(x)
 
 
@@ -130,9 +187,9 @@ class _CpuLayerNorm(paddle.autograd.PyLayer):
     ctx.wanted = [not t.stop_gradient for t in (x, weight, bias)]
     return out.reshape(x.shape)
 
-  @staticmethod
+  @_backward('layer norm')
   def backward(ctx, grad):
-    rows, weight, bias, mean, variance = _saved(ctx, 'layer norm')
+    rows, weight, bias, mean, variance = _saved(ctx)
     grads = [paddle.empty(rows.shape, dtype=rows.dtype), paddle.empty(weight.shape, dtype=weight.dtype),
              paddle.empty(bias.shape, dtype=bias.dtype)]
     ctx.backward_step.run(src=rows, diff_dst=_rows(grad.contiguous()), mean=mean, variance=variance,
@@ -141,15 +198,21 @@ class _CpuLayerNorm(paddle.autograd.PyLayer):
     return tuple(g if wanted else None for g, wanted in zip(grads, ctx.wanted))
 
 
+MAX_EPSILON = 1e-3  # Paddle's layer norm refuses epsilons outside [0, 1e-3] (paddle/phi/infermeta/ternary.cc)
+
+
 def layer_norm(x, weight, bias, epsilon):
   """F.layer_norm over the last axis with a weight and a bias, by oneDNN in fp32 on a CPU.
 
   Paddle's CPU backward is a dozen ops (9.1x PyTorch's time at 4160x192, bench/peer.py); oneDNN's fused
   forward and backward take 1.1 ms there where Paddle takes 10 (2-core AMD EPYC, through autograd).
   """
+  if not 0 <= epsilon <= MAX_EPSILON:
+    raise ValueError(f'layer norm: epsilon {epsilon} is outside [0, {MAX_EPSILON}], the range Paddle\'s layer norm '
+                     'accepts')
   if (_onednn_applies(x) and weight is not None and bias is not None
       and weight.shape == bias.shape == x.shape[-1:] and weight.dtype == bias.dtype == x.dtype):
-    return _CpuLayerNorm.apply(x, weight, bias, epsilon)
+    return _apply(_CpuLayerNorm, x, weight, bias, epsilon)
   return F.layer_norm(x, x.shape[-1], weight, bias, epsilon)
 
 
@@ -165,9 +228,9 @@ class _CpuGelu(paddle.autograd.PyLayer):
     _save(ctx, x)
     return out
 
-  @staticmethod
+  @_backward('GELU')
   def backward(ctx, grad):
-    x, = _saved(ctx, 'GELU')
+    x, = _saved(ctx)
     grad_x = paddle.empty(x.shape, dtype=x.dtype)
     ctx.backward_step.run(src=x, diff_dst=grad.contiguous(), diff_src=grad_x)
     return grad_x
@@ -177,7 +240,7 @@ def gelu(x):
   """F.gelu (exact, erf), by oneDNN in fp32 on a CPU: 7.3 ms forward and backward at 4160x768 where
   Paddle's kernels take 14 (2-core AMD EPYC, through autograd)."""
   if _onednn_applies(x):
-    return _CpuGelu.apply(x)
+    return _apply(_CpuGelu, x)
   return F.gelu(x)
 
 
@@ -206,9 +269,9 @@ class _CpuAttention(paddle.autograd.PyLayer):
     _save(ctx, qkv, p)
     return out
 
-  @staticmethod
+  @_backward('attention')
   def backward(ctx, grad):
-    qkv, p = _saved(ctx, 'attention')
+    qkv, p = _saved(ctx)
     grad, width, steps = grad.contiguous(), qkv.shape[2] // 3, ctx.steps
     grad_qkv, grad_scores = paddle.empty(qkv.shape, dtype=qkv.dtype), paddle.empty(p.shape, dtype=p.dtype)
     steps['grad_p'].run(src=grad, weights=(qkv, 2 * width), dst=grad_scores)
@@ -232,14 +295,14 @@ def attention(qkv, heads, dropout_rate, training):
   batch, tokens, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
   if (_onednn_applies(qkv) and (dropout_rate == 0 or not training) and len(qkv.shape) == 3
       and qkv.shape[2] % (3 * heads) == 0):
-    return _CpuAttention.apply(qkv, heads)
+    return _apply(_CpuAttention, qkv, heads)
   q, k, v = qkv.reshape([batch, tokens, 3, heads, width // heads]).unbind(axis=2)
   out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_rate, training=training)
   return out.reshape([batch, tokens, width])
 
 
 _MASK_CHUNKS = 4  # fixed, so that a mask does not depend on the machine's cores
-_mask_workers = ThreadPoolExecutor(max_workers=min(_MASK_CHUNKS, len(os.sched_getaffinity(0))))
+_mask_workers = ThreadPoolExecutor(max_workers=min(_MASK_CHUNKS, threads.cores_per_process()))
 
 
 def dropout_mask(shape, rate):
@@ -293,9 +356,9 @@ class _CpuConv2D(paddle.autograd.PyLayer):
     forward.run(src=x, weights=weight, dst=out)
     return out
 
-  @staticmethod
+  @_backward('convolution')
   def backward(ctx, grad):
-    x, weight = _saved(ctx, 'convolution')
+    x, weight = _saved(ctx)
     grad = grad.contiguous()
     grad_x = grad_weight = None
     if ctx.wanted[0]:  # not for the input images
@@ -313,13 +376,13 @@ class Conv2D(nn.Conv2D):
 
   Paddle's CPU convolution is im2col and one matrix product per image: at ResNet50's shapes (batch 8,
   forward and backward) its 3x3 convolutions took 1.4-2.1x PyTorch's time, which runs oneDNN's. oneDNN
-  ships inside Paddle's wheel (models/onednn.py; which layout each convolution runs in: onednn.convolution).
+  ships inside Paddle's wheel (kernels/onednn.py; which layout each convolution runs in: onednn.convolution).
   """
 
   def forward(self, x):
     geometry = self._onednn_geometry(x) if _onednn_applies(x) else None
     if geometry:
-      return _CpuConv2D.apply(x, self.weight, *geometry)
+      return _apply(_CpuConv2D, x, self.weight, *geometry)
     return super().forward(x)
 
   def _onednn_geometry(self, x):

@@ -1,7 +1,10 @@
-"""models/cpu_ops.py: each CPU stand-in gives Paddle's own op's outputs and gradients (float32 rounding),
-and Paddle's op runs wherever the switch is off (autocast, other dtypes, static graphs)."""
+"""kernels/: each CPU stand-in gives Paddle's own op's outputs and gradients (float32 rounding), Paddle's op
+runs wherever the switch is off (FAST_CPU_OPS=0, autocast, other dtypes, static graphs), and what a stand-in
+cannot do is refused with an error naming it, never a crash."""
+import os
 import subprocess
 import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -10,8 +13,10 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
+import kernels
 from helpers import ROOT, child_env
-from kernels import cpu_ops, onednn
+from kernels import KernelError, cpu_ops, onednn
+from test_step import _step, _tiny
 
 # float32: the stand-ins sum in another order than Paddle's kernels (matrix products), so compare with
 # tolerances of a few float32 roundings of the values' scale.
@@ -193,7 +198,7 @@ def test_an_input_changed_in_place_after_the_forward_is_refused_as_paddle_does(n
   h = x * 1.0
   out = op(h)
   h.add_(paddle.ones(shape))
-  with pytest.raises(OSError, match=f'{name} .*modified by an inplace operation'):
+  with pytest.raises(cpu_ops.Refused, match=f'{name} .*modified by an inplace operation'), cpu_ops.errors_as_raised():
     out.sum().backward()
 
 
@@ -201,8 +206,101 @@ def test_an_input_changed_in_place_after_the_forward_is_refused_as_paddle_does(n
 def test_second_order_gradients_are_refused_clearly(name):
   shape, op = STAND_INS[name]
   x = leaf(shape, 0)
-  with pytest.raises(OSError, match=f'{name} .*second-order gradients'):
+  with pytest.raises(cpu_ops.Refused, match=f'{name} .*second-order gradients'), cpu_ops.errors_as_raised():
     paddle.grad((op(x) ** 2).sum(), x, create_graph=True)
+
+
+def test_a_second_backward_through_any_stand_in_is_refused_clearly_not_a_crash():
+  """Paddle's PyLayer frees its context after the first backward even with retain_graph=True: a second one
+  ended the process with a segmentation fault, hence a process of its own."""
+  script = textwrap.dedent('''
+      from kernels import cpu_ops
+      from test_cpu_ops import STAND_INS, leaf
+      for name, (shape, op) in STAND_INS.items():
+        out = op(leaf(shape, 0))
+        out.sum().backward(retain_graph=True)
+        try:
+          with cpu_ops.errors_as_raised():
+            out.sum().backward()
+        except cpu_ops.Refused as refused:
+          print(refused)
+      ''')
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        env=child_env(PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')])))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  refusals = proc.stdout.splitlines()
+  assert [line.split(' (')[0] for line in refusals] == list(STAND_INS)
+  assert all('a second backward through the same graph (retain_graph=True) is not available' in line
+             and 'FAST_CPU_OPS=0' in line for line in refusals)
+
+
+def test_an_error_inside_a_stand_ins_backward_reaches_the_update_as_a_kernel_error_naming_the_op(monkeypatch):
+  """Paddle's PyLayer turns it into an OSError, which the command line would report as a bad file."""
+  real_gelu = onednn.gelu
+
+  class Failing:
+    def run(self, **buffers):
+      raise MemoryError('no room for the gradient')
+  monkeypatch.setattr(onednn, 'gelu', lambda size: (real_gelu(size)[0], Failing()))
+  config = _tiny()
+  step, _, batches = _step(config, paddle.to_tensor(np.zeros((4, 1, 8, 8), dtype=np.uint8)))
+  with pytest.raises(KernelError, match=r"GELU \(kernels/cpu_ops.py\) failed in its backward: MemoryError: no room "
+                                        r"for the gradient; FAST_CPU_OPS=0") as failed:
+    step(1, batches)
+  assert isinstance(failed.value.__cause__, MemoryError)
+
+
+@pytest.mark.slow
+def test_the_command_line_reports_a_stand_ins_failure_as_a_fault_of_the_program_not_of_the_command(tmp_path):
+  script = textwrap.dedent(f'''
+      import runpy, sys
+      from kernels import onednn
+      real_gelu = onednn.gelu
+      class Failing:
+        def run(self, **buffers):
+          raise MemoryError('no room for the gradient')
+      onednn.gelu = lambda size: (real_gelu(size)[0], Failing())
+      sys.argv = ['main.py', '--config', 'configs/digits_vit.py:smoke', '--workdir', {str(tmp_path / 'run')!r}]
+      runpy.run_path('main.py', run_name='__main__')
+      ''')
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        env=child_env())
+  assert proc.returncode == 70, proc.stderr[-3000:]  # EX_SOFTWARE, not 1 (a mistake in the command)
+  assert proc.stderr.rstrip().endswith('kernels.KernelError: GELU (kernels/cpu_ops.py) failed in its backward: '
+                                       'MemoryError: no room for the gradient; FAST_CPU_OPS=0 in the environment '
+                                       'runs Paddle\'s own ops instead')
+  assert 'Traceback' in proc.stderr and '\nerror:' not in proc.stderr
+
+
+def test_fast_cpu_ops_0_trains_with_paddles_ops_to_the_same_loss(monkeypatch):
+  config = _tiny()
+  config.model.dropout_rate = 0.0  # dropout's masks come from another generator in the stand-in
+  images = paddle.to_tensor(np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8), dtype=np.uint8))
+
+  def losses():
+    step, _, batches = _step(config, images)
+    return [step(update, batches).means for update in (1, 2, 3)]
+  fast = losses()
+  monkeypatch.setattr(kernels, 'fast_cpu_ops', lambda: False)
+  refuse(monkeypatch, *ALL_STAND_INS, masks=True)
+  np.testing.assert_allclose(losses(), fast, rtol=1e-5, atol=1e-6)
+
+
+def test_the_switch_is_read_from_fast_cpu_ops_in_the_environment():
+  def switch(value):
+    return subprocess.run([sys.executable, '-c', 'import kernels; print(kernels.fast_cpu_ops())'], cwd=ROOT,
+                          capture_output=True, text=True, env=child_env(FAST_CPU_OPS=value))
+  assert [switch(value).stdout.strip() for value in ('1', '0')] == ['True', 'False']
+  assert "ValueError: FAST_CPU_OPS='yes' in the environment: 1 (the default)" in switch('yes').stderr
+
+
+@pytest.mark.parametrize('epsilon', [-1.0, 2e-3, 1.0, float('nan')])
+def test_layer_norm_refuses_the_epsilons_paddles_refuses(epsilon):
+  x, weight, bias = paddle.ones([2, 4]), paddle.ones([4]), paddle.zeros([4])
+  with pytest.raises(ValueError, match='epsilon'):
+    F.layer_norm(x, 4, weight, bias, epsilon)
+  with pytest.raises(ValueError, match=rf'layer norm: epsilon {epsilon} is outside \[0, 0.001\]'):
+    cpu_ops.layer_norm(x, weight, bias, epsilon)
 
 
 def test_threads_calling_one_layer_at_once_get_their_own_results():

@@ -17,6 +17,7 @@ import math
 import paddle
 
 from data import pipeline
+from kernels.cpu_ops import errors_as_raised
 from rdrop import rdrop_loss
 from training import distributed
 
@@ -96,7 +97,8 @@ class UpdateStep:
         with self.precision.autocast():
           loss, ce, kl = rdrop_loss(self.model, pipeline.to_model_input(images, self.config.data), labels,
                                     self.config.rdrop)
-        self.precision.backward(loss / self.accum_steps)
+        with errors_as_raised():  # an error in a CPU stand-in's backward as raised, not as Paddle's OSError
+          self.precision.backward(loss / self.accum_steps)
       sums += paddle.stack([loss.detach(), ce.detach(), kl.detach()]) / self.accum_steps
     with self._computing():  # the host sync waits for the device's work
       means, agreed = distributed.agree(sums, flags(), self.world_size)
