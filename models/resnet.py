@@ -3,7 +3,7 @@ backbone (1000 ImageNet logits) -> Linear(1000, 128) -> Sigmoid -> Dropout -> Li
 
 The head's dropout is what R-Drop acts on: a plain ResNet has no dropout, so both passes would agree
 and the KL term would be 0. The last Dropout, on the logits themselves, is the source's choice.
-In fp32 on a CPU the backbone's convolutions run oneDNN's (models/cpu_ops.py), with the same parameters.
+In fp32 on a CPU the backbone's convolutions run oneDNN's (kernels/cpu_ops.py), with the same parameters.
 `config.model.backbone_weights` loads ImageNet weights into the backbone: a local `.pdparams` file, or
 'download' for Paddle's own (`pretrained=True`) mechanism and cache.
 """

@@ -4,7 +4,7 @@ Google's `.npz` checkpoints (e.g. ImageNet-21k `ViT-B_16.npz`) through `load_fro
 Differences from the port, all for speed with the same results (up to float rounding): query/key/value
 are one fused projection, attention runs through `F.scaled_dot_product_attention` (flash attention on
 GPUs), and in fp32 on a CPU the linear layers, layer norms, GELU, attention and dropout run
-models/cpu_ops.py's faster stand-ins for Paddle's kernels (same parameters; the same values up to float
+kernels/cpu_ops.py's faster stand-ins for Paddle's kernels (same parameters; the same values up to float
 rounding, dropout masks drawn by another generator).
 """
 import os

@@ -1,6 +1,6 @@
-"""Tiny datasets in the real on-disk formats, for the tests and `bash run.sh smoke`.
+"""Tiny datasets in the real on-disk formats, for the tests, the benchmarks and `bash run.sh smoke`.
 
-  python -m tests.fakedata OUT_DIR   writes OUT_DIR/cifar-100-python.tar.gz, cifar-10-python.tar.gz, cat12/
+  python -m tools.fakedata OUT_DIR   writes OUT_DIR/cifar-100-python.tar.gz, cifar-10-python.tar.gz, cat12/
 """
 import io
 import os
