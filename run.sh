@@ -242,6 +242,6 @@ case "$experiment" in
   repconv_cifar10) repconv_cifar10 ;;
   all) needs_vit_cifar100; needs_resnet50_cat12; needs_cifar10
        vit_cifar100; resnet50_cat12; dropblock_cifar10; lenet5_cifar10; repconv_cifar10 ;;
-  bench) python bench/run_all.py --out BENCHMARKS.md ;;
+  bench) python -m bench.run_all --out BENCHMARKS.md ;;
   *) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; [ -z "$experiment" ] || { echo "unknown experiment: $experiment" >&2; exit 1; } ;;
 esac

@@ -11,15 +11,13 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from utils import threads
 
-from utils import threads  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 threads.configure()  # also drops the OMP_NUM_THREADS=1 Paddle sets, so subprocesses inherit a clean environment
 # What configure() chose: the user's OMP_NUM_THREADS, else every core this process may run on.
-KERNEL_THREADS = os.environ.get('OMP_NUM_THREADS') or str(len(os.sched_getaffinity(0)))
+KERNEL_THREADS = os.environ.get('OMP_NUM_THREADS') or str(threads.cores_per_process())
 
 
 def interleaved(candidates, repeats, warmup=1):

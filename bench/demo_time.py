@@ -13,8 +13,8 @@ import subprocess
 import sys
 import time
 
-import common
-from utils.io import read_jsonl  # noqa: E402  (common puts the project root on sys.path)
+from bench import common
+from utils.io import read_jsonl
 
 TARGET = 95.0
 EVAL_EVERY = 25

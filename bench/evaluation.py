@@ -6,7 +6,7 @@ The two alternate in one process; medians of the repeats. Then to_model_input al
 64, against the bare cast it cannot avoid (the broadcast subtract-and-divide it replaced took 232 ms here:
 BENCHMARKS.md of commit b1ea3d2).
 """
-import common  # before Paddle: it sets the CPU threads as main.py does
+from bench import common  # before Paddle: it sets the CPU threads as main.py does
 
 import shutil
 

@@ -10,7 +10,7 @@ cost does not depend on content), read by data/cifar.py with the recipe's config
    loader, with the configured workers and with none. The model is cut to 4 ViT-Ti/16 blocks so an
    update takes about a second here (ViT-B/16 would take minutes); the batch is 8 images per update.
 """
-import common  # before Paddle: it sets the CPU threads as main.py does
+from bench import common  # before Paddle: it sets the CPU threads as main.py does
 
 import contextlib
 import io

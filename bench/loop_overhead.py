@@ -9,7 +9,7 @@ alternate; the ratio is taken per round and the median kept.
 
 Then each piece of per-update work the loop adds is timed alone, so the excess can be attributed.
 """
-import common  # before Paddle: it sets the CPU threads as main.py does
+from bench import common  # before Paddle: it sets the CPU threads as main.py does
 
 import contextlib
 import io

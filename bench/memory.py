@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 
-import common  # (threads before Paddle)
+from bench import common  # (threads before Paddle)
 from configs import vit_b16_cifar100_rdrop
 
 MICRO_BATCHES = (2, 4)
@@ -71,8 +71,8 @@ def child(mode, micro_batch):
 
 
 def run_child(mode, micro_batch=MICRO_BATCHES[0]):
-  out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', mode, str(micro_batch)],
-                       capture_output=True, text=True, check=True, timeout=1800)
+  out = subprocess.run([sys.executable, '-m', 'bench.memory', '--child', mode, str(micro_batch)],
+                       capture_output=True, text=True, check=True, timeout=1800, cwd=common.ROOT)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -22,8 +22,8 @@ import statistics
 import subprocess
 import time
 
-import common  # before Paddle: it sets the CPU threads as main.py does
-import flops
+from bench import common  # before Paddle: it sets the CPU threads as main.py does
+from bench import flops
 
 import numpy as np
 import paddle

@@ -1,7 +1,7 @@
 """Where an update's time goes: Paddle's operator table for updates of any config, as train.py runs them.
 
-  python bench/profile_update.py --config configs/digits_vit_rdrop.py
-  python bench/profile_update.py --config configs/vit_b16_cifar100_rdrop.py --config.train.batch_size=8 \\
+  python -m bench.profile_update --config configs/digits_vit_rdrop.py
+  python -m bench.profile_update --config configs/vit_b16_cifar100_rdrop.py --config.train.batch_size=8 \\
       --config.train.accum_steps=1 --config.model.variant=ViT-Ti_2 --updates 2
 
 One update is training's own (training/step.py, through bench/common.update_step): `accum_steps`
@@ -10,7 +10,7 @@ images are random, of the config's shape and per-device micro-batch; no dataset 
 then `--updates` are profiled (paddle.profiler) and the operator summary is printed, most time first:
 forward kernels appear as `<op> dygraph`, their backward as `Global_<Op>GradNode`.
 """
-import common  # noqa: F401  (threads before Paddle, as main.py)
+from bench import common  # noqa: F401  (threads before Paddle, as main.py)
 
 import time
 

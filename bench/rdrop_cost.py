@@ -4,7 +4,7 @@ Two forward/backward passes per sample make 2.0 the compute floor. 'concat' runs
 'twice' calls the model twice (the authors' code); both are timed against plain training, interleaved,
 each an update as training runs it (bench/common.update_step).
 """
-import common  # before Paddle: it sets the CPU threads as main.py does
+from bench import common  # before Paddle: it sets the CPU threads as main.py does
 
 import models
 from configs import digits_vit_rdrop

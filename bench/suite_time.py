@@ -1,4 +1,4 @@
-"""The test suite's wall time, as a newcomer runs it: `python -m pytest -q -n 2 --dist loadfile tests`.
+"""The test suite's wall time, as a newcomer runs it: the README's `python -m pytest -n 2` (SHOWN).
 
 Runs the suite in a subprocess from the project root and reports its wall time, pytest's closing line
 and the load average before and after (other jobs on the machine lengthen it).
@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 
-import common
+from bench import common
 
-COMMAND = [sys.executable, '-m', 'pytest', '-q', '-n', '2', '--dist', 'loadfile', 'tests']
+SHOWN = 'python -m pytest -n 2'  # options and markers: pyproject.toml
+COMMAND = [sys.executable, *SHOWN.split()[1:]]
 
 
 def main():
@@ -21,7 +22,7 @@ def main():
   load_after = os.getloadavg()[0]
   lines = proc.stdout.strip().splitlines()
   summary = lines[-1].strip('= ') if lines else f'no output (exit code {proc.returncode})'
-  print('### 8. Test suite wall time (`python -m pytest -q -n 2 --dist loadfile tests`)\n')
+  print(f'### 8. Test suite wall time (`{SHOWN}`)\n')
   print(common.table(['wall time', 'pytest says', 'exit code', 'load average (1 min) before, after'],
                      [(f'{seconds / 60:.1f} min ({seconds:.0f} s)', summary, proc.returncode,
                        f'{load_before:.1f}, {load_after:.1f}')]))

@@ -14,7 +14,7 @@ everything else is Paddle's real code running Paddle's real CPU kernels. What th
 The project's code is not touched: it asks Paddle, and Paddle answers as on a GPU.
 
 Use the `amp_standin` fixture of conftest.py in a test's own process, or launch a child process with
-  python tests/amp_standin.py ARGS...      (patches Paddle, then runs main.py ARGS as __main__)
+  python -m tests.amp_standin ARGS...     (patches Paddle, then runs main.py ARGS as __main__)
 """
 import importlib
 import os
@@ -71,7 +71,6 @@ def install(patch=setattr):
 
 if __name__ == '__main__':
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  sys.path.insert(0, root)
   from utils import threads
   threads.configure()  # as main.py does first: before Paddle is imported
   install()

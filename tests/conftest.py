@@ -1,20 +1,10 @@
 """Fixtures (the helpers they share with the tests are in helpers.py)."""
 import os
 import subprocess
-import sys
 
 import pytest
 
 from helpers import ROOT, SHORT_TRAINING, child_env, run_main
-
-
-def pytest_configure(config):
-  config.addinivalue_line('markers', 'slow: runs the command line or a training in processes of its own; '
-                          '`-m "not slow"` keeps the unit tests of every module (about 2 minutes on 2 cores)')
-
-
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ def child_env(**extra):
 
 
 def main_command(*args, amp_standin=False):
-  """`python main.py ARGS`, or through tests/amp_standin.py: Paddle's AMP acting as on a GPU."""
-  return [sys.executable, 'tests/amp_standin.py' if amp_standin else 'main.py', *map(str, args)]
+  """`python main.py ARGS`, or through tests/amp_standin.py: Paddle's AMP acting as on a GPU (from ROOT)."""
+  return [sys.executable, *(['-m', 'tests.amp_standin'] if amp_standin else ['main.py']), *map(str, args)]
 
 
 def run_main(*args, check=True, timeout=300, env=None, amp_standin=False):

@@ -1,14 +1,8 @@
 """The demo's runs as a person sees them in VisualDL, in a browser (tools/visualdl_check.py); skipped without
 Chromium."""
-import os
-import sys
-
 import pytest
 
-from helpers import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import visualdl_check  # noqa: E402
+from tools import visualdl_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not visualdl_check.chromium(), reason='Chromium is not installed')]
 

@@ -21,11 +21,9 @@ import os
 import re
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from utils.io import write_atomic
 
-from utils.io import write_atomic  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RESULTS = 'docs/results'
 MARKER = re.compile(r'<!-- (begin|end) (docs/results/[\w.-]+\.md) -->')

@@ -1,7 +1,7 @@
 """Look at runs in VisualDL as a person does: serve them, open the pages in headless Chromium at a laptop's
 width, check what is in view on arrival, and save screenshots.
 
-  python tools/visualdl_check.py runs/demo [--out runs/demo/visualdl_check] [--width 1400]
+  python -m tools.visualdl_check runs/demo [--out runs/demo/visualdl_check] [--width 1400]
 
 Checks, at that width (VisualDL 2.5.3):
 - scalars: every tag that each run's metrics.jsonl implies is served; the one group VisualDL opens on
@@ -27,12 +27,10 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from training.runlog import VISUALDL_GROUPS, run_name
+from utils.io import read_jsonl
 
-from training.runlog import VISUALDL_GROUPS, run_name  # noqa: E402
-from utils.io import read_jsonl  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # What Chromium may do here: no network but the local server, no profile, no GPU, no background updates.
 CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
