@@ -200,13 +200,12 @@ def test_a_checkpoint_resumes_with_or_without_a_loss_scaler(amp_standin, tmp_pat
 
 def _signals_script(under_launcher, *steps):
   """A process with a deferring StopRequest that sends itself `steps`: a signal name or seconds to sleep."""
-  lines = ['import os, signal, sys, time', f'sys.path.insert(0, {ROOT!r})',
-           'from utils.preemption import StopRequest', f'stop = StopRequest(under_launcher={under_launcher})',
-           'stop.defer(True)']
+  lines = ['import os, signal, time', 'from utils.preemption import StopRequest',
+           f'stop = StopRequest(under_launcher={under_launcher})', 'stop.defer(True)']
   for step in steps:
     lines.append(f'time.sleep({step})' if isinstance(step, float) else f'os.kill(os.getpid(), signal.{step})')
   lines.append('print("still running, asked to stop:", bool(stop), stop.signum, flush=True)')
-  return subprocess.run([sys.executable, '-c', '\n'.join(lines)], capture_output=True, text=True, timeout=20)
+  return subprocess.run([sys.executable, '-c', '\n'.join(lines)], cwd=ROOT, capture_output=True, text=True, timeout=20)
 
 
 @pytest.mark.slow

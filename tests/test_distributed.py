@@ -51,8 +51,7 @@ def test_evaluation_of_seven_samples_on_two_processes_is_exact(tmp_path):
   """Rank 0 gets 4 samples, rank 1 gets 3: no padding duplicates may enter the accuracy."""
   script = tmp_path / 'eval7.py'
   script.write_text(f'''
-import json, sys
-sys.path.insert(0, {ROOT!r})
+import json
 import paddle
 from configs import digits_vit
 from data import digits
@@ -75,10 +74,10 @@ if rank == 0:
   print('METRICS', json.dumps(metrics))
 ''')
   single = subprocess.run([sys.executable, script], capture_output=True, text=True, check=True,
-                          env=child_env()).stdout
+                          env=child_env(PYTHONPATH=ROOT)).stdout
   proc = subprocess.run([sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2', '--log_dir',
                          str(tmp_path / 'logs2'), str(script)], capture_output=True, text=True, timeout=300,
-                        env=child_env())
+                        env=child_env(PYTHONPATH=ROOT))
   assert proc.returncode == 0, proc.stderr[-2000:]
   two = open(tmp_path / 'logs2/workerlog.0').read()
   parse = lambda text: json.loads(text.split('METRICS ')[1].splitlines()[0])

@@ -52,7 +52,6 @@ FAULT_RUNNER = '''
 import os, runpy, signal, subprocess, sys, time
 fault, n = sys.argv[1], int(sys.argv[2])
 sys.argv = ['main.py', *sys.argv[3:]]
-sys.path.insert(0, os.getcwd())
 from utils import threads
 threads.configure()
 import paddle
