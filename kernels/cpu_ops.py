@@ -3,9 +3,8 @@
 One switch, `applies(x)`: dynamic mode, a CPU tensor, float32, no autocast, and FAST_CPU_OPS not 0 in the
 environment (kernels/__init__.py). Everywhere else (GPUs, mixed precision, static graphs and exported models,
 paddle.jit.save) the layers and functions here run Paddle's own op, so fused GPU kernels and exported
-programs are untouched. Each stand-in gives Paddle's values up to
-float rounding, dropout the same distribution from another generator (tests/test_cpu_ops.py compares
-outputs and gradients).
+programs are untouched. Each stand-in gives Paddle's values up to float rounding, dropout the same
+distribution from another generator (tests/test_cpu_ops.py compares outputs and gradients).
 
 Two kinds: convolution, layer norm, exact GELU and attention call oneDNN's fused primitives
 (kernels/onednn.py: the library inside Paddle's wheel that PyTorch's CPU kernels also run on), where
