@@ -56,6 +56,19 @@ def _updates(workdir):
   return [checkpoint.update_of(path) for path in checkpoint.committed(workdir_lib.checkpoints_dir(str(workdir)))]
 
 
+def test_a_run_resumed_from_a_checkpoint_ends_with_the_weights_of_the_uninterrupted_run(tmp_path, monkeypatch):
+  """R-Drop and dropout on, 2 micro-batches per update: data position, dropout masks, optimizer and schedule all
+  continue from update 2. (tests/test_training.py checks it across processes, through the command line.)"""
+  _scripted_evaluations(monkeypatch, *[10.0] * 6)
+  config = _config(accum_steps=2, batch_size=8)
+  _train(config, tmp_path / 'straight')
+  _train(config, tmp_path / 'resumed', _folder(tmp_path / 'straight', 2))
+  (_, straight), (_, resumed) = (checkpoint.load(_folder(tmp_path / run, 4), ['model.pdparams'])
+                                 for run in ('straight', 'resumed'))
+  straight, resumed = straight['model.pdparams'], resumed['model.pdparams']
+  assert max(float(np.abs(straight[k].numpy() - resumed[k].numpy()).max()) for k in straight) < 1e-6
+
+
 def test_retention_keeps_the_best_checkpoint_besides_the_newest(tmp_path, monkeypatch):
   """Evaluation, prediction and the Cat-12 submission read the best checkpoint."""
   _scripted_evaluations(monkeypatch, 10.0, 50.0, 20.0, 30.0)
