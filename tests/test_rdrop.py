@@ -171,3 +171,39 @@ def test_summed_cross_entropies_double_the_baselines_gradient_and_their_mean_mat
     rdrop_loss(model, x, y, config)[0].backward()
     gradients.append(model.fc.weight.grad.numpy())
   np.testing.assert_allclose(gradients[1], ratio * gradients[0], rtol=1e-5, atol=1e-7)
+
+
+class _Leaves(paddle.nn.Layer):
+  """Returns the logits `a` and `b` of the two passes as tensors that collect their gradients: stacked in one
+  call for the 'concat' form, one per call for 'twice'."""
+
+  def __init__(self, a, b, form):
+    super().__init__()
+    arrays = [np.concatenate([a, b])] if form == 'concat' else [a, b]
+    self.passes = [paddle.to_tensor(array, stop_gradient=False) for array in arrays]
+    self.outputs = list(self.passes)
+
+  def forward(self, x):
+    return self.outputs.pop(0)
+
+
+def _symmetric_kl_gradient(a, b):
+  """d/da of sum_n KL(P||Q) + KL(Q||P) in float64, for P = softmax(a), Q = softmax(b)."""
+  log_p, log_q = _log_softmax(a.astype(np.float64)), _log_softmax(b.astype(np.float64))
+  p, q = np.exp(log_p), np.exp(log_q)
+  kl_pq = (p * (log_p - log_q)).sum(axis=1, keepdims=True)
+  return p * (log_p - log_q) + p - q - p * kl_pq
+
+
+@pytest.mark.parametrize('form', ['concat', 'twice'])
+def test_the_kl_pulls_each_pass_toward_the_other_through_both(logits, form):
+  """Each pass's gradient is its cross entropy's plus alpha times the KL's: neither pass is a fixed target."""
+  a, b = logits
+  labels = np.array([0, 3, 9, 1, 1, 7])
+  model = _Leaves(a, b, form)
+  loss, _, _ = rdrop_loss(model, paddle.zeros([6, 1]), paddle.to_tensor(labels), _config(0.7, form, 'sum'))
+  loss.backward()
+  gradients = np.concatenate([leaf.grad.numpy() for leaf in model.passes])
+  for got, mine, other in ((gradients[:6], a, b), (gradients[6:], b, a)):
+    cross_entropy = (np.exp(_log_softmax(mine.astype(np.float64))) - np.eye(10)[labels]) / len(labels)
+    np.testing.assert_allclose(got, cross_entropy + 0.7 * _symmetric_kl_gradient(mine, other), rtol=1e-4, atol=1e-6)

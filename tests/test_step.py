@@ -1,5 +1,6 @@
 """The update step and what the loop carries between updates, in this process (training/step.py,
 training/runlog.py's LogWindow, train.every, training/distributed.py on one process)."""
+import contextlib
 import itertools
 
 import numpy as np
@@ -14,14 +15,27 @@ from training.runlog import LogWindow
 from training.step import NonFiniteLoss, Skips, TooManySkips, UpdateStep
 
 
-def _step(config, images):
+def _step(config, images, wrap=lambda model: model, **placement):
+  """(UpdateStep of `wrap(model)` on `placement` (rank, world_size), the model, endless (images, labels))."""
   import models
   model = models.build(config.model, 10, config.seed, initial_weights=False)
   optimizer, scheduler = optim.build(config.train, model.parameters(), 10)
   precision = Precision(config.train)
   model.train()
-  labels = paddle.to_tensor(np.arange(len(images)) % 10)
-  return UpdateStep(model, optimizer, scheduler, precision, config), model, itertools.repeat((images, labels))
+  step = UpdateStep(wrap(model), optimizer, scheduler, precision, config, **placement)
+  return step, model, itertools.repeat((images, _labels(len(images))))
+
+
+def _labels(count):
+  return paddle.to_tensor(np.arange(count) % 10)
+
+
+def _images(count, seed=0):
+  return paddle.to_tensor(np.random.default_rng(seed).integers(0, 256, (count, 1, 8, 8), dtype=np.uint8))
+
+
+def _weights(model):
+  return {k: v.numpy().copy() for k, v in model.state_dict().items()}
 
 
 def _tiny():
@@ -33,8 +47,7 @@ def _tiny():
 def test_an_update_takes_accum_steps_micro_batches_and_returns_the_agreed_means():
   config = _tiny()
   config.train.accum_steps = 2
-  images = paddle.to_tensor(np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8), dtype=np.uint8))
-  step, model, batches = _step(config, images)
+  step, model, batches = _step(config, _images(4))
   taken = []
   counted = map(lambda batch: taken.append(1) or batch, batches)
   before = model.head.weight.numpy().copy()
@@ -44,22 +57,82 @@ def test_an_update_takes_accum_steps_micro_batches_and_returns_the_agreed_means(
   assert not np.array_equal(model.head.weight.numpy(), before)
 
 
-def test_a_non_finite_loss_stops_the_update_before_the_weights_change(monkeypatch):
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+def test_a_non_finite_loss_stops_the_update_before_the_weights_change(monkeypatch, bad):
+  """An infinite loss added to a finite one still has finite gradients: only the check keeps them out."""
   from training import step as step_module
   config = _tiny()
   images = paddle.to_tensor(np.zeros((4, 1, 8, 8), dtype=np.uint8))
   step, model, batches = _step(config, images)
   original = step_module.rdrop_loss
 
-  def nan_loss(*args, **kwargs):
+  def bad_loss(*args, **kwargs):
     loss, ce, kl = original(*args, **kwargs)
-    return loss * float('nan'), ce, kl
-  monkeypatch.setattr(step_module, 'rdrop_loss', nan_loss)
-  weights = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    return loss + bad, ce, kl
+  monkeypatch.setattr(step_module, 'rdrop_loss', bad_loss)
+  weights = _weights(model)
   with pytest.raises(NonFiniteLoss) as stopped:
     step(1, batches)
-  assert np.isnan(stopped.value.value)
+  np.testing.assert_equal(stopped.value.value, bad)
   assert all(np.array_equal(v.numpy(), weights[k]) for k, v in model.state_dict().items())
+
+
+def test_accumulated_micro_batches_step_as_one_batch_of_their_union():
+  """Without clipping (at norm 1 it would hide a wrongly scaled gradient), dropout or R-Drop (its KL does not split
+  over micro-batches), and with momentum SGD (Adam's step does not depend on the gradient's scale)."""
+  images, labels = _images(8), _labels(8)
+  weights = []
+  for accum_steps in (1, 4):
+    config = _tiny()
+    config.train.update(accum_steps=accum_steps, clip_grad_norm=0.0, optimizer='momentum', lr=0.05)
+    config.model.dropout_rate, config.rdrop.alpha = 0.0, 0.0
+    step, model, _ = _step(config, images)
+    micro = len(images) // accum_steps
+    batches = itertools.cycle([(images[i:i + micro], labels[i:i + micro]) for i in range(0, len(images), micro)])
+    for update in (1, 2, 3):
+      step(update, batches)
+    weights.append(_weights(model))
+  assert max(float(np.abs(weights[0][k] - weights[1][k]).max()) for k in weights[0]) < 1e-6
+
+
+class _DataParallelSpy(paddle.nn.Layer):
+  """Stands in for paddle.DataParallel: notes, for each forward, whether its backward would all-reduce."""
+
+  def __init__(self, model):
+    super().__init__()
+    self.model, self.all_reduced, self._syncing = model, [], True
+
+  @contextlib.contextmanager
+  def no_sync(self):
+    self._syncing = False
+    try:
+      yield
+    finally:
+      self._syncing = True
+
+  def forward(self, x):
+    self.all_reduced.append(self._syncing)
+    return self.model(x)
+
+
+def test_gradients_are_all_reduced_once_per_update_after_its_last_micro_batch(monkeypatch):
+  monkeypatch.setattr(distributed, 'agree', lambda sums, flags, world_size: (sums.numpy(), list(flags)))
+  config = _tiny()
+  config.train.accum_steps, config.rdrop.alpha = 3, 0.0  # one forward per micro-batch
+  step, _, batches = _step(config, _images(4), wrap=_DataParallelSpy, rank=0, world_size=2)
+  step(1, batches)
+  assert step.model.all_reduced == [False, False, True]
+
+
+def test_ranks_draw_different_dropout_masks_and_a_rank_the_same_ones_again():
+  """The same update of the same weights on the same batch, on rank 0, 1 and 0 again. The masks show in the
+  head's gradient (the zero head makes the loss ln C whatever they are)."""
+  heads = []
+  for rank in (0, 1, 0):
+    step, model, batches = _step(_tiny(), _images(4), rank=rank)
+    step(1, batches)
+    heads.append(model.head.weight.numpy())
+  assert not np.array_equal(heads[0], heads[1]) and np.array_equal(heads[0], heads[2])
 
 
 def test_more_skipped_updates_in_a_row_than_allowed_stop_and_an_applied_one_resets_the_count():
