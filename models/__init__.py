@@ -14,7 +14,7 @@ import warnings
 import ml_collections
 import paddle
 
-from utils import checkpoint
+from utils import checkpoint, safe_pickle
 
 # Paddle's BatchNorm warns at every training forward that it tracks running statistics: what it has always
 # done and what these models want, so a warning users can do nothing about.
@@ -58,7 +58,7 @@ def build(model_config, num_classes, seed=0, initial_weights=True):
     if loader:
       loader(model, path)
     else:
-      checkpoint.load_state_strict(model, paddle.load(path), source=f'weights file {path}')
+      checkpoint.load_state_strict(model, safe_pickle.load_paddle(path), source=f'weights file {path}')
   return model
 
 

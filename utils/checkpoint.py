@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import paddle
 
 MANIFEST = 'manifest.json'
@@ -237,8 +238,10 @@ def load_state_strict(layer, state, source):
   own = layer.state_dict()
   missing = sorted(set(own) - set(state))
   unexpected = sorted(set(state) - set(own))
-  mismatched = [f'{k}: {list(state[k].shape)} in the file, {list(own[k].shape)} in the model'
-                for k in own if k in state and list(state[k].shape) != list(own[k].shape)]
+  shapes = {k: list(v.shape) if isinstance(v, (paddle.Tensor, np.ndarray)) else f'a {type(v).__name__}, not an array,'
+            for k, v in state.items()}
+  mismatched = [f'{k}: {shapes[k]} in the file, {list(own[k].shape)} in the model'
+                for k in own if k in state and shapes[k] != list(own[k].shape)]
   if missing or unexpected or mismatched:
     lines = ([f'missing from the file: {", ".join(missing[:8])}' + (' ...' if len(missing) > 8 else '')]
              if missing else [])
