@@ -77,11 +77,11 @@ def load_trained(model_config, path, precision=None):
   With a `precision` (training/precision.py) the model is made ready for it (AMP O2: half-precision
   weights), else float32.
   """
-  manifest, state = checkpoint.load(path, names=('model.pdparams',))
+  manifest, state = checkpoint.load(path, pieces=('model',))
   check_fits(manifest, model_config, path)
   model = build(model_config, manifest['num_classes'], initial_weights=False)
   if precision is not None:
     model, _ = precision.decorate(model)
-  checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {path}')
+  checkpoint.load_state_strict(model, state['model'], source=f'checkpoint {path}')
   model.eval()
   return model, manifest
