@@ -306,7 +306,7 @@ def load_state_strict(layer, state, source):
   own = layer.state_dict()
   missing = sorted(set(own) - set(state))
   unexpected = sorted(set(state) - set(own))
-  shapes = {k: list(v.shape) if isinstance(v, (paddle.Tensor, np.ndarray)) else f'a {type(v).__name__}, not an array,'
+  shapes = {k: list(v.shape) if isinstance(v, (paddle.Tensor, np.ndarray)) else f'{type(v).__name__} (not an array)'
             for k, v in state.items()}
   mismatched = [f'{k}: {shapes[k]} in the file, {list(own[k].shape)} in the model'
                 for k in own if k in state and shapes[k] != list(own[k].shape)]

@@ -71,7 +71,7 @@ def load_paddle(path):
   except (pickle.UnpicklingError, EOFError) as err:
     raise ValueError(f'{path} is not a file paddle.save wrote, or it is damaged ({err})') from err
   if not isinstance(obj, dict):
-    raise ValueError(f'{path} holds a {type(obj).__name__}, not the dict of arrays paddle.save writes')
+    raise ValueError(f'{path} holds a Python {type(obj).__name__}, not the dict of arrays paddle.save writes')
   if STATE_DICT_NAMES in obj:
     return {key: paddle.to_tensor(value) if key in obj[STATE_DICT_NAMES] and isinstance(value, np.ndarray) else value
             for key, value in obj.items() if key != STATE_DICT_NAMES}
@@ -87,7 +87,7 @@ def _is_tensor_tuple(obj):  # how paddle.save writes a Tensor outside a state di
 def _any(obj, test):
   if test(obj):
     return True
-  values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+  values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
   return any(_any(value, test) for value in values)
 
 
@@ -96,6 +96,6 @@ def _map(obj, test, convert):
     return convert(obj)
   if isinstance(obj, dict):
     return type(obj)((key, _map(value, test, convert)) for key, value in obj.items())
-  if isinstance(obj, list):
-    return [_map(value, test, convert) for value in obj]
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(_map(value, test, convert) for value in obj)
   return obj
