@@ -197,7 +197,8 @@ def test_bad_values_are_refused_through_the_cli_at_once_before_any_work(tmp_path
   assert proc.returncode == 1
   assert proc.stderr.splitlines() == [
       'error: 4 config values are not allowed:', '  config.model.dropout_rate=1.5: must be in [0, 1)',
-      '  config.train.batch_size=-64: must be > 0', '  config.train.lr=-1.0: must be in (0, 10]',
+      '  config.train.batch_size=-64: must be > 0',
+      '  config.train.lr=-1.0: must be in [1.18e-38, 10] (Paddle computes in float32, where a smaller lr is 0)',
       '  config.train.updates=-5: must be >= 0']
   assert not (tmp_path / 'run').exists()
 

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import shlex
+import shutil
 import tarfile
 
 import ml_collections
@@ -203,3 +204,52 @@ def test_a_checkpoint_whose_weights_call_code_is_refused_though_its_checksum_mat
                         model_file=pickle.dumps({'fc.weight': RunsACommand(marker)}))
   checkpoint.read_manifest(path)  # intact, as far as its manifest can tell
   _refused(lambda: checkpoint.load(path), marker, os.path.join(path, 'model.pdparams'))
+
+
+@pytest.mark.slow
+def test_the_command_line_refuses_pretrained_weights_that_call_code_in_one_line(tmp_path):
+  marker = tmp_path / 'ran'
+  evil = _evil_file(tmp_path / 'evil.pdparams', marker)
+  tarball = make_cifar10(tmp_path / 'cifar-10-python.tar.gz')
+  proc = run_main('--config', 'configs/lenet5_cifar10.py:smoke', '--workdir', tmp_path / 'run',
+                  f'--config.data.root={tarball}', f'--config.model.pretrained={evil}', check=False)
+  assert proc.returncode == 1 and not marker.exists()
+  assert proc.stderr.strip().splitlines()[-1] == (f'error: {evil}: posix.system is not plain data: refusing to '
+                                                   'run code from it')
+
+
+@pytest.fixture(scope='module')
+def digits_run(tmp_path_factory):
+  """A finished 2-update digits ViT run (read-only: tests copy it)."""
+  workdir = tmp_path_factory.mktemp('digits') / 'run'
+  run_main('--config', 'configs/digits_vit.py:smoke', '--workdir', workdir)
+  return workdir
+
+
+def _copy(run, to):
+  shutil.copytree(run, to)
+  return to, checkpoint.latest_valid(os.path.join(to, 'checkpoints'))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', ['eval', 'resume'])
+def test_the_command_line_refuses_a_checkpoint_whose_weights_call_code(digits_run, tmp_path, mode):
+  marker = tmp_path / 'ran'
+  workdir, path = _copy(digits_run, tmp_path / 'run')
+  _in_old_format(path, model_file=pickle.dumps({'w': RunsACommand(marker)}))
+  proc = run_main('--mode', mode, '--workdir', workdir, '--config.train.updates=3', check=False)
+  assert proc.returncode == 1 and not marker.exists()
+  assert (f'error: {path}/model.pdparams: posix.system is not plain data: refusing to run code from it'
+          in proc.stderr), proc.stderr
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_the_older_format_resumes_exactly_as_the_same_in_the_new_one(digits_run, tmp_path):
+  new, _ = _copy(digits_run, tmp_path / 'new')
+  old, path = _copy(digits_run, tmp_path / 'old')
+  _in_old_format(path)
+  for workdir in (new, old):
+    run_main('--mode', 'resume', '--workdir', workdir, '--config.train.updates=3')
+  ends = [checkpoint.load(checkpoint.latest_valid(os.path.join(w, 'checkpoints')))[1] for w in (new, old)]
+  assert checkpoint.update_of(checkpoint.latest_valid(os.path.join(old, 'checkpoints'))) == 3
+  _assert_same(ends[1], ends[0])
