@@ -169,27 +169,35 @@ def test_a_checkpoint_holds_no_code_and_gives_back_every_value_bit_for_bit(tmp_p
   assert list(checkpoint.load(path, ('model',))[1]) == ['model']
 
 
-def _in_old_format(folder, model_file=None):
-  """Checkpoint `folder` rewritten as the code before safetensors wrote it: each piece pickled by
-  paddle.save and listed in the manifest with its SHA-256; `model_file` bytes replace model.pdparams."""
-  _, pieces = checkpoint.load(folder)
+def _with_files(folder, files, only=False):
+  """Checkpoint `folder` with `files` ({name: bytes}) written into it, `only` those, and its manifest
+  rewritten to match them, as anyone can."""
   manifest_path = os.path.join(folder, checkpoint.MANIFEST)
   with open(manifest_path) as f:
     manifest = json.load(f)
-  for name in manifest['files']:
+  for name in list(manifest['files']) if only else ():
     os.remove(os.path.join(folder, name))
-  manifest['files'] = {}
-  for piece, obj in pieces.items():
-    path = os.path.join(folder, OLD_NAMES[piece])
-    paddle.save(obj, path)
-    if piece == 'model' and model_file is not None:
-      with open(path, 'wb') as f:
-        f.write(model_file)
-    with open(path, 'rb') as f:
-      manifest['files'][OLD_NAMES[piece]] = hashlib.sha256(f.read()).hexdigest()
+    del manifest['files'][name]
+  for name, data in files.items():
+    with open(os.path.join(folder, name), 'wb') as f:
+      f.write(data)
+    manifest['files'][name] = hashlib.sha256(data).hexdigest()
   with open(manifest_path, 'w') as f:
     json.dump(manifest, f)
   return folder
+
+
+def _in_old_format(folder, model_file=None):
+  """Checkpoint `folder` as the code before safetensors wrote it, each piece pickled by paddle.save;
+  `model_file` bytes replace model.pdparams."""
+  files = {}
+  for piece, obj in checkpoint.load(folder)[1].items():
+    buffer = io.BytesIO()
+    paddle.save(obj, buffer)
+    files[OLD_NAMES[piece]] = buffer.getvalue()
+  if model_file is not None:
+    files['model.pdparams'] = model_file
+  return _with_files(folder, files, only=True)
 
 
 def test_a_checkpoint_of_the_older_pickled_format_loads_as_paddle_load_gave_it(tmp_path):
@@ -253,3 +261,14 @@ def test_a_checkpoint_of_the_older_format_resumes_exactly_as_the_same_in_the_new
   ends = [checkpoint.load(checkpoint.latest_valid(os.path.join(w, 'checkpoints')))[1] for w in (new, old)]
   assert checkpoint.update_of(checkpoint.latest_valid(os.path.join(old, 'checkpoints'))) == 3
   _assert_same(ends[1], ends[0])
+
+
+@pytest.mark.parametrize('damage', ['a tensor it does not hold', 'not JSON', 'not safetensors'])
+def test_a_checkpoint_whose_files_no_version_wrote_is_an_error_naming_it(tmp_path, damage):
+  """(Its manifest rewritten to match: what a stranger's file may be.)"""
+  path = checkpoint.save(str(tmp_path), 1, _state(), {}, keep=1)
+  name, data = {'a tensor it does not hold': ('model.json', b'{"w": {"__tensor__": "nowhere"}}'),
+                'not JSON': ('model.json', b'{"w": '), 'not safetensors': ('model.safetensors', b'\xff' * 9)}[damage]
+  _with_files(path, {name: data})
+  with pytest.raises(checkpoint.CheckpointError, match=f'checkpoint {path}: its model is damaged'):
+    checkpoint.load(path)

@@ -143,23 +143,25 @@ def _decode(path, piece, names):
   """The object of `piece` in checkpoint folder `path`, whose files of it are `names`."""
   if f'{piece}.json' not in names:  # written by paddle.save before checkpoints held no code
     return safe_pickle.load_paddle(os.path.join(path, names[0]))
-  with open(os.path.join(path, f'{piece}.safetensors'), 'rb') as f:
-    tensors = safetensors.paddle.load(f.read())
-  with open(os.path.join(path, f'{piece}.json')) as f:
-    skeleton = json.load(f)
+  with open(os.path.join(path, f'{piece}.safetensors'), 'rb') as f, open(os.path.join(path, f'{piece}.json')) as g:
+    try:
+      tensors, skeleton = safetensors.paddle.load(f.read()), json.load(g)
+      return _filled(skeleton, tensors)
+    except (safetensors.SafetensorError, ValueError, KeyError, TypeError) as err:  # written by no version of ours
+      raise CheckpointError(f'checkpoint {path}: its {piece} is damaged ({type(err).__name__}: {err})') from err
 
-  def filled(value):
-    if isinstance(value, dict):
-      if len(value) == 1 and TENSOR in value:
-        return tensors[value[TENSOR]]
-      if len(value) == 1 and ARRAY in value:
-        return tensors[value[ARRAY]].numpy()
-      return {key: filled(item) for key, item in value.items()}
-    if isinstance(value, list):
-      return [filled(item) for item in value]
-    return value
 
-  return filled(skeleton)
+def _filled(skeleton, tensors):
+  """`skeleton` (from `<piece>.json`) with each tensor's or array's place filled from `tensors`."""
+  if isinstance(skeleton, dict):
+    if len(skeleton) == 1 and TENSOR in skeleton:
+      return tensors[skeleton[TENSOR]]
+    if len(skeleton) == 1 and ARRAY in skeleton:
+      return tensors[skeleton[ARRAY]].numpy()
+    return {key: _filled(value, tensors) for key, value in skeleton.items()}
+  if isinstance(skeleton, list):
+    return [_filled(value, tensors) for value in skeleton]
+  return skeleton
 
 
 def _kept(directory, final):
