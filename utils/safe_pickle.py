@@ -24,6 +24,7 @@ def _latin1(text, encoding):
   return codecs.encode(text, encoding)
 
 
+# What NumPy's own pickles call to rebuild an array and a scalar, from whichever module this NumPy keeps them in
 _RECONSTRUCT, _SCALAR = np.ndarray.__reduce__(np.zeros(1))[0], np.float32(0).__reduce__()[0]
 PLAIN = {
     **{(module, name): value for module in ('numpy._core.multiarray', 'numpy.core.multiarray')  # NumPy 2 / 1
