@@ -122,6 +122,16 @@ def test_real_paddle_save_files_load_as_paddle_load_gives_them(tmp_path):
       _assert_same(safe_pickle.load_paddle(path), paddle.load(path))
 
 
+def test_arrays_pickled_by_numpy_1_as_in_the_cifar_batches_load():
+  array = np.arange(6, dtype=np.uint8).reshape(2, 3)
+  written = pickle.dumps({b'data': array, b'labels': [1, 2]}, protocol=2)
+  by_numpy_1 = written.replace(b'cnumpy._core.multiarray\n', b'cnumpy.core.multiarray\n')  # its module's name
+  assert by_numpy_1 != written
+  loaded = safe_pickle.load(io.BytesIO(by_numpy_1), 'data_batch_1', encoding='bytes')
+  assert loaded[b'labels'] == [1, 2] and loaded[b'data'].dtype == np.uint8
+  assert np.array_equal(loaded[b'data'], array)
+
+
 def _assert_same(ours, theirs):
   """The same nest, types, dtypes and bytes."""
   assert type(ours) is type(theirs)
