@@ -59,6 +59,15 @@ def test_the_payload_runs_under_plain_pickle(tmp_path):  # the payload of these 
   assert marker.exists()
 
 
+@pytest.mark.parametrize('module,name', [
+    ('builtins', 'eval'), ('builtins', 'getattr'), ('subprocess', 'Popen'), ('numpy', 'load'),
+    ('numpy.testing._private.utils', 'runstring'), ('paddle', 'load'), ('copyreg', '_reconstructor')])
+def test_every_global_but_those_of_plain_data_is_refused(module, name):
+  naming_it = b'\x80\x02c' + f'{module}\n{name}\n'.encode() + b'.'  # a pickle of just that global
+  with pytest.raises(safe_pickle.NotPlainData, match=f'^weights.pdparams: {module}.{name} is not plain data'):
+    safe_pickle.load(io.BytesIO(naming_it), 'weights.pdparams')
+
+
 def test_pretrained_weights_that_call_code_are_refused(tmp_path):
   marker = tmp_path / 'ran'
   config = lenet5_cifar10.get_config('smoke').model
