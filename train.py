@@ -55,7 +55,7 @@ class TrainingCollapsed(ValueError):
 @dataclasses.dataclass
 class Progress:
   """What the loop carries from one update to the next. A checkpoint holds all of it: `update`, `best`,
-  `train_seconds` and `evaluation_due` in its manifest, the rest in `trainer.pdstate`."""
+  `train_seconds` and `evaluation_due` in its manifest, the rest in its `trainer` piece."""
   update: int = 0
   best: dict = dataclasses.field(default_factory=lambda: {'top1': -1.0, 'update': 0})
   train_seconds: float = 0.0    # before this process started
@@ -162,9 +162,9 @@ def train(config, workdir, resume_from='', stop=None):
     last_save = time.monotonic()
     if is_main:
       optimizer_state = optimizer.state_dict()
-      pieces = {'model.pdparams': checkpoint.float32_weights(net.state_dict(), optimizer_state.get('master_weights')),
-                'optimizer.pdopt': optimizer_state,
-                'trainer.pdstate': {'precision': precision.state_dict(), 'loop': progress.loop_state()}}
+      pieces = {'model': checkpoint.float32_weights(net.state_dict(), optimizer_state.get('master_weights')),
+                'optimizer': optimizer_state,
+                'trainer': {'precision': precision.state_dict(), 'loop': progress.loop_state()}}
       meta = {'best': progress.best, 'experiment': config.experiment, 'model': config.model.name,
               'num_classes': train_set.num_classes, 'total_updates': tc.updates, 'evaluation_due': evaluation_due,
               'world_size': world_size,
@@ -275,9 +275,9 @@ def _restore(path, config, num_classes, model, optimizer, precision, progress, s
   if written_on != world_size:
     say(f'resume: the run trained on {written_on} process(es) until now and continues on {world_size}: the same '
         f'samples in every update, other dropout masks, so another run than on {written_on} (docs/distributed.md)')
-  checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {path}')
-  optimizer.set_state_dict(precision.optimizer_state(state['optimizer.pdopt'], model, state['model.pdparams']))
-  trainer = state['trainer.pdstate']
+  checkpoint.load_state_strict(model, state['model'], source=f'checkpoint {path}')
+  optimizer.set_state_dict(precision.optimizer_state(state['optimizer'], model, state['model']))
+  trainer = state['trainer']
   precision.load_state_dict(trainer['precision'], log=say)
   progress.update, progress.best = manifest['update'], manifest['best']
   progress.train_seconds = manifest.get('train_seconds', 0.0)

@@ -84,7 +84,7 @@ def pieces(config, model):
   means = np.ones(3, dtype='float32')
   ckpt_dir = f'{workdir}/checkpoints'
   counter = iter(range(1, 10**9))
-  state = {'model.pdparams': model.state_dict(), 'trainer.pdstate': {'loop': {'window': window.state_dict()}}}
+  state = {'model': model.state_dict(), 'trainer': {'loop': {'window': window.state_dict()}}}
   result = {
       'DataLoader next() (sampler + 64 x __getitem__ + collate)': (lambda: next(batches), tc.accum_steps),
       '  of which: sampler (one seed table per epoch)': (lambda: next(sampler), tc.accum_steps),

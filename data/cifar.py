@@ -17,6 +17,7 @@ import paddle.vision.transforms as T
 from PIL import Image
 
 from data.pipeline import SeededDataset
+from utils import safe_pickle
 from utils.rules import one_of
 
 OFFICIAL_URL = 'https://www.cs.toronto.edu/~kriz/{}'
@@ -56,7 +57,10 @@ def _decode(path, variant):
         raise ValueError(f'config.data.root: {path} has no member(s) {absent} of {variant.archive} '
                          f'(it holds {sorted(members)[:8]}); if it is the CIFAR-{other} archive, set '
                          f'config.data.classes={other}')
-      batches = {name: pickle.load(archive.extractfile(members[name]), encoding='bytes') for name in wanted}
+      batches = {name: safe_pickle.load(archive.extractfile(members[name]), f'{name} in {path}', encoding='bytes')
+                 for name in wanted}
+  except safe_pickle.NotPlainData:
+    raise
   except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as err:  # not a tarball, or damaged
     raise ValueError(f'config.data.root: {path} is not a readable CIFAR archive ({err}); expected the official '
                      f'{variant.archive} from {OFFICIAL_URL.format(variant.archive)}') from err

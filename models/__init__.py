@@ -14,7 +14,7 @@ import warnings
 import ml_collections
 import paddle
 
-from utils import checkpoint
+from utils import checkpoint, safe_pickle
 
 # Paddle's BatchNorm warns at every training forward that it tracks running statistics: what it has always
 # done and what these models want, so a warning users can do nothing about.
@@ -58,7 +58,7 @@ def build(model_config, num_classes, seed=0, initial_weights=True):
     if loader:
       loader(model, path)
     else:
-      checkpoint.load_state_strict(model, paddle.load(path), source=f'weights file {path}')
+      checkpoint.load_state_strict(model, safe_pickle.load_paddle(path), source=f'weights file {path}')
   return model
 
 
@@ -77,11 +77,11 @@ def load_trained(model_config, path, precision=None):
   With a `precision` (training/precision.py) the model is made ready for it (AMP O2: half-precision
   weights), else float32.
   """
-  manifest, state = checkpoint.load(path, names=('model.pdparams',))
+  manifest, state = checkpoint.load(path, pieces=('model',))
   check_fits(manifest, model_config, path)
   model = build(model_config, manifest['num_classes'], initial_weights=False)
   if precision is not None:
     model, _ = precision.decorate(model)
-  checkpoint.load_state_strict(model, state['model.pdparams'], source=f'checkpoint {path}')
+  checkpoint.load_state_strict(model, state['model'], source=f'checkpoint {path}')
   model.eval()
   return model, manifest

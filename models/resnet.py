@@ -9,13 +9,12 @@ In fp32 on a CPU the backbone's convolutions run oneDNN's (kernels/cpu_ops.py), 
 """
 import os
 
-import paddle
 import paddle.nn as nn
 from paddle.utils import download
 from paddle.vision.models import resnet as paddle_resnet
 
 from kernels import cpu_ops
-from utils import checkpoint
+from utils import checkpoint, safe_pickle
 from utils.rules import POSITIVE, RATE, one_of
 
 BACKBONES = {18: paddle_resnet.resnet18, 34: paddle_resnet.resnet34, 50: paddle_resnet.resnet50,
@@ -73,5 +72,5 @@ def build(model_config, num_classes):
   model = ResNetClassifier(mc.depth, num_classes, mc.head_width, mc.head_dropout)
   if mc.backbone_weights:
     path = backbone_weights_path(mc.depth, mc.backbone_weights)
-    checkpoint.load_state_strict(model.backbone, paddle.load(path), source=f'backbone weights {path}')
+    checkpoint.load_state_strict(model.backbone, safe_pickle.load_paddle(path), source=f'backbone weights {path}')
   return model

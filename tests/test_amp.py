@@ -37,7 +37,7 @@ ROUNDING = 100.0 * 2 / 359
 
 
 def _state(workdir, update, name):
-  return paddle.load(os.path.join(checkpoint.folder(os.path.join(workdir, 'checkpoints'), update), name))
+  return checkpoint.load(checkpoint.folder(os.path.join(workdir, 'checkpoints'), update), (name,))[1][name]
 
 
 def _numpy(state):
@@ -139,10 +139,10 @@ def test_a_bf16_o2_run_trains_through_every_evaluation_and_saves_float32_weights
   assert 'declines' not in proc.stdout
   assert [r['update'] for r in metric_rows(workdir, 'eval')] == [3, UPDATES]
   assert [r['update'] for r in metric_rows(workdir, 'train')] == list(range(1, UPDATES + 1))
-  assert _state(workdir, UPDATES, 'trainer.pdstate')['precision']['precision'] == 'bf16 O2'
-  weights = _state(workdir, UPDATES, 'model.pdparams')
+  assert _state(workdir, UPDATES, 'trainer')['precision']['precision'] == 'bf16 O2'
+  weights = _state(workdir, UPDATES, 'model')
   assert {v.dtype for v in weights.values()} == {paddle.float32}
-  assert _state(workdir, UPDATES, 'optimizer.pdopt')['master_weights']
+  assert _state(workdir, UPDATES, 'optimizer')['master_weights']
 
 
 @pytest.mark.slow
@@ -163,7 +163,7 @@ def test_kill_9_mid_run_and_resume_match_the_uninterrupted_bf16_o2_run(bf16_o2_r
   assert 'from update ' in resumed.stdout and f'from update {UPDATES}' not in resumed.stdout
   assert 'precision:' not in resumed.stdout  # the same precision: nothing to say
   assert _max_difference(_weights(reference, UPDATES), _weights(workdir, UPDATES)) == 0
-  masters = [_numpy(_state(run, UPDATES, 'optimizer.pdopt')['master_weights']) for run in (reference, workdir)]
+  masters = [_numpy(_state(run, UPDATES, 'optimizer')['master_weights']) for run in (reference, workdir)]
   assert _max_difference(*masters) == 0
   assert [(r['update'], r['top1']) for r in metric_rows(workdir, 'eval')] == \
          [(r['update'], r['top1']) for r in metric_rows(reference, 'eval')]
@@ -195,12 +195,12 @@ def test_a_bf16_o2_checkpoint_serves_a_plain_fp32_process_and_back(bf16_o2_run, 
   proc = run_main('--mode', 'resume', '--workdir', workdir, f'--config.train.updates={UPDATES + 2}')
   assert ('precision: the checkpoint was written in bf16 O2, this run is fp32: the model trains on its '
           'float32 weights, without master copies') in proc.stdout
-  assert 'master_weights' not in _state(workdir, UPDATES + 2, 'optimizer.pdopt')
+  assert 'master_weights' not in _state(workdir, UPDATES + 2, 'optimizer')
 
   proc = run_main('--mode', 'resume', '--workdir', workdir, f'--config.train.updates={UPDATES + 4}', amp_standin=True)
   assert ('precision: the checkpoint was written in fp32, this run is bf16 O2: float32 master weights rebuilt from '
           'its float32 weights') in proc.stdout
-  assert len(_state(workdir, UPDATES + 4, 'optimizer.pdopt')['master_weights']) == len(_weights(workdir, UPDATES))
+  assert len(_state(workdir, UPDATES + 4, 'optimizer')['master_weights']) == len(_weights(workdir, UPDATES))
   assert metric_rows(workdir, 'eval')[-1]['update'] == UPDATES + 4
 
 
@@ -226,12 +226,12 @@ def test_fp16_overflows_with_accumulation_skip_whole_updates_halve_the_scale_and
            '--config.train.updates=6', '--config.train.accum_steps=2', '--config.train.init_loss_scale=1.7e38',
            '--config.train.checkpoint_every=1', '--config.train.keep_checkpoints=10', '--config.train.log_every=3',
            '--config.train.eval_every=3', amp_standin=True)
-  scale = {u: float(_state(workdir, u, 'trainer.pdstate')['precision']['scaler']['scale'][0]) for u in range(1, 7)}
+  scale = {u: float(_state(workdir, u, 'trainer')['precision']['scaler']['scale'][0]) for u in range(1, 7)}
   skipped = {u: scale[u] < scale[u - 1] for u in range(2, 7)}
   for u in range(2, 7):  # skipped: the weights stay, the scale halves once for both micro-batches
     unchanged = _max_difference(_weights(workdir, u - 1), _weights(workdir, u)) == 0
     assert unchanged == skipped[u] and scale[u] == (scale[u - 1] / 2 if skipped[u] else scale[u - 1]), u
-    assert _state(workdir, u, 'optimizer.pdopt')['LR_Scheduler']['last_epoch'] == u  # the schedule still steps
+    assert _state(workdir, u, 'optimizer')['LR_Scheduler']['last_epoch'] == u  # the schedule still steps
   assert scale[1] == pytest.approx(1.7e38 / 2, rel=1e-6) and any(skipped.values()) and not all(skipped.values())
   rows = metric_rows(workdir, 'train')
   assert [r['skipped_in_window'] for r in rows] == [1 + skipped[2] + skipped[3], skipped[4] + skipped[5] + skipped[6]]
@@ -262,4 +262,4 @@ def test_the_skip_limit_names_the_last_good_checkpoint_and_its_resume_command_wo
   assert ('precision: the checkpoint was written in bf16 O2, this run is bf16 O1: the model trains on its '
           'float32 weights, without master copies') in proc.stdout
   assert f'from update {UPDATES}' in proc.stdout and metric_rows(workdir, 'eval')[-1]['update'] == UPDATES + 4
-  assert _state(workdir, UPDATES + 4, 'trainer.pdstate')['precision']['precision'] == 'bf16 O1'
+  assert _state(workdir, UPDATES + 4, 'trainer')['precision']['precision'] == 'bf16 O1'

@@ -22,7 +22,7 @@ RUN = [*TINY, '--config.train.updates=6', '--config.train.checkpoint_every=2', '
 
 
 def _pieces(value):
-  return {'model.pdparams': {'w': paddle.full([4, 3], value)}, 'optimizer.pdopt': {'m': paddle.full([4], value)}}
+  return {'model': {'w': paddle.full([4, 3], value)}, 'optimizer': {'m': paddle.full([4], value)}}
 
 
 def _save(directory, update, keep=10, protect=(), value=None):
@@ -38,17 +38,16 @@ def _updates(directory):
 @pytest.mark.parametrize('failing_call', [1, 2])
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch, failing_call):
   _save(tmp_path, 1)
-  real_save, calls = paddle.save, []
+  real_write, calls = checkpoint._write, []
 
-  def save_on_a_full_disk(obj, path, *args, **kwargs):
+  def write_on_a_full_disk(path, data):
     calls.append(path)
     if len(calls) == failing_call:
-      with open(path, 'wb') as f:
-        f.write(b'\0' * 10)  # the device filled up part way through the file
+      real_write(path, data[:10])  # the device filled up part way through the file
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-    return real_save(obj, path, *args, **kwargs)
+    return real_write(path, data)
 
-  monkeypatch.setattr(paddle, 'save', save_on_a_full_disk)
+  monkeypatch.setattr(checkpoint, '_write', write_on_a_full_disk)
   with pytest.raises(checkpoint.CheckpointError) as failure:
     _save(tmp_path, 2)
   message = str(failure.value)
@@ -56,7 +55,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(tmp
   assert f'the previous checkpoint {checkpoint.folder(str(tmp_path), 1)} is intact' in message
   assert _updates(tmp_path) == [1] and sorted(os.listdir(tmp_path)) == ['update_00000001']  # no partial folder
   _, state = checkpoint.load(checkpoint.folder(str(tmp_path), 1))
-  assert float(state['model.pdparams']['w'].sum()) == 12.0
+  assert float(state['model']['w'].sum()) == 12.0
 
 
 def test_retention_keeps_exactly_the_newest_n_plus_the_best(tmp_path):
@@ -73,11 +72,11 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_a_warning_naming_it(tmp_p
   for update in (1, 2):
     _save(tmp_path, update)
   newest = checkpoint.folder(str(tmp_path), 2)
-  cut_in_half(os.path.join(newest, 'model.pdparams'))
+  cut_in_half(os.path.join(newest, 'model.safetensors'))
   assert checkpoint.latest_valid(str(tmp_path)) == checkpoint.folder(str(tmp_path), 1)
-  assert (f'WARNING: checkpoint {newest}: model.pdparams does not match its checksum'
+  assert (f'WARNING: checkpoint {newest}: model.safetensors does not match its checksum'
           in capsys.readouterr().err)
-  with pytest.raises(checkpoint.CheckpointError, match='model.pdparams does not match its checksum'):
+  with pytest.raises(checkpoint.CheckpointError, match='model.safetensors does not match its checksum'):
     checkpoint.load(newest)  # named explicitly: an error, never a fallback
 
 
@@ -174,7 +173,7 @@ def test_weights_holding_nan_or_inf_are_never_saved(tmp_path):
   _save(tmp_path, 1)
   with pytest.raises(FloatingPointError) as failure:
     _save(tmp_path, 2, value=float('inf'))
-  assert ('update 2 left NaN or Inf in 2 tensor(s) (model.pdparams:w, optimizer.pdopt:m)' in str(failure.value)
+  assert ('update 2 left NaN or Inf in 2 tensor(s) (model:w, optimizer:m)' in str(failure.value)
           and f'the previous checkpoint {checkpoint.folder(str(tmp_path), 1)} is intact' in str(failure.value))
   assert _updates(tmp_path) == [1]
 
@@ -241,8 +240,8 @@ def test_a_checkpoint_resumes_with_or_without_a_loss_scaler(amp_standin, tmp_pat
   if saved_with == 'fp16':  # one overflow, so the saved scale (2048) differs from a fresh scaler's
     layer = paddle.nn.Linear(2, 1)
     _step(saving, layer, paddle.optimizer.SGD(learning_rate=0.1, parameters=layer.parameters()), float('inf'))
-  path = checkpoint.save(str(tmp_path), 1, {'trainer.pdstate': {'precision': saving.state_dict()}}, {}, keep=1)
-  state = checkpoint.load(path)[1]['trainer.pdstate']['precision']
+  path = checkpoint.save(str(tmp_path), 1, {'trainer': {'precision': saving.state_dict()}}, {}, keep=1)
+  state = checkpoint.load(path)[1]['trainer']['precision']
   assert state['scaling'] is (saved_with == 'fp16')
   resuming, logged = _precision(resumed_with, 4096.0), []
   resuming.load_state_dict(state, log=logged.append)
@@ -295,9 +294,9 @@ def _copy(trained, tmp_path):
 def test_resume_skips_a_truncated_newest_checkpoint_and_continues_from_the_previous(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   ckpts = workdir_lib.checkpoints_dir(str(workdir))
-  cut_in_half(os.path.join(checkpoint.folder(ckpts, 6), 'model.pdparams'))
+  cut_in_half(os.path.join(checkpoint.folder(ckpts, 6), 'model.safetensors'))
   proc = run_main('--mode', 'resume', '--workdir', workdir, '--config.train.updates=8')
-  assert f'WARNING: checkpoint {checkpoint.folder(ckpts, 6)}: model.pdparams does not match' in proc.stderr
+  assert f'WARNING: checkpoint {checkpoint.folder(ckpts, 6)}: model.safetensors does not match' in proc.stderr
   assert f'resume: from {checkpoint.folder(ckpts, 4)}' in proc.stdout and 'from update 4' in proc.stdout
   assert [r['update'] for r in metric_rows(workdir, 'train')] == list(range(1, 9))
   for path in checkpoint.committed(ckpts):  # update 6 was written again, whole
@@ -311,8 +310,8 @@ def test_an_explicitly_named_bad_checkpoint_is_an_error_never_a_restart(trained,
   workdir = _copy(trained, tmp_path)
   named = checkpoint.folder(workdir_lib.checkpoints_dir(str(workdir)), 4)
   if damage == 'truncated':
-    cut_in_half(os.path.join(named, 'optimizer.pdopt'))
-    expected = f'error: checkpoint {named}: optimizer.pdopt does not match its checksum'
+    cut_in_half(os.path.join(named, 'optimizer.safetensors'))
+    expected = f'error: checkpoint {named}: optimizer.safetensors does not match its checksum'
   else:
     shutil.rmtree(named)
     expected = f'error: checkpoint {named} does not exist'
@@ -334,7 +333,7 @@ def test_a_run_without_a_loss_scaler_resumes_with_fp16_and_an_fp16_checkpoint_re
           'from the config') in proc.stdout
   assert 'from update 6' in proc.stdout and metric_rows(workdir, 'train')[-1]['update'] == 7
   assert checkpoint.load(checkpoint.folder(workdir_lib.checkpoints_dir(str(workdir)), 7))[1][
-      'trainer.pdstate']['precision']['scaling'] is True
+      'trainer']['precision']['scaling'] is True
 
   proc = run_main('--mode', 'resume', '--workdir', workdir, '--config.train.updates=8',
                   '--config.train.precision=fp32')

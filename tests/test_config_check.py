@@ -33,8 +33,9 @@ def test_every_numeric_field_of_every_config_has_a_validation_rule():
 @pytest.mark.parametrize('field,value,allowed', [
     ('train.batch_size', -64, 'must be > 0'), ('train.batch_size', 0, 'must be > 0'),
     ('train.updates', -5, 'must be >= 0'), ('train.epochs', -1.0, 'must be >= 0'),
-    ('train.lr', -1.0, 'must be in (0, 10]'), ('train.lr', 0.0, 'must be in (0, 10]'),
-    ('train.lr', 1e30, 'must be in (0, 10]'), ('train.lr', float('inf'), "must be a finite number within float32's range"),
+    ('train.lr', -1.0, 'must be in [1.18e-38, 10]'), ('train.lr', 0.0, 'must be in [1.18e-38, 10]'),
+    ('train.lr', 1e-46, 'must be in [1.18e-38, 10] (Paddle computes in float32, where a smaller lr is 0)'),
+    ('train.lr', 1e30, 'must be in [1.18e-38, 10]'), ('train.lr', float('inf'), "must be a finite number within float32's range"),
     ('train.weight_decay', float('inf'), "must be a finite number within float32's range"),
     ('train.weight_decay', 1e39, "must be a finite number within float32's range"),
     ('train.weight_decay', 500.0, 'with config.train.lr=0.003, lr x weight_decay must be < 1'),

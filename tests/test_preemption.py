@@ -33,9 +33,10 @@ RUN = [*TINY, f'--config.train.updates={UPDATES}', '--config.train.checkpoint_ev
 EXIT_BUSY = 75
 
 # `python main.py ARGS` with a fault planted in this process: argv = [fault, n, ARGS...].
-#   half_written_save n: on the n-th paddle.save, write half of the file, then SIGKILL (Paddle issue 26348)
+#   half_written_save n: on the n-th file of a checkpoint, write half of it, then SIGKILL (Paddle issue 26348)
 #   before_pruning n:    SIGKILL after the n-th checkpoint is committed, before old ones are removed
-#   slow_save n:         from the n-th paddle.save on, announce it on stderr and hang for a minute
+#   slow_save n:         from the n-th file of a checkpoint on, announce it on stderr and hang for a minute
+#                        (a checkpoint writes 6: the model's, optimizer's and trainer's .safetensors and .json)
 #   sigterm_in_evaluation n: the n-th evaluation starts with a SIGTERM to this process
 #   sigterm_in_update n: the n-th loss computation gets a SIGTERM
 #   sigterm_to_all n:    the n-th loss computation: a SIGTERM to this process and its DataLoader workers
@@ -69,19 +70,17 @@ def nth_call(original, act):
     return act(original, *args, **kwargs)
   return wrapped
 
-def half_written(save, obj, path, *args, **kwargs):
-  save(obj, path, *args, **kwargs)
-  with open(path, 'r+b') as f:
-    f.truncate(os.path.getsize(path) // 2)
+def half_written(write, path, data):
+  write(path, data[:len(data) // 2])
   os.kill(os.getpid(), signal.SIGKILL)
 
 def before_pruning(retain, *args, **kwargs):
   os.kill(os.getpid(), signal.SIGKILL)
 
-def slow(save, obj, path, *args, **kwargs):
+def slow(write, path, data):
   print(f'FAULT: saving {path} slowly', file=sys.stderr, flush=True)
   time.sleep(60)
-  return save(obj, path, *args, **kwargs)
+  return write(path, data)
 
 def signalled(original, *args, **kwargs):
   os.kill(os.getpid(), signal.SIGTERM)
@@ -119,11 +118,11 @@ def infinite_weights(original, precision, optimizer):
   return skipped
 
 if fault == 'half_written_save':
-  paddle.save = nth_call(paddle.save, half_written)
+  checkpoint._write = nth_call(checkpoint._write, half_written)
 elif fault == 'before_pruning':
   checkpoint._retain = nth_call(checkpoint._retain, before_pruning)
 elif fault == 'slow_save':
-  paddle.save = nth_call(paddle.save, slow)
+  checkpoint._write = nth_call(checkpoint._write, slow)
 elif fault == 'sigterm_in_evaluation':
   evaluate.evaluate = nth_call(evaluate.evaluate, signalled)
 elif fault == 'sigterm_in_update':
@@ -209,8 +208,9 @@ def _running(pid):
 
 
 def _optimizer_state(workdir, update):
-  path = os.path.join(checkpoint.folder(os.path.join(workdir, 'checkpoints'), update), 'optimizer.pdopt')
-  return {k: v.numpy() for k, v in paddle.load(path).items() if isinstance(v, paddle.Tensor)}
+  path = checkpoint.folder(os.path.join(workdir, 'checkpoints'), update)
+  return {k: v.numpy() for k, v in checkpoint.load(path, ('optimizer',))[1]['optimizer'].items()
+          if isinstance(v, paddle.Tensor)}
 
 
 
@@ -305,7 +305,7 @@ def test_a_second_training_into_a_running_workdir_is_refused_naming_the_first_wh
   """The baseline started into the R-Drop run's workdir while it writes a checkpoint; then the R-Drop run
   is killed and resumed, taking its lock over."""
   workdir = tmp_path / 'run'
-  first = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *RUN], fault=('slow_save', 4))
+  first = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *RUN], fault=('slow_save', 7))
   _wait_for(lambda: 'FAULT: saving' in (tmp_path / 'first.err').read_text(), first)  # the checkpoint of update 5
   before = {name: (workdir / name).read_text() for name in ('config.json', 'config.py', 'metrics.jsonl', 'lock')}
   ckpts_before = sorted(os.listdir(workdir / 'checkpoints'))
@@ -456,7 +456,7 @@ def test_a_time_based_checkpoint_appears_before_any_update_based_one(tmp_path):
 def test_a_second_sigterm_during_the_checkpoint_write_exits_at_once_keeping_the_previous(tmp_path):
   workdir = tmp_path / 'run'
   # The 2nd checkpoint (update 5) hangs in its first file.
-  proc = _start(tmp_path, 'run', ['--config', DEMO, '--workdir', workdir, *RUN], fault=('slow_save', 4))
+  proc = _start(tmp_path, 'run', ['--config', DEMO, '--workdir', workdir, *RUN], fault=('slow_save', 7))
   _wait_for(lambda: 'FAULT: saving' in (tmp_path / 'run.err').read_text(), proc)
   proc.send_signal(signal.SIGTERM)
   _wait_for(lambda: 'SIGTERM: finishing this update' in (tmp_path / 'run.err').read_text(), proc)

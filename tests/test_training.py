@@ -3,7 +3,6 @@ import json
 import os
 
 import numpy as np
-import paddle
 import pytest
 
 from helpers import metric_rows, run_main
@@ -18,8 +17,8 @@ TINY = ['--config.train.batch_size=16', '--config.train.log_every=1', '--config.
 
 
 def _weights(workdir, update):
-  path = os.path.join(checkpoint.folder(os.path.join(workdir, 'checkpoints'), update), 'model.pdparams')
-  return {k: v.numpy() for k, v in paddle.load(path).items()}
+  path = checkpoint.folder(os.path.join(workdir, 'checkpoints'), update)
+  return {k: v.numpy() for k, v in checkpoint.load(path, ('model',))[1]['model'].items()}
 
 
 

@@ -20,6 +20,8 @@ FLOAT32_MAX = 3.4028234663852886e38  # Paddle computes in float32: a larger numb
 # after train.max_skipped_updates (the tests force overflows this way).
 MAY_BE_INFINITE = {'train.init_loss_scale'}
 MAX_LR = 10.0
+FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal number: below it an lr is 0, or flushed to 0
+LR_RANGE = f'must be in [{FLOAT32_TINY:.3g}, {MAX_LR:g}] (Paddle computes in float32, where a smaller lr is 0)'
 # What the trainer's numeric fields allow (a field absent from a config is skipped); names of choices are
 # in check_config. tests/test_bad_inputs.py checks that every numeric field of every config has a rule.
 FIELD_RULES = {
@@ -28,7 +30,7 @@ FIELD_RULES = {
     'data.mean': (lambda v: numbers(v) and all(0 <= x <= 1 for x in v), 'must be numbers in [0, 1]'),
     'data.std': ALL_POSITIVE,
     'train.batch_size': POSITIVE, 'train.accum_steps': POSITIVE, 'train.updates': NON_NEGATIVE,
-    'train.epochs': NON_NEGATIVE, 'train.lr': (lambda v: 0 < v <= MAX_LR, f'must be in (0, {MAX_LR:g}]'),
+    'train.epochs': NON_NEGATIVE, 'train.lr': (lambda v: FLOAT32_TINY <= v <= MAX_LR, LR_RANGE),
     'train.momentum': RATE, 'train.weight_decay': NON_NEGATIVE,
     'train.clip_grad_norm': NON_NEGATIVE, 'train.warmup_updates': NON_NEGATIVE, 'train.warmup_epochs': NON_NEGATIVE,
     'train.end_lr_ratio': (lambda v: 0 <= v <= 1, 'must be in [0, 1] (the final lr as a share of train.lr)'),

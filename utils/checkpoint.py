@@ -1,10 +1,16 @@
 """Checkpoints that survive kill -9, full disks and bit rot.
 
-A checkpoint is a folder `update_<N>` holding one file per piece of state and `manifest.json`, which
-lists every file with its SHA-256. It is written as `.tmp-update_<N>-<pid>`, every file fsynced, the
-manifest written last, then renamed into place: a folder without a manifest, or whose files do not
-match it, is not a checkpoint. (`paddle.save` alone writes in place, so an interrupted save can
-destroy the only copy: Paddle issue 26348.)
+A checkpoint is a folder `update_<N>` holding the pieces of state and `manifest.json`, which lists every
+file with its SHA-256. A piece (`model`, `optimizer`, `trainer`) is a nest of dicts and lists: its tensors
+and arrays go into `<piece>.safetensors` (keyed by their path in the nest: `model.safetensors` is a plain
+weights file), the rest into `<piece>.json` (a tensor's place holds `{"__tensor__": key}`). Neither format
+can hold code, so loading a checkpoint from elsewhere runs none; older checkpoints, pickled by
+`paddle.save` into `<piece>.pdparams/.pdopt/.pdstate`, are read through utils/safe_pickle.py.
+
+A checkpoint is written as `.tmp-update_<N>-<pid>`, every file fsynced, the manifest written last, then
+renamed into place: a folder without a manifest, or whose files do not match it, is not a checkpoint.
+(Writing in place, as `paddle.save` does, lets an interrupted save destroy the only copy: Paddle issue
+26348.)
 
 Weights are stored in float32 whatever the precision of the run (the optimizer's master copies under AMP
 O2) and cast to the model's dtype on loading, so any checkpoint serves any precision and device.
@@ -15,7 +21,11 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import paddle
+import safetensors.paddle
+
+from utils import safe_pickle
 
 MANIFEST = 'manifest.json'
 PREFIX = 'update_'
@@ -48,7 +58,8 @@ def folder(directory, update):
 
 
 def save(directory, update, pieces, meta, keep, protect=()):
-  """Write `pieces` ({file name: object for paddle.save}) as the checkpoint of `update`, atomically.
+  """Write `pieces` ({piece name: nest of dicts and lists of tensors, arrays and JSON values}) as the
+  checkpoint of `update`, atomically.
 
   `meta` (JSON) goes into the manifest. Afterwards only the newest `keep` checkpoints and those in
   `protect` (e.g. the best) remain. On failure the partial folder is removed, earlier checkpoints are
@@ -68,12 +79,10 @@ def save(directory, update, pieces, meta, keep, protect=()):
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     files = {}
-    for name, obj in pieces.items():
-      path = os.path.join(tmp, name)
-      paddle.save(obj, path)
-      with open(path, 'rb+') as f:
-        os.fsync(f.fileno())
-      files[name] = _sha256(path)
+    for piece, obj in pieces.items():
+      for name, data in _encode(piece, obj).items():
+        _write(os.path.join(tmp, name), data)
+        files[name] = hashlib.sha256(data).hexdigest()
     manifest = dict(meta, update=update, files=files)
     with open(os.path.join(tmp, MANIFEST), 'w') as f:
       json.dump(manifest, f, indent=1)
@@ -96,6 +105,63 @@ def save(directory, update, pieces, meta, keep, protect=()):
                           f'{_kept(directory, final)}') from err
   _retain(directory, keep, set(protect) | {update})
   return final
+
+
+def _write(path, data):
+  with open(path, 'wb') as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+TENSOR, ARRAY = '__tensor__', '__array__'  # a paddle.Tensor's or a NumPy array's place in `<piece>.json`
+
+
+def _encode(piece, obj):
+  """{file name: bytes} of `piece`: its tensors and arrays in safetensors, the rest in JSON."""
+  tensors = {}
+
+  def skeleton(value, path):
+    if isinstance(value, (paddle.Tensor, np.ndarray)):
+      key = '/'.join(path)
+      if key in tensors:
+        raise ValueError(f'checkpoint piece {piece}: two tensors at {key!r}')
+      tensors[key] = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(value)
+      return {TENSOR if isinstance(value, paddle.Tensor) else ARRAY: key}
+    if isinstance(value, dict):
+      return {key: skeleton(item, [*path, key]) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+      return [skeleton(item, [*path, str(i)]) for i, item in enumerate(value)]
+    return value
+
+  text = json.dumps(skeleton(obj, []), indent=1)  # floats as repr: read back bit for bit
+  return {f'{piece}.safetensors': safetensors.paddle.save({k: t.contiguous() for k, t in tensors.items()}),
+          f'{piece}.json': text.encode()}
+
+
+def _decode(path, piece, names):
+  """The object of `piece` in checkpoint folder `path`, whose files of it are `names`."""
+  if f'{piece}.json' not in names:  # written by paddle.save before checkpoints held no code
+    return safe_pickle.load_paddle(os.path.join(path, names[0]))
+  with open(os.path.join(path, f'{piece}.safetensors'), 'rb') as f, open(os.path.join(path, f'{piece}.json')) as g:
+    try:
+      tensors, skeleton = safetensors.paddle.load(f.read()), json.load(g)
+      return _filled(skeleton, tensors)
+    except (safetensors.SafetensorError, ValueError, KeyError, TypeError) as err:  # written by no version of ours
+      raise CheckpointError(f'checkpoint {path}: its {piece} is damaged ({type(err).__name__}: {err})') from err
+
+
+def _filled(skeleton, tensors):
+  """`skeleton` (from `<piece>.json`) with each tensor's or array's place filled from `tensors`."""
+  if isinstance(skeleton, dict):
+    if len(skeleton) == 1 and TENSOR in skeleton:
+      return tensors[skeleton[TENSOR]]
+    if len(skeleton) == 1 and ARRAY in skeleton:
+      return tensors[skeleton[ARRAY]].numpy()
+    return {key: _filled(value, tensors) for key, value in skeleton.items()}
+  if isinstance(skeleton, list):
+    return [_filled(value, tensors) for value in skeleton]
+  return skeleton
 
 
 def _kept(directory, final):
@@ -160,7 +226,8 @@ def read_manifest(path, files=None):
     raise CheckpointError(f'{path} is a file, not a checkpoint folder{hint}')
   if not os.path.isdir(path):
     raise CheckpointError(f'checkpoint {path} does not exist')
-  if not os.path.exists(manifest_path) and not any(n.endswith(('.pdparams', '.pdopt')) for n in os.listdir(path)):
+  if not os.path.exists(manifest_path) and not any(n.endswith(('.safetensors', '.pdparams', '.pdopt'))
+                                                   for n in os.listdir(path)):
     hint = ' (it is a run folder: leave --checkpoint out)' if os.path.isdir(os.path.join(path, 'checkpoints')) else ''
     raise CheckpointError(f'{path} is not a checkpoint: it holds no {MANIFEST} and no weights{hint}; '
                           f'{WHAT_IS_A_CHECKPOINT}')
@@ -193,10 +260,14 @@ def latest_valid(directory):
   return None
 
 
-def load(path, names=None):
-  """(manifest, {file name: object}) of a verified checkpoint folder: all its files, or `names`."""
-  manifest = read_manifest(path, names)
-  return manifest, {name: paddle.load(os.path.join(path, name)) for name in names or manifest['files']}
+def load(path, pieces=None):
+  """(manifest, {piece: object}) of a verified checkpoint folder: all its pieces, or those in `pieces`."""
+  files = {}
+  for name in read_manifest(path, files=())['files']:
+    files.setdefault(name.split('.')[0], []).append(name)
+  wanted = {piece: names for piece, names in files.items() if pieces is None or piece in pieces}
+  manifest = read_manifest(path, [name for names in wanted.values() for name in names])
+  return manifest, {piece: _decode(path, piece, names) for piece, names in wanted.items()}
 
 
 def float32_weights(state, master_weights=None):
@@ -237,8 +308,10 @@ def load_state_strict(layer, state, source):
   own = layer.state_dict()
   missing = sorted(set(own) - set(state))
   unexpected = sorted(set(state) - set(own))
-  mismatched = [f'{k}: {list(state[k].shape)} in the file, {list(own[k].shape)} in the model'
-                for k in own if k in state and list(state[k].shape) != list(own[k].shape)]
+  shapes = {k: list(v.shape) if isinstance(v, (paddle.Tensor, np.ndarray)) else f'{type(v).__name__} (not an array)'
+            for k, v in state.items()}
+  mismatched = [f'{k}: {shapes[k]} in the file, {list(own[k].shape)} in the model'
+                for k in own if k in state and shapes[k] != list(own[k].shape)]
   if missing or unexpected or mismatched:
     lines = ([f'missing from the file: {", ".join(missing[:8])}' + (' ...' if len(missing) > 8 else '')]
              if missing else [])
