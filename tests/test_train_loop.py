@@ -10,9 +10,9 @@ import pytest
 
 import train
 from configs import digits_vit_rdrop
-from conftest import metric_rows
+from helpers import metric_rows
 from training import workdir as workdir_lib
-from training.preemption import Interrupted
+from utils.preemption import Interrupted
 from utils import checkpoint
 
 

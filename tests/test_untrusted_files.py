@@ -16,10 +16,10 @@ import paddle
 import pytest
 
 import models
-from conftest import run_main
+from helpers import run_main
 from configs import lenet5_cifar10, resnet50_cat12_rdrop
 from data import cifar
-from fakedata import make_cifar10
+from tools.fakedata import make_cifar10
 from test_cifar import data_config
 from utils import checkpoint, safe_pickle
 
