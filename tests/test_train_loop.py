@@ -63,9 +63,9 @@ def test_a_run_resumed_from_a_checkpoint_ends_with_the_weights_of_the_uninterrup
   config = _config(accum_steps=2, batch_size=8)
   _train(config, tmp_path / 'straight')
   _train(config, tmp_path / 'resumed', _folder(tmp_path / 'straight', 2))
-  (_, straight), (_, resumed) = (checkpoint.load(_folder(tmp_path / run, 4), ['model.pdparams'])
+  (_, straight), (_, resumed) = (checkpoint.load(_folder(tmp_path / run, 4), ['model'])
                                  for run in ('straight', 'resumed'))
-  straight, resumed = straight['model.pdparams'], resumed['model.pdparams']
+  straight, resumed = straight['model'], resumed['model']
   assert max(float(np.abs(straight[k].numpy() - resumed[k].numpy()).max()) for k in straight) < 1e-6
 
 
@@ -111,8 +111,8 @@ def test_under_o2_a_checkpoint_holds_the_float32_master_weights_not_their_half_p
   _train(_config(updates=1, optimizer='sgd', lr=1e-30), tmp_path)
   _train(_config(updates=2, optimizer='sgd', lr=1e-30, precision='bf16', amp_level='O2'), tmp_path,
          _folder(tmp_path, 1))
-  (_, float32), (_, o2) = (checkpoint.load(_folder(tmp_path, update), ['model.pdparams']) for update in (1, 2))
-  float32, o2 = float32['model.pdparams'], o2['model.pdparams']
+  (_, float32), (_, o2) = (checkpoint.load(_folder(tmp_path, update), ['model']) for update in (1, 2))
+  float32, o2 = float32['model'], o2['model']
   assert o2.keys() == float32.keys()
   for key, value in float32.items():  # (zero-initialised biases move by about 1e-30)
     np.testing.assert_allclose(o2[key].numpy(), value.numpy(), rtol=0, atol=1e-20, err_msg=key)
