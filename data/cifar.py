@@ -59,8 +59,6 @@ def _decode(path, variant):
                          f'config.data.classes={other}')
       batches = {name: safe_pickle.load(archive.extractfile(members[name]), f'{name} in {path}', encoding='bytes')
                  for name in wanted}
-  except safe_pickle.NotPlainData:
-    raise
   except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as err:  # not a tarball, or damaged
     raise ValueError(f'config.data.root: {path} is not a readable CIFAR archive ({err}); expected the official '
                      f'{variant.archive} from {OFFICIAL_URL.format(variant.archive)}') from err

@@ -238,15 +238,18 @@ def read_manifest(path, files=None):
     raise CheckpointError(f'checkpoint {path} has no readable {MANIFEST} ({err}): it is incomplete') from err
   if not isinstance(manifest, dict) or not isinstance(manifest.get('files'), dict):
     raise CheckpointError(f'checkpoint {path}: {MANIFEST} lists no files: it is damaged')
-  for name, digest in manifest['files'].items():
-    if files is not None and name not in files:
-      continue
+  _verify(path, manifest, manifest['files'] if files is None else files)
+  return manifest
+
+
+def _verify(path, manifest, files):
+  """CheckpointError unless each of `files` of checkpoint `path` is there and matches its checksum."""
+  for name in files:
     file_path = os.path.join(path, name)
     if not os.path.exists(file_path):
       raise CheckpointError(f'checkpoint {path} is missing {name}')
-    if _sha256(file_path) != digest:
+    if _sha256(file_path) != manifest['files'][name]:
       raise CheckpointError(f'checkpoint {path}: {name} does not match its checksum (truncated or corrupt)')
-  return manifest
 
 
 def latest_valid(directory):
@@ -262,11 +265,11 @@ def latest_valid(directory):
 
 def load(path, pieces=None):
   """(manifest, {piece: object}) of a verified checkpoint folder: all its pieces, or those in `pieces`."""
-  files = {}
-  for name in read_manifest(path, files=())['files']:
+  manifest, files = read_manifest(path, files=()), {}
+  for name in manifest['files']:
     files.setdefault(name.split('.')[0], []).append(name)
   wanted = {piece: names for piece, names in files.items() if pieces is None or piece in pieces}
-  manifest = read_manifest(path, [name for names in wanted.values() for name in names])
+  _verify(path, manifest, [name for names in wanted.values() for name in names])
   return manifest, {piece: _decode(path, piece, names) for piece, names in wanted.items()}
 
 

@@ -38,7 +38,7 @@ PLAIN = {
 }
 
 
-class NotPlainData(pickle.UnpicklingError, ValueError):  # a ValueError: bad input, reported in one line
+class NotPlainData(ValueError):  # bad input, reported in one line; not an UnpicklingError, which means damage
   pass
 
 
@@ -67,8 +67,6 @@ def load_paddle(path):
   try:
     with open(path, 'rb') as f:
       obj = load(f, path, encoding='latin1')
-  except NotPlainData:
-    raise
   except (pickle.UnpicklingError, EOFError) as err:
     raise ValueError(f'{path} is not a file paddle.save wrote, or it is damaged ({err})') from err
   if not isinstance(obj, dict):
