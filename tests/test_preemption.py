@@ -36,7 +36,7 @@ EXIT_BUSY = 75
 # `python main.py ARGS` with a fault planted in this process: argv = [fault, n, ARGS...].
 #   half_written_save n: on the n-th paddle.save, write half of the file, then SIGKILL (Paddle issue 26348)
 #   before_pruning n:    SIGKILL after the n-th checkpoint is committed, before old ones are removed
-#   slow_save n:         from the n-th paddle.save on, announce it on stderr and hang for a minute
+#   slow_save n:         the n-th paddle.save announces itself on stderr and hangs for a minute
 #   sigterm_in_evaluation n: the n-th evaluation starts with a SIGTERM to this process
 #   sigterm_in_update n: the n-th loss computation gets a SIGTERM
 #   sigterm_to_all n:    the n-th loss computation: a SIGTERM to this process and its DataLoader workers
@@ -62,11 +62,12 @@ from data import digits, images
 from utils import checkpoint
 calls = 0
 
-def nth_call(original, act):
+def nth_call(original, act, from_then_on=False):
+  # Else the n-th call only: a signal sent again at each later micro-batch would be a second request.
   def wrapped(*args, **kwargs):
     global calls
     calls += 1
-    if calls < n:
+    if calls < n or calls > n and not from_then_on:
       return original(*args, **kwargs)
     return act(original, *args, **kwargs)
   return wrapped
@@ -138,9 +139,9 @@ elif fault == 'sigterm_in_slow_compute':
   from training import step
   step.rdrop_loss = nth_call(step.rdrop_loss, slow_compute)
 elif fault == 'stalled_sample':
-  digits.Digits.sample = nth_call(digits.Digits.sample, stalled)
+  digits.Digits.sample = nth_call(digits.Digits.sample, stalled, from_then_on=True)
 elif fault == 'stalled_decode':
-  images.decode_problem = nth_call(images.decode_problem, stalled_decode)
+  images.decode_problem = nth_call(images.decode_problem, stalled_decode, from_then_on=True)
 elif fault == 'nan_loss':
   from training import step
   step.rdrop_loss = nth_call(step.rdrop_loss, nan_loss)
