@@ -40,6 +40,17 @@ def run_main(*args, check=True, timeout=300, env=None, amp_standin=False):
   return proc
 
 
+@pytest.fixture
+def busy_cores():
+  """Every core kept busy by a loop for the test's duration, as on a shared machine: a test of signals
+  passes here or it is flaky."""
+  loops = [subprocess.Popen(['sh', '-c', 'while :; do :; done']) for _ in range(os.cpu_count() or 1)]
+  yield
+  for loop in loops:
+    loop.kill()
+    loop.wait()
+
+
 def metric_rows(workdir, group):
   """The `group` rows ('train', 'eval') of a run's metrics.jsonl, read as the report reads them (a line cut
   off by a kill is not a row)."""

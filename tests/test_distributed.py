@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, child_env, metric_rows
+from test_preemption import FAULT_RUNNER
 from test_training import DEMO, TINY, _max_difference, _weights
 from utils import checkpoint
 
@@ -176,6 +177,29 @@ def test_sigterm_to_the_launcher_saves_the_update_reached_and_autoresume_under_t
   launch(2, tmp_path / 'logs_c', '--config', DEMO, '--workdir', stopped, *common, '--autoresume')
   assert _max_difference(_weights(tmp_path / 'straight', 12), _weights(stopped, 12)) == 0
   assert metric_rows(stopped, 'train') == metric_rows(tmp_path / 'straight', 'train')
+
+
+def test_a_sigterm_while_a_rank_waits_at_start_up_for_a_late_peer_ends_the_job_within_seconds(tmp_path):
+  """Paddle's start-up waits for every rank in C++, where Python runs no signal handler. With nothing to
+  save yet, the waiting rank is ended 5 s after the signal, not after the launcher's 30 s grace."""
+  runner = tmp_path / 'faulty_main.py'
+  runner.write_text(FAULT_RUNNER)
+  logs = tmp_path / 'logs'
+  launcher = subprocess.Popen([sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
+                               '--log_dir', str(logs), str(runner), 'late_rank', '1', '--config', DEMO,
+                               '--workdir', str(tmp_path / 'run'), *TINY],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+  deadline = time.time() + 120
+  while 'FAULT: rank 0 connects' not in _worker_logs(logs).get('workerlog.0', '') and time.time() < deadline:
+    time.sleep(0.05)
+  time.sleep(1)  # into Paddle's wait
+  launcher.send_signal(signal.SIGTERM)
+  signalled = time.time()
+  launcher.wait(timeout=60)
+  assert time.time() - signalled < 20
+  waiting = _worker_logs(logs)['workerlog.0']
+  assert 'SIGTERM: blocked for 5 s in ' in waiting and 'Traceback' not in waiting, waiting[-3000:]
+  assert not (tmp_path / 'run').exists()
 
 
 def _free_port():
