@@ -117,9 +117,9 @@ def loader(dataset, batch_sampler, num_workers):
 def remove_stale_shared_memory(folder='/dev/shm'):
   """Delete the batches that DataLoader workers of dead processes left in shared memory (RAM).
 
-  A worker puts each batch into a file `paddle_<its pid>_...` that the main process removes on receipt, or
-  the worker at its exit; a worker killed with its trainer (kill -9, the OOM killer) leaves its last ones
-  behind. Only files of process ids that no longer exist are deleted: a live run's are its own.
+  Paddle's workers hand batches over in files `paddle_<worker pid>_...`, which a worker deletes when it
+  ends; one killed with its trainer (kill -9, the OOM killer) leaves them behind. Only files of process ids
+  that no longer exist are deleted: a live run's are its own.
   """
   try:
     names = os.listdir(folder)

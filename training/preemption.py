@@ -16,14 +16,15 @@ once, and the kernel stamps each with the time it arrived. The rules:
   GRACE_SECONDS (blocked), except while `working()`: writing a checkpoint or computing (one backward pass
   of a large model on a CPU takes longer than that). DataLoader workers are killed first; the newest
   complete checkpoint stays valid (utils/checkpoint.py) and the next resume starts there.
-- Under `paddle.distributed.launch` (`under_launcher`) nothing ends a training process early: the launcher
-  owns the deadline. After its SIGTERMs it waits 30 s before SIGKILL (`pod.stop(timeout=30)`; 10 s after a
+- Under `paddle.distributed.launch` (`under_launcher`) nothing ends the process early: the launcher owns
+  the deadline. After its SIGTERMs it waits 30 s before SIGKILL (`pod.stop(timeout=30)`; 10 s after a
   second signal to the launcher itself, which is how a person's second Ctrl-C arrives there), while the
   ranks finish the update, agree, save once and exit. A rank also waits in a collective for as long as
   rank 0 writes a checkpoint: ending it would make the launcher end rank 0 in the middle of the write.
-  Outside the training loop (start-up: nothing to save) a rank blocked after a signal is ended as above: a
-  rank waiting in Paddle's start-up for a peer that the signal has already ended would otherwise hold the
-  launcher for all of its 30 s.
+- Except while a rank connects to its peers at start-up (`connecting`): Paddle waits for them in C++ holding
+  the interpreter, where neither the handler nor the watcher runs, so there a signal takes its default
+  action and ends the process at once; nothing is there to save. (A rank waiting for a peer that the signal
+  had already ended held the launcher for all of its 30 s.)
 
 DataLoader workers are forked from this process and ignore SIGINT and SIGTERM (`in_data_worker`): Ctrl-C
 reaches the whole foreground process group, the launcher's SIGTERMs the process group it started each rank
@@ -142,7 +143,7 @@ class StopRequest:
           first = (signum, arrived)
         elif not self._under_launcher and arrived - first[1] > REPEAT_SECONDS:
           _exit_now(signum, f'{signal.Signals(signum).name} again: exiting now without a checkpoint')
-      if first is None or self._under_launcher and self._deferring:
+      if first is None or self._under_launcher:
         continue
       # Where the main thread is: the same frame at the same instruction for GRACE_SECONDS means a call
       # into C++ that has not returned (a running Python loop moves between samples).
@@ -171,6 +172,17 @@ def _exit_now(signum, message):
   _kill_data_workers()
   sys.stdout.flush()
   os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def connecting():
+  """Around a wait in C++ that holds the interpreter and has nothing to save: a signal ends the process."""
+  previous = {s: signal.signal(s, signal.SIG_DFL) for s in SIGNALS}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
 
 
 @contextlib.contextmanager
