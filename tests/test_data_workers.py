@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 
@@ -76,43 +75,3 @@ def test_shared_memory_of_dead_processes_is_removed_and_of_live_ones_kept(tmp_pa
     (tmp_path / name).write_bytes(b'batch')
   pipeline.remove_stale_shared_memory(tmp_path)
   assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
-
-
-# In a process of its own: the watcher ends it (os._exit) when it decides that a signal is a second request.
-REPEATS_WHILE_THE_WATCHER_WAITS = textwrap.dedent('''
-  import os, signal, sys, time
-  sys.path.insert(0, os.getcwd())
-  from training import preemption
-  stop = preemption.StopRequest()
-  stop.defer(True)
-  os.kill(os.getpid(), signal.SIGTERM)
-  time.sleep(0.3)  # the watcher reads the first at once
-  sys.setswitchinterval(100)  # from here this thread keeps the interpreter: the watcher cannot read
-  start = time.monotonic()
-  for repeat_at in {repeats}:
-    while time.monotonic() - start < repeat_at:
-      pass
-    os.kill(os.getpid(), signal.SIGTERM)
-  while time.monotonic() - start < 1.5:
-    pass
-  sys.setswitchinterval(0.005)
-  time.sleep(0.5)  # the watcher reads the repeats now, 1.5 s after the first
-  print('still running')
-''')
-
-
-def _repeats(*seconds_after_the_first):
-  return subprocess.run([sys.executable, '-c', REPEATS_WHILE_THE_WATCHER_WAITS.format(repeats=seconds_after_the_first)],
-                        cwd=ROOT, capture_output=True, text=True, env=child_env(), timeout=60)
-
-
-def test_repeats_within_the_window_are_one_request_however_late_the_watcher_reads_them():
-  """As Paddle's launcher repeats its SIGTERM (0.2 s apart) while the main thread holds the interpreter."""
-  proc = _repeats(0.2, 0.4)
-  assert proc.returncode == 0 and 'still running' in proc.stdout, proc.stderr
-
-
-def test_a_signal_after_the_window_exits_at_once_without_a_checkpoint():
-  proc = _repeats(1.2)
-  assert proc.returncode == 128 + signal.SIGTERM and proc.stdout == ''
-  assert 'SIGTERM again: exiting now without a checkpoint' in proc.stderr
