@@ -7,8 +7,11 @@ a pure function of the number of micro-steps done, and every sample's augmentati
 (seed, epoch, index), so a resumed run sees exactly the batches, crops and flips of an uninterrupted
 one, with any number of workers and any number of devices.
 """
+import contextlib
 import functools
+import os
 import random
+import re
 
 import numpy as np
 import paddle
@@ -92,13 +95,50 @@ class EvalBatches(paddle.io.BatchSampler):
     return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
 
+class _Loader(paddle.io.DataLoader):
+  """Paddle's DataLoader, its workers started as utils/preemption.py needs them (signals, lifetime)."""
+
+  def __iter__(self):
+    with preemption.starting_data_workers():
+      return super().__iter__()
+
+
 def loader(dataset, batch_sampler, num_workers):
   """A DataLoader over `batch_sampler`; num_workers -1 means one worker per core of this process's share."""
   if num_workers < 0:
     num_workers = threads.cores_per_process()
-  return paddle.io.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-                              use_shared_memory=num_workers > 0, prefetch_factor=4 if num_workers else 2,
-                              worker_init_fn=preemption.in_data_worker)
+  if num_workers:
+    remove_stale_shared_memory()
+  return _Loader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, use_shared_memory=num_workers > 0,
+                 prefetch_factor=4 if num_workers else 2, worker_init_fn=preemption.in_data_worker)
+
+
+def remove_stale_shared_memory(folder='/dev/shm'):
+  """Delete the batches that DataLoader workers of dead processes left in shared memory (RAM).
+
+  Paddle's workers hand batches over in files `paddle_<worker pid>_...`, which a worker deletes when it
+  ends; one killed with its trainer (kill -9, the OOM killer) leaves them behind. Only files of process ids
+  that no longer exist are deleted: a live run's are its own.
+  """
+  try:
+    names = os.listdir(folder)
+  except OSError:  # no such folder here
+    return
+  for name in names:
+    maker = re.match(r'paddle_(\d+)_', name)
+    if maker and not _process_exists(int(maker.group(1))):
+      with contextlib.suppress(OSError):  # another user's, or removed meanwhile
+        os.unlink(os.path.join(folder, name))
+
+
+def _process_exists(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's
+    pass
+  return True
 
 
 @functools.lru_cache(maxsize=8)

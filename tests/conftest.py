@@ -8,6 +8,17 @@ from helpers import ROOT, SHORT_TRAINING, child_env, run_main
 
 
 @pytest.fixture
+def busy_cores():
+  """Every core kept busy by a loop for the test's duration, as on a shared machine: a test of signals
+  passes here or it is flaky."""
+  loops = [subprocess.Popen(['sh', '-c', 'while :; do :; done']) for _ in range(os.cpu_count() or 1)]
+  yield
+  for loop in loops:
+    loop.kill()
+    loop.wait()
+
+
+@pytest.fixture
 def main_cli():
   return run_main
 

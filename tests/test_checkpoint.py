@@ -250,11 +250,26 @@ def test_a_checkpoint_resumes_with_or_without_a_loss_scaler(amp_standin, tmp_pat
 
 
 def _signals_script(under_launcher, *steps):
-  """A process with a deferring StopRequest that sends itself `steps`: a signal name or seconds to sleep."""
-  lines = ['import os, signal, time', 'from utils.preemption import StopRequest',
-           f'stop = StopRequest(under_launcher={under_launcher})', 'stop.defer(True)']
+  """A process with a deferring StopRequest that sends itself `steps`: a signal name or seconds to wait.
+
+  Between 'hold' and 'release' the main thread waits in a busy loop that keeps the interpreter from every
+  other thread, as a long call into C++ may: the watcher cannot read a signal until the release.
+  """
+  lines = ['import os, signal, sys, time', 'from utils.preemption import StopRequest',
+           f'stop = StopRequest(under_launcher={under_launcher})', 'stop.defer(True)',
+           'def spin(seconds):',
+           '  start = time.monotonic()',
+           '  while time.monotonic() - start < seconds:',
+           '    pass']
+  holding = False
   for step in steps:
-    lines.append(f'time.sleep({step})' if isinstance(step, float) else f'os.kill(os.getpid(), signal.{step})')
+    if step in ('hold', 'release'):
+      holding = step == 'hold'
+      lines.append(f'sys.setswitchinterval({100 if holding else 0.005})')
+    elif isinstance(step, float):
+      lines.append(f'spin({step})' if holding else f'time.sleep({step})')
+    else:
+      lines.append(f'os.kill(os.getpid(), signal.{step})')
   lines.append('print("still running, asked to stop:", bool(stop), stop.signum, flush=True)')
   return subprocess.run([sys.executable, '-c', '\n'.join(lines)], cwd=ROOT, capture_output=True, text=True, timeout=20)
 
@@ -268,6 +283,13 @@ def test_signals_repeated_within_a_second_are_one_request_and_a_later_one_exits_
   proc = _signals_script(False, 'SIGTERM', 1.2, 'SIGINT', 5.0)
   assert proc.returncode == 128 + signal.SIGINT and proc.stdout == ''
   assert 'SIGINT again: exiting now without a checkpoint' in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_repeat_is_timed_by_its_arrival_not_by_when_the_watcher_gets_to_read_it():
+  """The repeat arrives 0.4 s after the first, and is read 1.5 s later (a busy machine, a long C++ call)."""
+  proc = _signals_script(False, 'SIGTERM', 0.2, 'hold', 0.2, 'SIGTERM', 1.5, 'release', 0.5)
+  assert proc.returncode == 0 and proc.stdout == 'still running, asked to stop: True 15\n', proc.stderr
 
 
 @pytest.mark.slow

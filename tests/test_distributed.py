@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, child_env, metric_rows
+from test_preemption import FAULT_RUNNER
 from test_training import DEMO, TINY, _max_difference, _weights
 from utils import checkpoint
 
@@ -146,24 +147,39 @@ def _newest_checkpoint(workdir):
   return checkpoint.update_of(checkpoint.latest_valid(os.path.join(workdir, 'checkpoints')))
 
 
-def test_sigterm_to_the_launcher_saves_the_update_reached_and_autoresume_under_the_launcher_matches(tmp_path):
+STOPPED = [*SLOW_UPDATES, '--config.train.updates=12', '--config.train.checkpoint_every=4']
+
+
+@pytest.fixture(scope='module')
+def straight_on_two(tmp_path_factory):
+  """The uninterrupted run of STOPPED on 2 processes."""
+  workdir = tmp_path_factory.mktemp('straight') / 'run'
+  launch(2, workdir.parent / 'logs', '--config', DEMO, '--workdir', workdir, *STOPPED)
+  return workdir
+
+
+@pytest.mark.parametrize('signalled,signum', [('launcher', signal.SIGTERM), ('every process', signal.SIGTERM),
+                                              ('every process', signal.SIGINT)])
+def test_a_signal_to_the_launcher_or_every_process_of_the_job_saves_the_update_reached_and_autoresume_matches(
+    straight_on_two, busy_cores, tmp_path, signalled, signum):
   """A scheduler preempting a multi-process job signals the launcher, which sends every worker's process
-  group up to 3 SIGTERMs 0.2 s apart: the ranks finish the update, save once and exit, no DataLoader
-  worker dies under them, and the repeated command continues to the uninterrupted run's weights."""
-  common = [*SLOW_UPDATES, '--config.train.updates=12', '--config.train.checkpoint_every=4']
-  launch(2, tmp_path / 'logs_a', '--config', DEMO, '--workdir', tmp_path / 'straight', *common)
+  group up to 3 SIGTERMs 0.2 s apart; Slurm signals every process of the job, DataLoader workers included,
+  and a terminal's Ctrl-C its foreground group. On cores kept busy, the ranks finish the update, save once
+  and exit, no DataLoader worker dies under them, and the repeated command continues to the uninterrupted
+  run's weights."""
   stopped = tmp_path / 'stopped'
-  launcher = subprocess.Popen(_launch_cmd(2, tmp_path / 'logs_b', '--config', DEMO, '--workdir', stopped, *common,
+  launcher = subprocess.Popen(_launch_cmd(2, tmp_path / 'logs_b', '--config', DEMO, '--workdir', stopped, *STOPPED,
                                           '--autoresume'),
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
   deadline = time.time() + 120
   while not os.path.isdir(stopped / 'checkpoints' / 'update_00000004') and time.time() < deadline:
     time.sleep(0.05)
   time.sleep(0.5)
-  launcher.send_signal(signal.SIGTERM)
-  signalled = time.time()
+  for pid in [launcher.pid, *(_descendants(launcher.pid) if signalled == 'every process' else [])]:
+    os.kill(pid, signum)
+  sent = time.time()
   assert launcher.wait(timeout=60) != 0
-  assert time.time() - signalled < 10  # within the launcher's grace, no SIGKILL needed
+  assert time.time() - sent < 30  # within the launcher's grace, no SIGKILL needed
   reached = _newest_checkpoint(stopped)
   logs = _worker_logs(tmp_path / 'logs_b')
   assert 4 < reached < 12, logs
@@ -172,9 +188,33 @@ def test_sigterm_to_the_launcher_saves_the_update_reached_and_autoresume_under_t
             f'paddle.distributed.launch --nproc_per_node 2 main.py --mode resume --workdir {stopped}') in text, \
         (name, text[-3000:])
     assert 'exiting now' not in text and 'Traceback' not in text and 'SIGABRT' not in text, (name, text[-3000:])
-  launch(2, tmp_path / 'logs_c', '--config', DEMO, '--workdir', stopped, *common, '--autoresume')
-  assert _max_difference(_weights(tmp_path / 'straight', 12), _weights(stopped, 12)) == 0
-  assert metric_rows(stopped, 'train') == metric_rows(tmp_path / 'straight', 'train')
+  launch(2, tmp_path / 'logs_c', '--config', DEMO, '--workdir', stopped, *STOPPED, '--autoresume')
+  assert _max_difference(_weights(straight_on_two, 12), _weights(stopped, 12)) == 0
+  assert metric_rows(stopped, 'train') == metric_rows(straight_on_two, 'train')
+
+
+def test_a_sigterm_while_a_rank_waits_at_start_up_for_a_late_peer_ends_the_job_within_seconds(tmp_path):
+  """Paddle's start-up waits for every rank in C++ holding the interpreter, where Python runs no signal
+  handler. With nothing to save yet, the signal ends the waiting rank at once: before, the launcher waited
+  out its 30 s grace on it, then killed it."""
+  runner = tmp_path / 'faulty_main.py'
+  runner.write_text(FAULT_RUNNER)
+  logs = tmp_path / 'logs'
+  launcher = subprocess.Popen([sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
+                               '--log_dir', str(logs), str(runner), 'late_rank', '0', '--config', DEMO,
+                               '--workdir', str(tmp_path / 'run'), *TINY],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+  waiting = logs / 'workerlog.1'  # for rank 0's store, which rank 0 has not yet opened
+  deadline = time.time() + 120
+  while not (waiting.exists() and 'FAULT: rank 1 connects' in waiting.read_text()) and time.time() < deadline:
+    time.sleep(0.05)
+  time.sleep(1)  # into Paddle's wait
+  launcher.send_signal(signal.SIGTERM)
+  signalled = time.time()
+  launcher.wait(timeout=60)
+  assert time.time() - signalled < 10
+  assert 'Traceback' not in waiting.read_text()
+  assert not (tmp_path / 'run').exists()
 
 
 def _free_port():

@@ -35,11 +35,12 @@ EXIT_BUSY = 75
 # `python main.py ARGS` with a fault planted in this process: argv = [fault, n, ARGS...].
 #   half_written_save n: on the n-th file of a checkpoint, write half of it, then SIGKILL (Paddle issue 26348)
 #   before_pruning n:    SIGKILL after the n-th checkpoint is committed, before old ones are removed
-#   slow_save n:         from the n-th file of a checkpoint on, announce it on stderr and hang for a minute
+#   slow_save n:         the n-th file of a checkpoint announces itself on stderr and hangs for a minute
 #                        (a checkpoint writes 6: the model's, optimizer's and trainer's .safetensors and .json)
 #   sigterm_in_evaluation n: the n-th evaluation starts with a SIGTERM to this process
 #   sigterm_in_update n: the n-th loss computation gets a SIGTERM
-#   sigterm_to_all n:    the n-th loss computation: a SIGTERM to this process and its DataLoader workers
+#   sigterm_to_all n, sigint_to_all n: the n-th loss computation: a SIGTERM (SIGINT) to this process and its
+#                        DataLoader workers
 #   sigterm_in_slow_compute n: the n-th loss computation gets a SIGTERM, then computes for 7 s (longer
 #                        than the watcher's grace time, as one backward pass of a large model on a CPU)
 #   stalled_sample n:    from the n-th image a process reads on, announce it and hang for an hour (a file
@@ -47,6 +48,8 @@ EXIT_BUSY = 75
 #   stalled_decode n:    the same in Cat-12's start-up check, which decodes every image once in a thread pool
 #   nan_loss n:          the n-th loss computation returns NaN (a numerical blow-up)
 #   infinite_weights n:  the n-th optimizer step leaves an infinite weight behind
+#   late_rank n:         under the launcher, every rank announces that it connects to the others, and rank n
+#                        first sleeps for an hour: the others wait in Paddle's start-up (in C++)
 #   lost_peer n:         rank 0 of a job of 2 whose other process never connects: Paddle's start-up ends
 #                        (after its fixed 900 s) in the SystemError it raises then
 FAULT_RUNNER = '''
@@ -61,11 +64,12 @@ from data import digits, images
 from utils import checkpoint
 calls = 0
 
-def nth_call(original, act):
+def nth_call(original, act, from_then_on=False):
+  # Else the n-th call only: a signal sent again at each later micro-batch would be a second request.
   def wrapped(*args, **kwargs):
     global calls
     calls += 1
-    if calls < n:
+    if calls < n or calls > n and not from_then_on:
       return original(*args, **kwargs)
     return act(original, *args, **kwargs)
   return wrapped
@@ -90,8 +94,9 @@ def signalled_all(original, *args, **kwargs):
   pid = os.getpid()
   with open(f'/proc/{pid}/task/{pid}/children') as f:  # (multiprocessing.active_children() would reap them)
     workers = [int(child) for child in f.read().split()]
-  # From another process, as a scheduler sends it (Paddle's workers take no SIGTERM from their parent).
-  subprocess.run(['kill', '-s', 'TERM', str(pid), *map(str, workers)], check=True)
+  # From another process, as a scheduler or a terminal sends it (Paddle's workers take no SIGTERM from
+  # their parent).
+  subprocess.run(['kill', '-s', SIGNAL_TO_ALL, str(pid), *map(str, workers)], check=True)
   return original(*args, **kwargs)
 
 def slow_compute(original, *args, **kwargs):
@@ -128,22 +133,33 @@ elif fault == 'sigterm_in_evaluation':
 elif fault == 'sigterm_in_update':
   from training import step
   step.rdrop_loss = nth_call(step.rdrop_loss, signalled)
-elif fault == 'sigterm_to_all':
+elif fault in ('sigterm_to_all', 'sigint_to_all'):
   from training import step
+  SIGNAL_TO_ALL = {'sigterm_to_all': 'TERM', 'sigint_to_all': 'INT'}[fault]
   step.rdrop_loss = nth_call(step.rdrop_loss, signalled_all)
 elif fault == 'sigterm_in_slow_compute':
   from training import step
   step.rdrop_loss = nth_call(step.rdrop_loss, slow_compute)
 elif fault == 'stalled_sample':
-  digits.Digits.sample = nth_call(digits.Digits.sample, stalled)
+  digits.Digits.sample = nth_call(digits.Digits.sample, stalled, from_then_on=True)
 elif fault == 'stalled_decode':
-  images.decode_problem = nth_call(images.decode_problem, stalled_decode)
+  images.decode_problem = nth_call(images.decode_problem, stalled_decode, from_then_on=True)
 elif fault == 'nan_loss':
   from training import step
   step.rdrop_loss = nth_call(step.rdrop_loss, nan_loss)
 elif fault == 'infinite_weights':
   from training.precision import Precision
   Precision.step = nth_call(Precision.step, infinite_weights)
+elif fault == 'late_rank':
+  import paddle.distributed
+  connect = paddle.distributed.init_parallel_env
+  def late_rank():
+    rank = int(os.environ['PADDLE_TRAINER_ID'])
+    if rank == n:
+      time.sleep(3600)
+    print(f'FAULT: rank {rank} connects', file=sys.stderr, flush=True)
+    connect()
+  paddle.distributed.init_parallel_env = late_rank
 elif fault == 'lost_peer':
   import paddle.distributed
   os.environ.update(PADDLE_TRAINER_ID='0', PADDLE_TRAINERS_NUM='2')
@@ -355,22 +371,55 @@ def test_sigterm_saves_at_the_update_reached_says_how_to_resume_and_resume_match
   _assert_same_run(workdir, reference)
 
 
-def test_sigterm_to_every_process_of_the_run_mid_update_saves_that_update_and_resume_matches(tmp_path):
-  """Slurm (scancel, preemption, time limit) and systemd signal every process of a job, DataLoader workers
-  included: no worker may die under the update the main process is finishing (here: on its first of two
-  micro-batches)."""
-  args = [*TINY, '--config.train.updates=6', '--config.train.batch_size=256', '--config.train.accum_steps=4',
-          '--config.data.num_workers=2']
-  run_main('--config', DEMO, '--workdir', tmp_path / 'straight', *args)
+ACCUMULATED = [*TINY, '--config.train.updates=6', '--config.train.batch_size=256', '--config.train.accum_steps=4',
+               '--config.data.num_workers=2']
+
+
+@pytest.fixture(scope='module')
+def accumulated(tmp_path_factory):
+  """The uninterrupted run of ACCUMULATED."""
+  workdir = tmp_path_factory.mktemp('accumulated') / 'run'
+  run_main('--config', DEMO, '--workdir', workdir, *ACCUMULATED)
+  return workdir
+
+
+@pytest.mark.parametrize('fault,signum', [('sigterm_to_all', signal.SIGTERM), ('sigint_to_all', signal.SIGINT)])
+def test_a_signal_to_every_process_of_the_run_mid_update_on_busy_cores_saves_that_update_and_resume_matches(
+    accumulated, busy_cores, tmp_path, fault, signum):
+  """Slurm (scancel, preemption, time limit) and systemd send SIGTERM to every process of a job, a terminal
+  its Ctrl-C to the foreground process group, DataLoader workers included: one signal per process is one
+  request, however long the update takes to finish (here: its first of four micro-batches, on a machine
+  whose every core is busy), and no worker may die under it."""
   workdir = tmp_path / 'run'
-  proc = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *args], fault=('sigterm_to_all', 5))
-  proc.wait(timeout=60)
+  proc = _start(tmp_path, 'first', ['--config', DEMO, '--workdir', workdir, *ACCUMULATED], fault=(fault, 5))
+  proc.wait(timeout=300)
   stderr = (tmp_path / 'first.err').read_text()
-  assert proc.returncode == 128 + signal.SIGTERM and 'stopped by a signal after update 2, checkpoint saved' in stderr, \
-      stderr
+  assert proc.returncode == 128 + signum and 'stopped by a signal after update 2, checkpoint saved' in stderr, stderr
   assert 'Traceback' not in stderr and 'DataLoader process' not in stderr
-  run_main('--config', DEMO, '--workdir', workdir, *args, '--autoresume')
-  assert _max_difference(_weights(tmp_path / 'straight', 6), _weights(workdir, 6)) == 0
+  run_main('--config', DEMO, '--workdir', workdir, *ACCUMULATED, '--autoresume')
+  assert _max_difference(_weights(accumulated, 6), _weights(workdir, 6)) == 0
+
+
+def test_data_workers_end_with_a_trainer_killed_by_sigkill_and_their_shared_memory_goes_at_the_next_start(
+    tmp_path):
+  """The OOM killer's kill -9 reaches the main process only; workers that outlived it would hold their memory
+  for ever (they ignore SIGTERM), and batches in flight stay in /dev/shm, which is RAM."""
+  workdir = tmp_path / 'run'
+  args = ['--config', DEMO, '--workdir', workdir, *RUN, '--config.data.num_workers=2']
+  proc = _start(tmp_path, 'first', args)
+  _wait_for(lambda: max(_logged_updates(workdir), default=0) >= 2, proc)
+  workers = _children(proc.pid)
+  assert len(workers) >= 2
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  deadline = time.time() + 30
+  while [pid for pid in workers if _running(pid)] and time.time() < deadline:
+    time.sleep(0.05)
+  assert not [pid for pid in workers if _running(pid)], 'a DataLoader worker outlived its trainer'
+  left = f'/dev/shm/paddle_{workers[0]}_0_0'  # one batch in flight, if the kill left none
+  open(left, 'wb').close()
+  run_main(*args, '--autoresume')
+  assert not [name for name in os.listdir('/dev/shm') if any(name.startswith(f'paddle_{pid}_') for pid in workers)]
 
 
 @pytest.mark.parametrize('evaluation,update', [(1, 5), (4, UPDATES)])  # the first and the last evaluation

@@ -10,6 +10,8 @@ import shlex
 import paddle
 import paddle.distributed as dist
 
+from utils import preemption
+
 
 def under_launcher():
   """True in a process started by `paddle.distributed.launch` (one rank of a job, even of one process)."""
@@ -46,7 +48,8 @@ def setup():
   rank, world_size = rank_and_world_size()
   if world_size > 1:
     try:
-      dist.init_parallel_env()
+      with preemption.connecting():
+        dist.init_parallel_env()
     except (SystemError, RuntimeError) as err:
       if 'timeout' not in str(err).lower():
         raise  # e.g. a misconfigured device: repeating the command would not mend it

@@ -3,13 +3,13 @@
 Python runs signal handlers in the main thread only, between two bytecodes: a main thread blocked in C++
 (waiting for a DataLoader batch that a stalled file system never delivers, joining a stuck worker) does not
 even notice a signal; that is how a run waiting in Paddle's reader ignored two SIGTERMs. So the C-level
-handler also writes each signal's number to a pipe (`signal.set_wakeup_fd`) that a watcher thread reads at
-once. The rules:
+handler also writes each signal's number to a socket (`signal.set_wakeup_fd`) that a watcher thread reads at
+once, and the kernel stamps each with the time it arrived. The rules:
 
 - The first SIGTERM or SIGINT while `defer`ring (the training loop) only sets the flag: the loop saves a
   checkpoint at the end of its update and exits. Anywhere else (start-up, eval, predict) the handler raises
   `Interrupted`: there is nothing to save.
-- Signals repeated within REPEAT_SECONDS of the first are one request: a parent that stops its children
+- Signals that arrive within REPEAT_SECONDS of the first are one request: a parent that stops its children
   may send several (Paddle's launcher sends up to 3 SIGTERMs 0.2 s apart, `Container.terminate` in
   paddle/distributed/launch/utils/process_context.py). A signal after that ends the process at once (a
   person's second Ctrl-C). So does a main thread that, after the first, stays at the same point for
@@ -21,23 +21,31 @@ once. The rules:
   second signal to the launcher itself, which is how a person's second Ctrl-C arrives there), while the
   ranks finish the update, agree, save once and exit. A rank also waits in a collective for as long as
   rank 0 writes a checkpoint: ending it would make the launcher end rank 0 in the middle of the write.
+- Except while a rank connects to its peers at start-up (`connecting`): Paddle waits for them in C++ holding
+  the interpreter, where neither the handler nor the watcher runs, so there a signal takes its default
+  action and ends the process at once; nothing is there to save. (A rank waiting for a peer that the signal
+  had already ended held the launcher for all of its 30 s.)
 
 DataLoader workers are forked from this process and ignore SIGINT and SIGTERM (`in_data_worker`): Ctrl-C
 reaches the whole foreground process group, the launcher's SIGTERMs the process group it started each rank
 in, and Slurm's and systemd's every process of the job, and a worker that died then would fail the update
 the main process is finishing (Paddle raises in the main thread when a worker dies). The main process
-decides, as in PyTorch's workers; they end with it: Paddle shuts them down when their loader is done, they
-watch their parent and end when it is killed, and at its exit, or in `_exit_now`, it kills any left (its
-exit would otherwise wait for them: multiprocessing ends workers at exit with a SIGTERM). Their signals
-never reach the pipe.
+decides, as in PyTorch's workers; they end with it: Paddle shuts them down when their loader is done, at
+its exit, or in `_exit_now`, it kills any left (its exit would otherwise wait for them: multiprocessing
+ends workers at exit with a SIGTERM), and the kernel kills them when it dies without that chance (kill -9,
+the OOM killer). They are born with both signals blocked (`starting_data_workers`): none sent to a worker
+reaches this process's socket or ends the worker before it ignores them.
 """
 import atexit
 import contextlib
+import ctypes
 import multiprocessing
 import multiprocessing.util  # noqa: F401  (registers its exit function before ours, see the end)
 import os
 import select
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -45,6 +53,8 @@ import time
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 GRACE_SECONDS = 5.0
 REPEAT_SECONDS = 1.0
+SO_TIMESTAMP = getattr(socket, 'SO_TIMESTAMP', 29)  # Linux's value, which Python's socket module does not export
+PR_SET_PDEATHSIG = 1  # prctl option of linux/prctl.h
 _active = None  # the installed StopRequest, for the fork hook
 
 
@@ -72,10 +82,13 @@ class StopRequest:
     self._deferring = False
     self._finished = False
     self._working = False
-    self._read_fd, self._write_fd = os.pipe()
-    os.set_blocking(self._write_fd, False)  # the C-level handler must never block
+    # One message per signal, which the kernel stamps with its arrival: a watcher that gets to read late (the
+    # main thread holding the interpreter, a busy machine) still tells a repeat from a later signal.
+    self._reader, self._writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    self._reader.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+    self._writer.setblocking(False)  # the C-level handler must never block
     self._previous_handlers = {s: signal.signal(s, self._handle) for s in SIGNALS}
-    self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+    self._previous_wakeup_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
     self._watcher = threading.Thread(target=self._watch, args=(threading.main_thread().ident,),
                                      name='stop-watcher', daemon=True)
     self._watcher.start()
@@ -116,16 +129,20 @@ class StopRequest:
     """Count the signals as they arrive, whatever the main thread does; end a process blocked after one."""
     first, place, unchanged_since = None, None, None  # first: (signum, when it arrived)
     while True:
-      if select.select([self._read_fd], [], [], 0.2)[0]:
-        data = os.read(self._read_fd, 64)
-        if not data:  # restore() closed the pipe
-          os.close(self._read_fd)
+      if select.select([self._reader], [], [], 0.2)[0]:
+        data, stamp, _, _ = self._reader.recvmsg(1, socket.CMSG_SPACE(struct.calcsize('qq')))
+        if not data:  # restore() closed the other end
+          self._reader.close()
           return
-        for signum in [s for s in data if s in SIGNALS]:  # other handled signals (Paddle's SIGCHLD) write too
-          if first is None:
-            first = (signum, time.monotonic())
-          elif not self._under_launcher and time.monotonic() - first[1] > REPEAT_SECONDS:
-            _exit_now(signum, f'{signal.Signals(signum).name} again: exiting now without a checkpoint')
+        signum = data[0]
+        if signum not in SIGNALS:  # other handled signals (Paddle's SIGCHLD) write too
+          continue
+        seconds, microseconds = struct.unpack('qq', stamp[0][2])
+        arrived = seconds + microseconds / 1e6
+        if first is None:
+          first = (signum, arrived)
+        elif not self._under_launcher and arrived - first[1] > REPEAT_SECONDS:
+          _exit_now(signum, f'{signal.Signals(signum).name} again: exiting now without a checkpoint')
       if first is None or self._under_launcher:
         continue
       # Where the main thread is: the same frame at the same instruction for GRACE_SECONDS means a call
@@ -145,7 +162,7 @@ class StopRequest:
     signal.set_wakeup_fd(self._previous_wakeup_fd)
     for s, handler in self._previous_handlers.items():
       signal.signal(s, handler)
-    os.close(self._write_fd)
+    self._writer.close()
     self._watcher.join()
     _active = None
 
@@ -157,10 +174,47 @@ def _exit_now(signum, message):
   os._exit(128 + signum)
 
 
+@contextlib.contextmanager
+def connecting():
+  """Around a wait in C++ that holds the interpreter and has nothing to save: a signal ends the process."""
+  previous = {s: signal.signal(s, signal.SIG_DFL) for s in SIGNALS}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def starting_data_workers():
+  """Around the start of a DataLoader's workers: they are born with SIGTERM and SIGINT blocked, and unblock
+  them in `in_data_worker`, once they ignore them. Until then a forked worker runs this process's C-level
+  handler, which would write the signal into this process's wakeup socket (a second request from a single
+  signal), and then Paddle's own, which would end the worker under the update being finished. Signals to
+  this process meanwhile go to its other threads (the watcher), its handler running as always."""
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def in_data_worker(worker_id):
-  """DataLoader's `worker_init_fn`: the worker ignores SIGTERM (see above). It runs after Paddle's worker
-  has installed a SIGTERM handler of its own (`core._set_process_signal_handler`), which would end it."""
+  """DataLoader's `worker_init_fn`: the worker ignores SIGTERM and SIGINT (see above) and dies with its
+  parent. It runs after Paddle's worker has installed a SIGTERM handler of its own
+  (`core._set_process_signal_handler`), which would end it.
+
+  A parent killed without a chance to end its workers (kill -9, the OOM killer) would leave them running
+  for ever, parented to init: Paddle's worker notices only between batches, and its exit then waits for a
+  queue that nobody reads. The kernel kills them instead (`PR_SET_PDEATHSIG`, Linux), when the thread that
+  forked them ends: the main thread, which lives as long as the process."""
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # a signal that came meanwhile is dropped: ignored
+  if sys.platform.startswith('linux'):
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != multiprocessing.parent_process().pid:  # the parent died before the line above
+      os._exit(1)
 
 
 def _kill_data_workers():
@@ -182,8 +236,8 @@ def _in_forked_child():
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.close(_active._read_fd)  # a child holding the write end would keep restore() from ending the watcher
-    os.close(_active._write_fd)
+    _active._reader.close()
+    _active._writer.close()  # a child holding it would keep restore() from ending the watcher
     _active = None
 
 
