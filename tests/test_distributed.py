@@ -203,7 +203,8 @@ def test_a_sigterm_while_a_rank_waits_at_start_up_for_a_late_peer_ends_the_job_w
   launcher = subprocess.Popen([sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
                                '--log_dir', str(logs), str(runner), 'late_rank', '0', '--config', DEMO,
                                '--workdir', str(tmp_path / 'run'), *TINY],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=child_env(PYTHONPATH=ROOT))  # the runner is outside the project folder
   waiting = logs / 'workerlog.1'  # for rank 0's store, which rank 0 has not yet opened
   deadline = time.time() + 120
   while not (waiting.exists() and 'FAULT: rank 1 connects' in waiting.read_text()) and time.time() < deadline:
