@@ -102,11 +102,16 @@ def loader(dataset, batch_sampler, num_workers):
                               worker_init_fn=preemption.in_data_worker)
 
 
+# cuDNN's smallest epsilon: Paddle's GPU kernel raises a smaller one to it and logs an error on every call.
+EPSILON = 1e-5
+
+
 @functools.lru_cache(maxsize=8)
 def _normalisation(mean, std):
-  """Running statistics for which batch_norm computes (x / 255 - mean) / std, built once per device."""
+  """Running statistics for which batch_norm computes (x / 255 - mean) / std, built once per device: the
+  variance is EPSILON smaller than (255 std)^2, which batch_norm adds back."""
   return (paddle.to_tensor([255.0 * m for m in mean], dtype='float32'),
-          paddle.to_tensor([(255.0 * s) ** 2 for s in std], dtype='float32'))
+          paddle.to_tensor([(255.0 * s) ** 2 - EPSILON for s in std], dtype='float32'))
 
 
 def to_model_input(images, data_config):
@@ -117,4 +122,4 @@ def to_model_input(images, data_config):
   """
   channels = images.shape[1]
   mean, var = _normalisation(tuple(data_config.mean[:channels]), tuple(data_config.std[:channels]))
-  return F.batch_norm(images.astype('float32'), mean, var, training=False, epsilon=0.0)
+  return F.batch_norm(images.astype('float32'), mean, var, training=False, epsilon=EPSILON)
