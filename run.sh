@@ -33,6 +33,18 @@ CAT12_DIR=${CAT12_DIR:-$DATA_DIR/cat12}
 VIT_WEIGHTS=${VIT_WEIGHTS:-$WEIGHTS_DIR/ViT-B_16.npz}
 RESNET50_WEIGHTS=${RESNET50_WEIGHTS-$WEIGHTS_DIR/resnet50.pdparams}  # set but empty: as resnet18_cat12
 
+# The launcher looks GPUS up among the ids CUDA_VISIBLE_DEVICES lists (a scheduler may have set 4,5,6,7):
+# stop before any run, saying which ids there are, rather than with its "'0' is not in list".
+check_gpus() {
+  local visible=${CUDA_VISIBLE_DEVICES:-all} id
+  [ -z "${GPUS:-}" ] || [ "$visible" = all ] && return
+  for id in ${GPUS//,/ }; do
+    [[ ",$visible," == *",$id,"* ]] && continue
+    echo "run.sh: GPUS=$GPUS names GPU $id, which CUDA_VISIBLE_DEVICES=$visible hides: GPUS takes ids from that list (e.g. GPUS=$visible), or unset CUDA_VISIBLE_DEVICES" >&2
+    exit 1
+  done
+}
+
 launch() {
   if [ -n "${GPUS:-}" ]; then
     python -m paddle.distributed.launch --devices "$GPUS" --log_dir "$RUNS_DIR/launch_logs" main.py "$@"
@@ -228,6 +240,7 @@ if [ -n "${SEEDS:-}" ]; then
     [[ $arg == --config.seed=* ]] && { echo "$arg: SEEDS=$SEEDS sets the seeds (0..$((SEEDS - 1)))" >&2; exit 1; }
   done
 fi
+check_gpus
 # What produced these runs, as the report's summary states it.
 COMMAND=$(printf '%q ' bash run.sh "$experiment" "${EXTRA[@]}")
 COMMAND="${GPUS:+GPUS=$GPUS }${SEEDS:+SEEDS=$SEEDS }${COMMAND% }"

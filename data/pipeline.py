@@ -8,7 +8,9 @@ a pure function of the number of micro-steps done, and every sample's augmentati
 one, with any number of workers and any number of devices.
 """
 import functools
+import os
 import random
+import shutil
 
 import numpy as np
 import paddle
@@ -97,9 +99,33 @@ def loader(dataset, batch_sampler, num_workers):
   """A DataLoader over `batch_sampler`; num_workers -1 means one worker per core of this process's share."""
   if num_workers < 0:
     num_workers = threads.cores_per_process()
+  prefetch = 4 if num_workers else 2
+  if num_workers:
+    check_shared_memory(dataset, batch_sampler, num_workers * prefetch)
   return paddle.io.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-                              use_shared_memory=num_workers > 0, prefetch_factor=4 if num_workers else 2,
+                              use_shared_memory=num_workers > 0, prefetch_factor=prefetch,
                               worker_init_fn=preemption.in_data_worker)
+
+
+def check_shared_memory(dataset, batch_sampler, batches_in_flight, shm='/dev/shm'):
+  """Refuse, in one line, to start workers whose batches would not fit in `shm`.
+
+  DataLoader workers hand over their batches in shared memory, `prefetch_factor` batches per worker in
+  flight (paddle/io/dataloader/dataloader_iter.py), per process on this machine; when /dev/shm is full the
+  next write is a bus error that kills the run without a word. Docker gives a container 64 MB by default.
+  """
+  batch = len(next(iter(batch_sampler), ()))
+  if not batch:
+    return
+  image, _ = dataset[(0, 0)]
+  processes = int(os.environ.get('PADDLE_LOCAL_SIZE', '1'))  # the launcher's processes on this machine
+  need = batches_in_flight * processes * batch * (image.nbytes + 8)
+  free = shutil.disk_usage(shm).free
+  if need > free:
+    raise OSError(f'{shm} has {free / 2**20:.0f} MB free, and the data loading needs about {need / 2**20:.0f} MB '
+                  f'there ({batches_in_flight} batches of {batch} images in flight per process, '
+                  f'{processes} process(es)): in Docker, start the container with --shm-size=8g or --ipc=host, '
+                  f'or set --config.data.num_workers=0 (no worker processes)')
 
 
 # cuDNN's smallest epsilon: Paddle's GPU kernel raises a smaller one to it and logs an error on every call.

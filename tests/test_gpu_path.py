@@ -1,13 +1,20 @@
 """What a desk check of the GPU path found (issue: the first GPU run works), each settled by a rule tested here."""
+import collections
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
 
+from conftest import ROOT, child_env
 from configs import base, vit_b16_cifar100_rdrop
 from data import pipeline
+from fakedata import make_cifar10
+from test_training import DEMO, TINY, _max_difference, _weights
 from training import optim
 from training.precision import Precision
 from utils import checkpoint
@@ -89,3 +96,107 @@ def test_the_optimizer_state_carries_over_to_a_resume_in_another_precision(amp_s
   for key, param in model.named_parameters():
     if param.name in masters:
       assert np.array_equal(masters[param.name].numpy(), weights[key].numpy()), key
+
+
+@pytest.mark.parametrize('devices', [1, 2, 4, 8, 16])
+def test_the_vit_recipe_keeps_the_authors_micro_batch_of_32_on_any_number_of_devices_that_divides_16(devices):
+  """R-Drop's KL is summed over the micro-batch: at 4 per device (8 devices, 16 steps) it would weigh 8x less."""
+  tc = vit_b16_cifar100_rdrop.get_config().train
+  accum, micro = optim.batch_split(tc, devices)
+  assert micro == 32 and accum * micro * devices == tc.batch_size == 512
+
+
+def test_a_device_count_that_cannot_keep_the_micro_batch_is_refused_naming_the_fields():
+  tc = vit_b16_cifar100_rdrop.get_config().train
+  with pytest.raises(ValueError, match=r'config.train.accum_steps=16 with config.train.keep_micro_batch=True: 16 '
+                                       r'micro-batches of 32 samples cannot be shared by 3 devices'):
+    optim.batch_split(tc, 3)
+
+
+def _launch(tmp_path, nproc, *args, script='main.py'):
+  log_dir = tmp_path / f'logs_{nproc}'
+  proc = subprocess.run([sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', str(nproc),
+                         '--log_dir', str(log_dir), str(script), *map(str, args)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=child_env())
+  logs = ''.join((log_dir / f).read_text() for f in sorted(os.listdir(log_dir)) if f.startswith('workerlog'))
+  assert proc.returncode == 0, f'{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n{logs[-4000:]}'
+  return proc.stdout + proc.stderr + logs
+
+
+@pytest.mark.slow
+def test_two_processes_keeping_the_micro_batch_train_the_objective_of_one_with_a_summed_kl(tmp_path):
+  """KL reduction sum, as the ViT recipe: 2 micro-batches of 8 on one process, one of 8 on each of two."""
+  common = ['--config', DEMO, *TINY, '--config.model.dropout_rate=0.0', '--config.train.optimizer=momentum',
+            '--config.train.updates=3', '--config.train.accum_steps=2', '--config.rdrop.reduction=sum',
+            '--config.rdrop.alpha=0.5', '--config.train.keep_micro_batch=True']
+  subprocess.run([sys.executable, 'main.py', '--workdir', tmp_path / 'one', *common], cwd=ROOT, check=True,
+                 capture_output=True, env=child_env())
+  logs = _launch(tmp_path, 2, '--workdir', tmp_path / 'two', *common)
+  assert ('1 x 8 per device on 2 device(s) sharing the 2 micro-batches of one device (train.keep_micro_batch)'
+          in logs)
+  assert _max_difference(_weights(tmp_path / 'one', 3), _weights(tmp_path / 'two', 3)) < 1e-5
+
+
+@pytest.mark.slow
+def test_batch_norm_statistics_agree_on_every_rank_and_in_the_checkpoint_after_training(tmp_path):
+  """Each rank normalises its own slice of the batch: its running statistics drift from the others'."""
+  cifar = make_cifar10(tmp_path / 'cifar-10-python.tar.gz', per_batch=8, test=8)
+  script = tmp_path / 'record_buffers.py'
+  script.write_text(f'''
+import runpy, sys
+import numpy as np
+sys.path.insert(0, {ROOT!r})
+import train
+from training import distributed
+
+evaluate = train.evaluate
+def recording(net, *args, **kwargs):  # the statistics each rank evaluates with, then saves
+  rank = distributed.rank_and_world_size()[0]
+  statistics = {{k: v.numpy() for k, v in net.state_dict().items() if k.endswith(('_mean', '_variance'))}}
+  np.savez({str(tmp_path)!r} + f'/buffers_{{rank}}.npz', **statistics)
+  return evaluate(net, *args, **kwargs)
+train.evaluate = recording
+sys.argv = ['main.py', *sys.argv[1:]]
+runpy.run_path({os.path.join(ROOT, 'main.py')!r}, run_name='__main__')
+''')
+  workdir = tmp_path / 'run'
+  _launch(tmp_path, 2, '--config', 'configs/repconv_cifar10.py:smoke', '--workdir', workdir,
+          f'--config.data.root={cifar}', script=script)
+  ranks = [dict(np.load(tmp_path / f'buffers_{rank}.npz')) for rank in (0, 1)]
+  saved = _weights(workdir, 2)
+  assert ranks[0] and ranks[0].keys() <= saved.keys()
+  for name in ranks[0]:
+    assert np.array_equal(ranks[0][name], ranks[1][name]), name
+    assert np.array_equal(ranks[0][name], saved[name]), name
+
+
+class _Photos(pipeline.SeededDataset):
+  """64 ImageNet-sized images (150 KB each as uint8)."""
+
+  def __len__(self):
+    return 64
+
+  def sample(self, index):
+    return np.zeros((3, 224, 224), np.uint8), 0
+
+
+def test_data_workers_refuse_to_start_in_a_dockers_default_64_mb_of_shared_memory(monkeypatch):
+  """A full /dev/shm is a bus error without a word; the default of Docker is 64 MB."""
+  usage = collections.namedtuple('usage', 'total used free')
+  monkeypatch.setattr(pipeline.shutil, 'disk_usage', lambda path: usage(2**26, 0, 2**26))
+  with pytest.raises(OSError, match=r'^/dev/shm has 64 MB free, and the data loading needs about 74 MB there '
+                                    r'\(8 batches of 64 images in flight per process, 1 process\(es\)\): in Docker, '
+                                    r'start the container with --shm-size=8g or --ipc=host, or set '
+                                    r'--config.data.num_workers=0'):
+    pipeline.loader(_Photos(), pipeline.TrainBatches(64, 64, seed=0), num_workers=2)
+  pipeline.loader(_Photos(), pipeline.TrainBatches(64, 16, seed=0), num_workers=2)  # 18 MB fit
+
+
+def test_run_sh_refuses_gpu_ids_that_cuda_visible_devices_hides_before_any_run(tmp_path):
+  """Paddle's launcher looks GPUS up among CUDA_VISIBLE_DEVICES' ids and fails with "'0' is not in list"."""
+  proc = subprocess.run(['bash', 'run.sh', 'demo'], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                        env=child_env(CUDA_VISIBLE_DEVICES='4,5,6,7', GPUS='0,1', RUNS_DIR=str(tmp_path / 'runs')))
+  assert proc.returncode == 1 and proc.stdout == ''
+  assert proc.stderr == ('run.sh: GPUS=0,1 names GPU 0, which CUDA_VISIBLE_DEVICES=4,5,6,7 hides: GPUS takes ids '
+                         'from that list (e.g. GPUS=4,5,6,7), or unset CUDA_VISIBLE_DEVICES\n')
+  assert not (tmp_path / 'runs').exists()
