@@ -11,6 +11,7 @@
 #   bash run.sh lenet5_cifar10       LeNet-5 networks A-D (dropout ablation)
 #   bash run.sh repconv_cifar10      RepConv network, trained then fused for evaluation
 #   bash run.sh all                  every paper run above
+#   bash run.sh gpu-check            a few minutes' preflight of this machine's GPUs before a paper run
 #   bash run.sh bench                regenerate BENCHMARKS.md and docs/results/bench.md (PyTorch peer: .venv-peer)
 #
 # Where things are (environment variables, with defaults):
@@ -256,5 +257,6 @@ case "$experiment" in
   all) needs_vit_cifar100; needs_resnet50_cat12; needs_cifar10
        vit_cifar100; resnet50_cat12; dropblock_cifar10; lenet5_cifar10; repconv_cifar10 ;;
   bench) python bench/run_all.py --out BENCHMARKS.md ;;
+  gpu-check) python tools/gpu_check.py "${EXTRA[@]}" ;;
   *) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; [ -z "$experiment" ] || { echo "unknown experiment: $experiment" >&2; exit 1; } ;;
 esac

@@ -200,3 +200,20 @@ def test_run_sh_refuses_gpu_ids_that_cuda_visible_devices_hides_before_any_run(t
   assert proc.stderr == ('run.sh: GPUS=0,1 names GPU 0, which CUDA_VISIBLE_DEVICES=4,5,6,7 hides: GPUS takes ids '
                          'from that list (e.g. GPUS=4,5,6,7), or unset CUDA_VISIBLE_DEVICES\n')
   assert not (tmp_path / 'runs').exists()
+
+
+@pytest.mark.slow
+def test_the_gpu_preflight_says_there_is_no_gpu_and_passes_what_a_cpu_can_run():
+  proc = subprocess.run(['bash', 'run.sh', 'gpu-check'], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                        env=child_env())
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  lines = proc.stdout.splitlines()
+  assert lines[1] == ("no GPU here: running what a CPU can (the recipe's tiny smoke variant in fp32); "
+                      "GPU checks skipped")
+  results = {line[8:46].strip(): line[:8].strip() for line in lines[3:-1]}
+  assert results == {'paddle.utils.run_check': 'ok', 'train fp32': 'ok', 'resume fp32': 'ok',
+                     'train fp16 O2': 'skipped', 'train bf16 O2': 'skipped', 'resume fp32 -> fp16 O2': 'skipped',
+                     'resume fp16 O2 -> bf16 O2': 'skipped', 'resume bf16 O2 -> fp32': 'skipped',
+                     'peak GPU memory': 'skipped', 'paper-run time': 'skipped',
+                     'paddle.distributed.launch, 2 GPUs': 'skipped'}
+  assert lines[-1] == 'every check passed that a CPU can run'
