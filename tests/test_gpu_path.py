@@ -214,6 +214,6 @@ def test_the_gpu_preflight_says_there_is_no_gpu_and_passes_what_a_cpu_can_run():
   assert results == {'paddle.utils.run_check': 'ok', 'train fp32': 'ok', 'resume fp32': 'ok',
                      'train fp16 O2': 'skipped', 'train bf16 O2': 'skipped', 'resume fp32 -> fp16 O2': 'skipped',
                      'resume fp16 O2 -> bf16 O2': 'skipped', 'resume bf16 O2 -> fp32': 'skipped',
-                     'peak GPU memory': 'skipped', 'paper-run time': 'skipped',
+                     'peak GPU memory': 'skipped', 'paper-run time': 'skipped', 'FLAGS_cudnn_deterministic=1': 'ok',
                      'paddle.distributed.launch, 2 GPUs': 'skipped'}
   assert lines[-1] == 'every check passed that a CPU can run'

@@ -12,6 +12,8 @@ one line per check, ok / failed / skipped, with the reason and what to do:
   - which attention kernel Paddle chose (flash attention or not);
   - the peak GPU memory at micro-batch 32, and from a second run at 16 the largest micro-batch that fits;
   - the measured time of an update, and from it the expected time of the paper run;
+  - two runs with FLAGS_cudnn_deterministic=1 (deterministic cuDNN algorithms and flash attention backward)
+    end on the same weights, and what the flag costs per update;
   - on 2 or more GPUs, the recipe under `paddle.distributed.launch` on two of them.
 Exits 0 only if no check failed. On a machine without a GPU it says so and runs what a CPU can, the recipe's
 tiny smoke variant in fp32 (tests/test_gpu_path.py runs it so).
@@ -99,12 +101,13 @@ class Preflight:
     self.failed += status == 'failed'
     print(f'{status:8}{check:38}{detail}', flush=True)
 
-  def main_py(self, name, *args, launcher=()):
+  def main_py(self, name, *args, launcher=(), env=None):
     """(exit code, output, [noted results per rank]) of main.py ARGS in a child, its output in <name>.log."""
     result = os.path.join(self.scratch, f'{name}.json')
     command = [sys.executable, *launcher, os.path.abspath(__file__), '--child', result, *args]
     try:
-      proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+      proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
+                            env={**os.environ, **(env or {})})
       code, output = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired:  # e.g. a collective waiting for a GPU that never answers
       code, output = 1, f'error: no answer after {CHILD_TIMEOUT} s'
@@ -213,6 +216,35 @@ class Preflight:
                                         f'about {hours:.1f} h for the R-Drop run, about half for the baseline '
                                         f'(evaluations extra); on N GPUs about 1/N of it')
 
+  def determinism(self, trained):
+    """Two runs with FLAGS_cudnn_deterministic: the same weights bit for bit, and what the flag costs."""
+    precision = next((p for p in ('fp16 O2', 'bf16 O2', 'fp32') if p in trained), None)
+    check = 'FLAGS_cudnn_deterministic=1'
+    if precision is None:
+      self.report('skipped', check, 'no precision trained')
+      return
+    import numpy as np
+    import paddle
+    from utils import checkpoint
+    weights, seconds = [], []
+    for run in ('a', 'b'):
+      name = f'deterministic_{run}'
+      workdir = os.path.join(self.scratch, name)
+      code, output, noted = self.main_py(name, *self.train_args(precision, workdir),
+                                         env={'FLAGS_cudnn_deterministic': '1'})
+      if code:
+        self.report('failed', check, f'{self.why(name, output)}; fix: report it, with the log')
+        return
+      path = os.path.join(checkpoint.folder(os.path.join(workdir, 'checkpoints'), UPDATES), 'model.pdparams')
+      weights.append({k: v.numpy() for k, v in paddle.load(path).items()})
+      seconds.append(statistics.median(noted[0]['update_seconds'][1:] or noted[0]['update_seconds']))
+    same = all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
+    default = statistics.median(trained[precision]['update_seconds'][1:] or trained[precision]['update_seconds'])
+    self.report('ok' if same else 'failed', check,
+                (f'two runs ({precision}) end on the same weights bit for bit; ' if same else
+                 f'two runs ({precision}) end on different weights: some kernel is not deterministic '
+                 f'(report it); ') + f'{statistics.median(seconds):.2f} s per update, {default:.2f} s without it')
+
   def launcher(self, trained):
     if self.gpus < 2 or not trained:
       self.report('skipped', 'paddle.distributed.launch, 2 GPUs', f'{self.gpus} GPU(s)' if self.gpus < 2 else
@@ -242,6 +274,7 @@ def main(argv):
   checks.run_check()
   trained = checks.precisions()
   checks.memory_and_time(trained)
+  checks.determinism(trained)
   checks.launcher(trained)
   if checks.failed:
     print(f'{checks.failed} check(s) failed; logs in {scratch}')
