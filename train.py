@@ -4,7 +4,7 @@ Exact resume rests on one rule: every random stream is a pure function of (seed,
 and augmentations through data.pipeline, dropout through `paddle.seed` at the start of each update (per
 rank, so data-parallel replicas draw different masks). A checkpoint therefore needs only the model,
 optimizer (with its LR schedule), loss scaler, the loop's counters (`Progress`) and its update number to
-continue bit for bit, its logs included.
+continue bit for bit, its logs included (on a GPU only with deterministic kernels: docs/preemption.md).
 
 Nothing is written to the workdir before the first update has succeeded: a start that fails for any
 reason (data, weights, a checkpoint of another model, memory, a non-finite first loss, a signal) leaves
