@@ -305,7 +305,7 @@ def _describe(config, tc, world_size, start, workdir):
   rc = config.rdrop
   accum, micro = optim.batch_split(tc, world_size)
   shared = (f' sharing the {tc.accum_steps} micro-batches of one device (train.keep_micro_batch)'
-            if tc.keep_micro_batch else '')
+            if tc.keep_micro_batch and world_size > 1 else '')
   return (f'train: {config.experiment} for {tc.updates} updates of {tc.batch_size} samples '
           f'({accum} x {micro} per device on {world_size} device(s){shared}), '
           + (f'R-Drop alpha={rc.alpha} (KL {rc.reduction}, CE {rc.ce_of_passes} of the passes, {rc.form}), '

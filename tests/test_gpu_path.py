@@ -217,3 +217,18 @@ def test_the_gpu_preflight_says_there_is_no_gpu_and_passes_what_a_cpu_can_run():
                      'peak GPU memory': 'skipped', 'paper-run time': 'skipped', 'FLAGS_cudnn_deterministic=1': 'ok',
                      'paddle.distributed.launch, 2 GPUs': 'skipped'}
   assert lines[-1] == 'every check passed that a CPU can run'
+
+
+def test_a_summed_kl_that_does_not_keep_its_micro_batch_is_warned_about_on_several_devices():
+  import train
+  config = vit_b16_cifar100_rdrop.get_config()
+  assert train._objective_warning(config, config.train, 8) == ''  # the recipe keeps it
+  config.train.keep_micro_batch = False
+  assert train._objective_warning(config, config.train, 1) == ''
+  assert train._objective_warning(config, config.train, 8) == (
+      "WARNING: R-Drop's KL (reduction sum) is summed over the micro-batch, 4 samples per device here and 32 on "
+      "one device: its weight is 8x smaller than this config gives on one device. Set "
+      "--config.train.keep_micro_batch=True to keep 32 per device, or use rdrop.reduction=batchmean with alpha x 32 "
+      "(docs/distributed.md: the global batch)")
+  config.rdrop.reduction = 'batchmean'
+  assert train._objective_warning(config, config.train, 8) == ''
