@@ -135,6 +135,8 @@ class Preflight:
   def run_check(self):
     proc = subprocess.run([sys.executable, '-c', 'import paddle; paddle.utils.run_check()'], capture_output=True,
                           text=True)
+    with open(os.path.join(self.scratch, 'run_check.log'), 'w') as f:
+      f.write(proc.stdout + proc.stderr)
     works = proc.returncode == 0 and 'works well' in proc.stdout
     last = (proc.stdout.strip().splitlines() or [''])[-1]
     self.report('ok' if works else 'failed', 'paddle.utils.run_check',
