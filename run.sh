@@ -11,6 +11,7 @@
 #   bash run.sh lenet5_cifar10       LeNet-5 networks A-D (dropout ablation)
 #   bash run.sh repconv_cifar10      RepConv network, trained then fused for evaluation
 #   bash run.sh all                  every paper run above
+#   bash run.sh gpu-check            a few minutes' preflight of this machine's GPUs before a paper run
 #   bash run.sh bench                regenerate BENCHMARKS.md and docs/results/bench.md (PyTorch peer: .venv-peer)
 #
 # Where things are (environment variables, with defaults):
@@ -32,6 +33,18 @@ CIFAR10=${CIFAR10:-$DATA_DIR/cifar-10-python.tar.gz}
 CAT12_DIR=${CAT12_DIR:-$DATA_DIR/cat12}
 VIT_WEIGHTS=${VIT_WEIGHTS:-$WEIGHTS_DIR/ViT-B_16.npz}
 RESNET50_WEIGHTS=${RESNET50_WEIGHTS-$WEIGHTS_DIR/resnet50.pdparams}  # set but empty: as resnet18_cat12
+
+# The launcher looks GPUS up among the ids CUDA_VISIBLE_DEVICES lists (a scheduler may have set 4,5,6,7):
+# stop before any run, saying which ids there are, rather than with its "'0' is not in list".
+check_gpus() {
+  local visible=${CUDA_VISIBLE_DEVICES:-all} id
+  [ -z "${GPUS:-}" ] || [ "$visible" = all ] && return
+  for id in ${GPUS//,/ }; do
+    [[ ",$visible," == *",$id,"* ]] && continue
+    echo "run.sh: GPUS=$GPUS names GPU $id, which CUDA_VISIBLE_DEVICES=$visible hides: GPUS takes ids from that list (e.g. GPUS=$visible), or unset CUDA_VISIBLE_DEVICES" >&2
+    exit 1
+  done
+}
 
 launch() {
   if [ -n "${GPUS:-}" ]; then
@@ -228,6 +241,7 @@ if [ -n "${SEEDS:-}" ]; then
     [[ $arg == --config.seed=* ]] && { echo "$arg: SEEDS=$SEEDS sets the seeds (0..$((SEEDS - 1)))" >&2; exit 1; }
   done
 fi
+check_gpus
 # What produced these runs, as the report's summary states it.
 COMMAND=$(printf '%q ' bash run.sh "$experiment" "${EXTRA[@]}")
 COMMAND="${GPUS:+GPUS=$GPUS }${SEEDS:+SEEDS=$SEEDS }${COMMAND% }"
@@ -243,5 +257,6 @@ case "$experiment" in
   all) needs_vit_cifar100; needs_resnet50_cat12; needs_cifar10
        vit_cifar100; resnet50_cat12; dropblock_cifar10; lenet5_cifar10; repconv_cifar10 ;;
   bench) python -m bench.run_all --out BENCHMARKS.md ;;
+  gpu-check) python -m tools.gpu_check "${EXTRA[@]}" ;;
   *) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; [ -z "$experiment" ] || { echo "unknown experiment: $experiment" >&2; exit 1; } ;;
 esac

@@ -4,7 +4,7 @@ Exact resume rests on one rule: every random stream is a pure function of (seed,
 and augmentations through data.pipeline, dropout through `paddle.seed` at the start of each update (per
 rank, so data-parallel replicas draw different masks). A checkpoint therefore needs only the model,
 optimizer (with its LR schedule), loss scaler, the loop's counters (`Progress`) and its update number to
-continue bit for bit, its logs included.
+continue bit for bit, its logs included (on a GPU only with deterministic kernels: docs/preemption.md).
 
 Nothing is written to the workdir before the first update has succeeded: a start that fails for any
 reason (data, weights, a checkpoint of another model, memory, a non-finite first loss, a signal) leaves
@@ -28,7 +28,7 @@ from evaluate import evaluate
 from training import distributed, optim
 from training import workdir as workdir_lib
 from training.collapse import collapse_warning, collapsed
-from training.config_check import check_config, micro_batch_size
+from training.config_check import check_config
 from training.lock import own
 from training.precision import Precision
 from training.runlog import LogWindow, RunLog
@@ -127,7 +127,7 @@ def train(config, workdir, resume_from='', stop=None):
   is_main = rank == 0
   say = print if is_main else lambda _: None
   train_set, eval_set = _datasets(config)
-  tc = optim.in_updates(config.train, len(train_set))
+  tc = optim.in_updates(config.train, len(train_set), world_size)
   model = models.build(config.model, train_set.num_classes, config.seed, initial_weights=not resume_from)
   optimizer, scheduler = optim.build(tc, model.parameters(), tc.updates)
   precision = Precision(tc, log=say)
@@ -140,13 +140,16 @@ def train(config, workdir, resume_from='', stop=None):
   stop = StopRequest() if own_stop else stop
   net, model = model, paddle.DataParallel(model) if world_size > 1 else model
   step = UpdateStep(model, optimizer, scheduler, precision, config, rank, world_size, stop, progress.skips)
-  micro = micro_batch_size(tc, world_size)
+  accum, micro = optim.batch_split(tc, world_size)
   batches = iter(pipeline.loader(train_set, pipeline.TrainBatches(
-      len(train_set), micro * world_size, config.seed, rank, world_size, start_micro_step=start * tc.accum_steps),
+      len(train_set), micro * world_size, config.seed, rank, world_size, start_micro_step=start * accum),
       config.data.num_workers))
   log = RunLog(workdir, is_main, start, tc.updates, samples_per_update=tc.batch_size)
-  log.info(_describe(config, tc, micro, world_size, start, workdir))
-  log.info(_data_summary(config, train_set, eval_set, optim.updates_per_epoch(tc, len(train_set))))
+  log.info(_describe(config, tc, world_size, start, workdir))
+  objective_warning = _objective_warning(config, tc, world_size)
+  if objective_warning:
+    log.info(objective_warning)
+  log.info(_data_summary(config, train_set, eval_set, optim.updates_per_epoch(tc, len(train_set), world_size)))
   expected_first_loss = _expected_first_loss(net, config, train_set.num_classes) if start == 0 else None
   if expected_first_loss:
     log.info(f'check: the head starts at zero, so the first loss must be {expected_first_loss:.4f} '
@@ -235,9 +238,12 @@ def train(config, workdir, resume_from='', stop=None):
         log_training(update)
       log.progress(update, objective=float(outcome.means[0]), lr=optimizer.get_lr())
       evaluated = every(update, tc.eval_every, tc.updates)
+      saving = evaluated or stopping or checkpoint_due or every(update, tc.checkpoint_every, tc.updates)
+      if saving:  # what is evaluated and saved is the same on every rank
+        distributed.average_running_statistics(net, world_size)
       if evaluated:
         evaluate_and_log(update)
-      if evaluated or stopping or checkpoint_due or every(update, tc.checkpoint_every, tc.updates):
+      if saving:
         save(update)
       if stopping:
         distributed.barrier(world_size)  # the launcher ends every rank when one exits: let rank 0 finish saving
@@ -294,14 +300,29 @@ def _loss_scaling(precision, progress, skipped_in_window):
           'skipped_updates': progress.skips.total}
 
 
-def _describe(config, tc, micro, world_size, start, workdir):
+def _describe(config, tc, world_size, start, workdir):
   """The log line that says what this run trains, how, and from where."""
   rc = config.rdrop
+  accum, micro = optim.batch_split(tc, world_size)
+  shared = (f' sharing the {tc.accum_steps} micro-batches of one device (train.keep_micro_batch)'
+            if tc.keep_micro_batch and world_size > 1 else '')
   return (f'train: {config.experiment} for {tc.updates} updates of {tc.batch_size} samples '
-          f'({tc.accum_steps} x {micro} per device on {world_size} device(s)), '
+          f'({accum} x {micro} per device on {world_size} device(s){shared}), '
           + (f'R-Drop alpha={rc.alpha} (KL {rc.reduction}, CE {rc.ce_of_passes} of the passes, {rc.form}), '
              if rc.alpha else 'without R-Drop, ')
           + f'{"from update " + str(start) if start else "from scratch"}; writing to {workdir}')
+
+
+def _objective_warning(config, tc, world_size):
+  """A warning when the device count changes the objective: R-Drop's KL summed over a smaller micro-batch."""
+  rc = config.rdrop
+  if world_size == 1 or tc.keep_micro_batch or not rc.alpha or rc.reduction != 'sum':
+    return ''
+  one, here = optim.batch_split(tc, 1)[1], optim.batch_split(tc, world_size)[1]
+  return (f'WARNING: R-Drop\'s KL (reduction sum) is summed over the micro-batch, {here} samples per device here '
+          f'and {one} on one device: its weight is {world_size}x smaller than this config gives on one device. '
+          f'Set --config.train.keep_micro_batch=True to keep {one} per device, or use rdrop.reduction=batchmean '
+          f'with alpha x {one} (docs/distributed.md: the global batch)')
 
 
 def _data_summary(config, train_set, eval_set, per_epoch):

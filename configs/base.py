@@ -36,6 +36,7 @@ def get_base_config():
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64     # global batch per optimizer update
   c.train.accum_steps = 1     # micro-batches per update; micro-batch = batch_size / (accum_steps * devices)
+  c.train.keep_micro_batch = False  # True: devices share the accum_steps micro-batches of batch_size / accum_steps
   c.train.updates = 0
   c.train.epochs = 1.0
   c.train.optimizer = 'momentum'   # sgd | momentum | adam | adamw

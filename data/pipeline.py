@@ -12,6 +12,7 @@ import functools
 import os
 import random
 import re
+import shutil
 
 import numpy as np
 import paddle
@@ -107,10 +108,12 @@ def loader(dataset, batch_sampler, num_workers):
   """A DataLoader over `batch_sampler`; num_workers -1 means one worker per core of this process's share."""
   if num_workers < 0:
     num_workers = threads.cores_per_process()
+  prefetch = 4 if num_workers else 2
   if num_workers:
     remove_stale_shared_memory()
+    check_shared_memory(dataset, batch_sampler, num_workers * prefetch)
   return _Loader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, use_shared_memory=num_workers > 0,
-                 prefetch_factor=4 if num_workers else 2, worker_init_fn=preemption.in_data_worker)
+                 prefetch_factor=prefetch, worker_init_fn=preemption.in_data_worker)
 
 
 def remove_stale_shared_memory(folder='/dev/shm'):
@@ -141,11 +144,37 @@ def _process_exists(pid):
   return True
 
 
+def check_shared_memory(dataset, batch_sampler, batches_in_flight, shm='/dev/shm'):
+  """Refuse, in one line, to start workers whose batches would not fit in `shm`.
+
+  DataLoader workers hand over their batches in shared memory, `prefetch_factor` batches per worker in
+  flight (paddle/io/dataloader/dataloader_iter.py), per process on this machine; when /dev/shm is full the
+  next write is a bus error that kills the run without a word. Docker gives a container 64 MB by default.
+  """
+  batch = len(next(iter(batch_sampler), ()))
+  if not batch:
+    return
+  image, _ = dataset[(0, 0)]
+  processes = int(os.environ.get('PADDLE_LOCAL_SIZE', '1'))  # the launcher's processes on this machine
+  need = batches_in_flight * processes * batch * (image.nbytes + 8)
+  free = shutil.disk_usage(shm).free
+  if need > free:
+    raise OSError(f'{shm} has {free / 2**20:.0f} MB free, and the data loading needs about {need / 2**20:.0f} MB '
+                  f'there ({batches_in_flight} batches of {batch} images in flight per process, '
+                  f'{processes} process(es)): in Docker, start the container with --shm-size=8g or --ipc=host, '
+                  f'or set --config.data.num_workers=0 (no worker processes)')
+
+
+# cuDNN's smallest epsilon: Paddle's GPU kernel raises a smaller one to it and logs an error on every call.
+EPSILON = 1e-5
+
+
 @functools.lru_cache(maxsize=8)
 def _normalisation(mean, std):
-  """Running statistics for which batch_norm computes (x / 255 - mean) / std, built once per device."""
+  """Running statistics for which batch_norm computes (x / 255 - mean) / std, built once per device: the
+  variance is EPSILON smaller than (255 std)^2, which batch_norm adds back."""
   return (paddle.to_tensor([255.0 * m for m in mean], dtype='float32'),
-          paddle.to_tensor([(255.0 * s) ** 2 for s in std], dtype='float32'))
+          paddle.to_tensor([(255.0 * s) ** 2 - EPSILON for s in std], dtype='float32'))
 
 
 def to_model_input(images, data_config):
@@ -156,4 +185,4 @@ def to_model_input(images, data_config):
   """
   channels = images.shape[1]
   mean, var = _normalisation(tuple(data_config.mean[:channels]), tuple(data_config.std[:channels]))
-  return F.batch_norm(images.astype('float32'), mean, var, training=False, epsilon=0.0)
+  return F.batch_norm(images.astype('float32'), mean, var, training=False, epsilon=EPSILON)

@@ -119,6 +119,7 @@ def test_gradients_are_all_reduced_once_per_update_after_its_last_micro_batch(mo
   monkeypatch.setattr(distributed, 'agree', lambda sums, flags, world_size: (sums.numpy(), list(flags)))
   config = _tiny()
   config.train.accum_steps, config.rdrop.alpha = 3, 0.0  # one forward per micro-batch
+  config.train.batch_size = 3 * 2 * 4  # micro-batches of 4 on each of 2 devices
   step, _, batches = _step(config, _images(4), wrap=_DataParallelSpy, rank=0, world_size=2)
   step(1, batches)
   assert step.model.all_reduced == [False, False, True]

@@ -57,17 +57,6 @@ def field_rules(config):
   return rules
 
 
-def micro_batch_size(train_config, world_size):
-  """Per-device micro-batch: the global batch split over accumulation steps and devices."""
-  tc = train_config
-  micro, rest = divmod(tc.batch_size, tc.accum_steps * world_size)
-  if rest or micro == 0:
-    raise ValueError(f'config.train.batch_size={tc.batch_size} cannot be split into {tc.accum_steps} '
-                     f'accumulation steps on {world_size} devices: make it a multiple of '
-                     f'{tc.accum_steps * world_size} or change config.train.accum_steps')
-  return micro
-
-
 def _field(config, dotted):
   """The value of `config.a.b.c`, or None when the config has no such field."""
   value = config
@@ -145,4 +134,4 @@ def check_config(config, world_size):
     raise ValueError(f'{len(problems)} config values are not allowed:\n  ' + '\n  '.join(problems))
   if problems:
     raise ValueError(problems[0])
-  micro_batch_size(config.train, world_size)
+  optim.batch_split(config.train, world_size)

@@ -100,6 +100,26 @@ def agree(sums, flags, world_size):
   return values[:len(sums)] / world_size, [bool(v > 0) for v in values[len(sums):]]
 
 
+def average_running_statistics(model, world_size):
+  """Make every rank's running statistics the average over the ranks: what the model holds but the
+  optimizer does not train (batch norm's running mean and variance are parameters with stop_gradient).
+
+  paddle.DataParallel makes them equal once, at construction; after that each rank updates its own from
+  its own slice of the batch, so an evaluation would mix W sets and a checkpoint keep rank 0's. Those that
+  are not floating point (counters) are rank 0's.
+  """
+  if world_size == 1:
+    return
+  for tensor in [*model.parameters(), *model.buffers()]:
+    if not tensor.stop_gradient:
+      continue
+    if tensor.is_floating_point():
+      dist.all_reduce(tensor)
+      tensor.set_value(tensor / world_size)
+    else:
+      dist.broadcast(tensor, src=0)
+
+
 def barrier(world_size):
   if world_size > 1:
     dist.barrier()

@@ -15,17 +15,42 @@ SCHEDULES = ('constant', 'cosine', 'linear', 'polynomial', 'step')
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
 
 
-def updates_per_epoch(train_config, num_samples):
-  """Optimizer updates in one pass over the data (the sampler drops the last incomplete micro-batch)."""
+def batch_split(train_config, world_size):
+  """(accumulation steps, micro-batch) of each of `world_size` devices for one update of train.batch_size.
+
+  `train.accum_steps` micro-batches make an update; without `train.keep_micro_batch` every device takes
+  its share of each (micro-batch = batch_size / (accum_steps x devices)), with it the devices share the
+  micro-batches instead, each keeping the one-device micro-batch of batch_size / accum_steps, on which an
+  objective summed over the micro-batch (R-Drop's KL with reduction `sum`, the authors' ViT recipe) depends.
+  """
   tc = train_config
-  return num_samples // (tc.batch_size // tc.accum_steps) / tc.accum_steps
+  if tc.keep_micro_batch:
+    accum, rest = divmod(tc.accum_steps, world_size)
+    if rest or tc.batch_size % tc.accum_steps:
+      raise ValueError(f'config.train.accum_steps={tc.accum_steps} with config.train.keep_micro_batch=True: '
+                       f'{tc.accum_steps} micro-batches of {tc.batch_size / tc.accum_steps:g} samples cannot be '
+                       f'shared by {world_size} devices; run on a number of devices that divides {tc.accum_steps}, '
+                       f'or set config.train.keep_micro_batch=False (docs/distributed.md: the global batch)')
+    return accum, tc.batch_size // tc.accum_steps
+  micro, rest = divmod(tc.batch_size, tc.accum_steps * world_size)
+  if rest or micro == 0:
+    raise ValueError(f'config.train.batch_size={tc.batch_size} cannot be split into {tc.accum_steps} '
+                     f'accumulation steps on {world_size} devices: make it a multiple of '
+                     f'{tc.accum_steps * world_size} or change config.train.accum_steps')
+  return tc.accum_steps, micro
 
 
-def in_updates(train_config, num_samples):
+def updates_per_epoch(train_config, num_samples, world_size=1):
+  """Optimizer updates in one pass over the data (the sampler drops the last incomplete micro-batch)."""
+  accum, micro = batch_split(train_config, world_size)
+  return num_samples // (micro * world_size) / accum
+
+
+def in_updates(train_config, num_samples, world_size=1):
   """`config.train` with every duration counted in optimizer updates, converted once from epochs where
   the config gives epochs (`updates` 0, `warmup_epochs`, `decay_epochs`, `eval_every` 0 = each epoch)."""
   tc = ml_collections.ConfigDict(train_config.to_dict())
-  per_epoch = updates_per_epoch(tc, num_samples)
+  per_epoch = updates_per_epoch(tc, num_samples, world_size)
   if tc.updates <= 0:
     tc.updates = max(1, math.ceil(tc.epochs * per_epoch))
   if tc.warmup_epochs > 0:

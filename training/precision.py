@@ -14,6 +14,8 @@ import paddle
 DTYPES = {'fp16': 'float16', 'bf16': 'bfloat16'}
 PRECISIONS = ('fp32', *DTYPES)
 AMP_LEVELS = ('O1', 'O2')
+# What Paddle appends to a parameter's name for its O2 master copy (unique_name's first in a process).
+MASTER_SUFFIX = '_fp32_master_0'
 
 
 class GradScaler(paddle.amp.GradScaler):
@@ -108,19 +110,44 @@ class Precision:
     return {'precision': self.name, 'scaling': self.scaling, 'scaler': self.scaler.state_dict() if self.scaling else {}}
 
   def optimizer_state(self, state, model, weights):
-    """A checkpoint's optimizer `state` fitted to this run: float32 master weights exactly where O2 needs them.
+    """A checkpoint's optimizer `state` fitted to this run: float32 master weights and the accumulators'
+    names exactly where this run's precision puts them.
 
-    An O2 checkpoint continues with its own master copies; another one gets them rebuilt from its float32
-    `weights` (a model state dict). A run without O2 drops them: Paddle would otherwise carry them along
-    unused and save them again, stale, into every later checkpoint.
+    Paddle names an accumulator after the tensor it updates (python/paddle/optimizer/optimizer.py,
+    `_add_accumulator`): after the parameter (`<param>_velocity_0`), or under O2 after its float32 master
+    copy (`<param>_fp32_master_0_velocity_0`, momentum.py and adamw.py), and `set_state_dict` then fails at
+    the first update on the other name. Which parameters have a master copy changes with the precision
+    (fp16 O2 keeps layer norms in float32, bf16 O2 does not), so each accumulator is renamed for its
+    parameter. A master copy is the checkpoint's where it has one, else rebuilt from its float32 `weights`
+    (a model state dict); a parameter without one here drops it: Paddle would otherwise carry it along
+    unused and save it again, stale, into every later checkpoint.
     """
-    state = dict(state)
-    masters = state.pop('master_weights', None)
-    if self.master_weights:
-      half = (paddle.float16, paddle.bfloat16)
-      state['master_weights'] = masters if masters is not None else {
-          param.name: weights[key].astype('float32') for key, param in model.named_parameters() if param.dtype in half}
-    return state
+    masters = state.get('master_weights') or {}
+    keys = {param.name: key for key, param in model.named_parameters()}
+    half = {param.name for param in model.parameters()
+            if self.master_weights and param.dtype in (paddle.float16, paddle.bfloat16)}
+    owners = sorted(keys, key=len, reverse=True)  # the longest parameter name that prefixes a key owns it
+    fitted = {}
+    for key, value in state.items():
+      if key == 'master_weights':
+        continue
+      owner = next((name for name in owners if key.startswith(name + '_')), None)
+      if owner is None:  # the LR schedule
+        fitted[key] = value
+        continue
+      accumulator = key[len(owner):].removeprefix(MASTER_SUFFIX)
+      fitted[f'{owner}{MASTER_SUFFIX if owner in half else ""}{accumulator}'] = value
+    if half:
+      fitted['master_weights'] = {name: self._master(name, masters.get(name), weights[keys[name]]) for name in half}
+    return fitted
+
+  @staticmethod
+  def _master(name, saved, weight):
+    """The float32 master copy of parameter `name`: the `saved` one or a copy of its float32 `weight`, named
+    as Paddle names it, since the accumulators of O2 take their names from it."""
+    master = saved if saved is not None else paddle.assign(weight.astype('float32'))
+    master.name = name + MASTER_SUFFIX
+    return master
 
   def load_state_dict(self, state, log=print):
     """The loss scaler of a checkpoint; one line when the checkpoint was written in another precision."""

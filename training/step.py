@@ -19,7 +19,7 @@ import paddle
 from data import pipeline
 from kernels.cpu_ops import errors_as_raised
 from rdrop import rdrop_loss
-from training import distributed
+from training import distributed, optim
 
 # The agreed means of the update's loss terms over the global batch (numpy: objective, ce, kl), whether
 # fp16's scaler skipped the update, and the caller's flags, each True if it was on any rank.
@@ -81,7 +81,7 @@ class UpdateStep:
   def __init__(self, model, optimizer, scheduler, precision, config, rank=0, world_size=1, stop=None, skips=None):
     self.model, self.optimizer, self.scheduler, self.precision = model, optimizer, scheduler, precision
     self.config, self.rank, self.world_size, self.stop = config, rank, world_size, stop
-    self.accum_steps = config.train.accum_steps
+    self.accum_steps, _ = optim.batch_split(config.train, world_size)
     self.skips = skips or Skips(config.train.max_skipped_updates)
     self.progress_layers = [layer for layer in model.sublayers(include_self=True) if hasattr(layer, 'on_update')]
 
