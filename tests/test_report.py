@@ -439,3 +439,15 @@ def test_the_curves_name_the_evaluation_split_and_draw_no_kl_for_a_baseline(tmp_
       panels[text], lines = lines, []
   assert panels['R-Drop KL term (before alpha)'] == ['R-Drop alpha=1 (1 run)']
   assert panels['val top-1 accuracy (%)'] == ['baseline (1 run)', 'R-Drop alpha=1 (1 run)']
+
+
+def test_a_folder_of_runs_stands_for_every_run_inside(tmp_path):
+  fake_run(tmp_path / 'demo' / 'baseline', 0, {100: 90.0})
+  for seed in (0, 1):
+    fake_run(tmp_path / 'demo' / 'rdrop' / f'seed_{seed}', seed, {100: 93.0}, alpha=1.0)
+  (tmp_path / 'demo' / 'visualdl_check').mkdir()  # no run: left out
+  report.write_report([str(tmp_path / 'demo')], str(tmp_path / 'out'))
+  markdown = (tmp_path / 'out' / 'report.md').read_text()
+  assert markdown.startswith('# Report on 3 run(s), 2 variant(s)')
+  assert [line for line in markdown.splitlines() if line.startswith('- `')] == [
+      f'- `{tmp_path}/demo/{run}`' for run in ('baseline', 'rdrop/seed_0', 'rdrop/seed_1')]
