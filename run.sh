@@ -196,7 +196,8 @@ demo() {
   report "$out" "$out/baseline" "$out/rdrop"
   echo
   echo "Demo finished: checkpoints, metrics and VisualDL logs are in $out/baseline and $out/rdrop."
-  echo "Table and curves: $out/report.md (summary for the README: $out/summary.md)   VisualDL: visualdl --logdir $out"
+  echo "Table and curves: $out/report.md (summary for the README: $out/summary.md)"
+  echo "VisualDL: visualdl --logdir $out, then open http://localhost:8040/app/scalar (its bare address may open another page)"
 }
 
 # Every config for a couple of updates on tiny data generated in the real formats.
