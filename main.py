@@ -24,7 +24,9 @@ Example: the offline demo's R-Drop run (no download), then its test accuracy:
   python main.py --config configs/digits_vit_rdrop.py --workdir runs/digits
   python main.py --mode eval --workdir runs/digits
 """
+import difflib
 import errno
+import glob
 import importlib.util
 import os
 import re
@@ -41,6 +43,7 @@ from ml_collections import config_flags  # noqa: E402
 from kernels import KernelError  # noqa: E402
 from training import distributed  # noqa: E402
 from training.lock import WorkdirBusy  # noqa: E402
+from training.workdir import runs_inside  # noqa: E402
 from utils import preemption  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
 
@@ -89,9 +92,14 @@ def _with_config_file(argv):
         values[name] = argv[i + 1]
   if values.get('mode') in CONTINUING and values.get('workdir'):
     saved = os.path.join(values['workdir'], 'config.py')
-    if os.path.isfile(values['workdir']):
-      sys.exit(f'error: --workdir {os.path.abspath(values["workdir"])} is a file, not a run folder')
+    if not os.path.isdir(values['workdir']):
+      sys.exit(f'error: --workdir {os.path.abspath(values["workdir"])} ' +
+               ('is a file, not a run folder' if os.path.exists(values['workdir']) else 'does not exist'))
     if not os.path.isfile(saved):
+      runs = runs_inside(values['workdir'])
+      if runs:
+        sys.exit(f'error: --workdir {os.path.abspath(values["workdir"])} is not a training run but holds '
+                 f'{len(runs)}: {" ".join(runs)} (give one as --workdir)')
       sys.exit(f'error: {os.path.abspath(saved)} does not exist: --workdir is not a training run '
                f'(or pass --config)')
     _check_config_file(saved)
@@ -107,7 +115,10 @@ def _check_config_file(spec):
   """
   path, has_argument, argument = spec.partition(':')
   if not os.path.isfile(path):
-    sys.exit(f'error: config file {os.path.abspath(path)} does not exist')
+    configs = _experiment_configs()
+    guess = difflib.get_close_matches(path, configs, n=1)
+    sys.exit(f'error: config file {os.path.abspath(path)} does not exist; '
+             + (f'did you mean {guess[0]}? ' if guess else '') + f'the configs: {" ".join(configs)}')
   try:
     module_spec = importlib.util.spec_from_file_location('checked_config', path)
     module = importlib.util.module_from_spec(module_spec)
@@ -122,6 +133,17 @@ def _check_config_file(spec):
       message, where = err, (path, lines[-1] if lines else None)
     kind = '' if isinstance(err, ValueError) else f'{type(err).__name__}: '  # ValueError: a bad value, explained
     sys.exit(f'error: --config {spec}: {kind}{message}\n  at {where[0]}' + (f', line {where[1]}' if where[1] else ''))
+
+
+def _experiment_configs():
+  """The project's config files (those with a get_config), as paths from the current folder when inside it."""
+  folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+  configs = []
+  for path in sorted(glob.glob(os.path.join(folder, '*.py'))):
+    with open(path) as f:
+      if 'def get_config(' in f.read():
+        configs.append(os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path)
+  return configs
 
 
 def main(argv, stop):

@@ -14,25 +14,29 @@
 #   bash run.sh gpu-check            a few minutes' preflight of this machine's GPUs before a paper run
 #   bash run.sh bench                regenerate BENCHMARKS.md and docs/results/bench.md (PyTorch peer: .venv-peer)
 #
-# Where things are (environment variables, with defaults):
+# Where things are (environment variables, with defaults; a relative path is taken from the folder you run
+# run.sh in, as any path of main.py, and printed absolute):
 #   DATA_DIR=./datasets      CIFAR100=$DATA_DIR/cifar-100-python.tar.gz  CIFAR10=$DATA_DIR/cifar-10-python.tar.gz
 #                            CAT12_DIR=$DATA_DIR/cat12 (train_list.txt, cat_12_train/, cat_12_test/)
 #   WEIGHTS_DIR=./weights    VIT_WEIGHTS=$WEIGHTS_DIR/ViT-B_16.npz  RESNET50_WEIGHTS=$WEIGHTS_DIR/resnet50.pdparams
 #   RUNS_DIR=./runs          GPUS=0,1,2,3 trains on those GPUs through paddle.distributed.launch (unset: one process)
 #   SEEDS=3                  every variant once per seed 0..SEEDS-1, into <variant>/seed_<n>, one after another;
 #                            the report gives mean +- std over seeds and paired differences (unset: one run, seed 0)
-# Extra arguments after the experiment name are passed to every run, e.g. --config.train.accum_steps=4.
+# Extra arguments after the experiment name are passed to every run, e.g. --config.train.accum_steps=4
+# (a path among them is taken from the project's folder, where the runs start: give it absolute).
 set -euo pipefail
-cd "$(dirname "$0")"
 
-DATA_DIR=${DATA_DIR:-./datasets}
-WEIGHTS_DIR=${WEIGHTS_DIR:-./weights}
-RUNS_DIR=${RUNS_DIR:-./runs}
-CIFAR100=${CIFAR100:-$DATA_DIR/cifar-100-python.tar.gz}
-CIFAR10=${CIFAR10:-$DATA_DIR/cifar-10-python.tar.gz}
-CAT12_DIR=${CAT12_DIR:-$DATA_DIR/cat12}
-VIT_WEIGHTS=${VIT_WEIGHTS:-$WEIGHTS_DIR/ViT-B_16.npz}
+# Paths from the folder the user stands in, made absolute before run.sh moves to the project's folder.
+DATA_DIR=$(realpath -m -- "${DATA_DIR:-datasets}")
+WEIGHTS_DIR=$(realpath -m -- "${WEIGHTS_DIR:-weights}")
+RUNS_DIR=$(realpath -m -- "${RUNS_DIR:-runs}")
+CIFAR100=$(realpath -m -- "${CIFAR100:-$DATA_DIR/cifar-100-python.tar.gz}")
+CIFAR10=$(realpath -m -- "${CIFAR10:-$DATA_DIR/cifar-10-python.tar.gz}")
+CAT12_DIR=$(realpath -m -- "${CAT12_DIR:-$DATA_DIR/cat12}")
+VIT_WEIGHTS=$(realpath -m -- "${VIT_WEIGHTS:-$WEIGHTS_DIR/ViT-B_16.npz}")
 RESNET50_WEIGHTS=${RESNET50_WEIGHTS-$WEIGHTS_DIR/resnet50.pdparams}  # set but empty: as resnet18_cat12
+case $RESNET50_WEIGHTS in '' | download) ;; *) RESNET50_WEIGHTS=$(realpath -m -- "$RESNET50_WEIGHTS") ;; esac
+cd "$(dirname "$0")"
 
 # The launcher looks GPUS up among the ids CUDA_VISIBLE_DEVICES lists (a scheduler may have set 4,5,6,7):
 # stop before any run, saying which ids there are, rather than with its "'0' is not in list".
@@ -93,11 +97,20 @@ first_run() {
   echo "$1${SEEDS:+/seed_0}"
 }
 
-need() {  # need VAR WHAT [FILE]: stop before any run, naming the variable to set, when $VAR[/FILE] does not exist
-  local path=${!1}${3:+/$3}
-  [ -e "$path" ] && return
-  echo "run.sh: $path does not exist: set $1 to $2" >&2
+# needs EXPERIMENT...: stop before any run when a file that these experiments read is missing, naming every
+# such file at once, with the variable to set (needs_<experiment> lists them).
+needs() {
+  local experiment
+  MISSING=()
+  for experiment; do "needs_$experiment"; done
+  [ ${#MISSING[@]} -eq 0 ] && return
+  printf 'run.sh: %s\n' "${MISSING[@]}" >&2
   exit 1
+}
+
+need() {  # need VAR WHAT [FILE]: when $VAR[/FILE] does not exist, add it to the missing files, naming $VAR
+  local path=${!1}${3:+/$3}
+  [ -e "$path" ] || MISSING+=("$path does not exist: set $1 to $2")
 }
 
 need_cifar() {  # need_cifar VAR FILE MD5: as need, unless the extra arguments let Paddle download the tarball
@@ -105,7 +118,7 @@ need_cifar() {  # need_cifar VAR FILE MD5: as need, unless the extra arguments l
     need "$1" "the official python tarball $2 (https://www.cs.toronto.edu/~kriz/$2, md5 $3), or pass --config.data.download=True"
 }
 
-# needs_<experiment>: the files an experiment reads, checked before its first run (`all`: before any run).
+# needs_<experiment>: the files an experiment reads.
 needs_vit_cifar100() {
   need_cifar CIFAR100 cifar-100-python.tar.gz eb9058c3a382ffc7106e4002c42a8d85
   need VIT_WEIGHTS "Google's ImageNet-21k ViT-B_16.npz (https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz)"
@@ -116,7 +129,7 @@ needs_cifar10() {
 }
 
 needs_resnet50_cat12() {
-  need_cat12
+  needs_cat12
   if [ -n "$RESNET50_WEIGHTS" ] && [ "$RESNET50_WEIGHTS" != download ]; then
     need RESNET50_WEIGHTS "Paddle's ImageNet resnet50.pdparams (https://paddle-hapi.bj.bcebos.com/models/resnet50.pdparams, \
 md5 ca6f485ee1ab0492d38f323885b0ad80), or to 'download' to let Paddle fetch it into its cache"
@@ -124,14 +137,14 @@ md5 ca6f485ee1ab0492d38f323885b0ad80), or to 'download' to let Paddle fetch it i
 }
 
 vit_cifar100() {
-  needs_vit_cifar100
+  needs vit_cifar100
   local out=$RUNS_DIR/vit_b16_cifar100 data=(--config.data.root="$CIFAR100" --config.model.pretrained="$VIT_WEIGHTS")
   run "$out/baseline" configs/vit_b16_cifar100.py "${data[@]}"
   run "$out/rdrop" configs/vit_b16_cifar100_rdrop.py "${data[@]}"
   report "$out" "$out/baseline" "$out/rdrop"
 }
 
-need_cat12() {
+needs_cat12() {
   need CAT12_DIR "the folder holding train_list.txt, cat_12_train/ and cat_12_test/ (the data/ folder of \
 https://github.com/nolank128/Cat-Twelve-Classification-Challenge; train_list.txt md5 61cd1dda9400b0a4e3ead24340d5380f)" \
     train_list.txt
@@ -149,7 +162,7 @@ cat12() {
 }
 
 resnet50_cat12() {
-  needs_resnet50_cat12
+  needs resnet50_cat12
   if [ -z "$RESNET50_WEIGHTS" ]; then  # set but empty: the scratch variant, as resnet18_cat12
     COMMAND="RESNET50_WEIGHTS= $COMMAND"
     resnet18_cat12
@@ -159,13 +172,13 @@ resnet50_cat12() {
 }
 
 resnet18_cat12() {
-  need_cat12
+  needs cat12
   echo "ResNet18 at 64 px from random weights (the Cat-12 configs' :scratch variant)"
   cat12 "$RUNS_DIR/resnet18_cat12_scratch" :scratch ''
 }
 
 dropblock_cifar10() {
-  needs_cifar10
+  needs cifar10
   local out=$RUNS_DIR/dropblock_cnn_cifar10
   run "$out/none" configs/dropblock_cnn_cifar10.py:none --config.data.root="$CIFAR10"
   run "$out/dropblock" configs/dropblock_cnn_cifar10.py --config.data.root="$CIFAR10"
@@ -173,7 +186,7 @@ dropblock_cifar10() {
 }
 
 lenet5_cifar10() {
-  needs_cifar10
+  needs cifar10
   local out=$RUNS_DIR/lenet5_cifar10 network
   for network in A B C D; do
     run "$out/$network" "configs/lenet5_cifar10.py:$network" --config.data.root="$CIFAR10"
@@ -182,7 +195,7 @@ lenet5_cifar10() {
 }
 
 repconv_cifar10() {
-  needs_cifar10
+  needs cifar10
   local out=$RUNS_DIR/repconv_cifar10
   run "$out/repconv" configs/repconv_cifar10.py --config.data.root="$CIFAR10"
   python main.py --mode export --workdir "$(first_run "$out/repconv")" --config.data.root="$CIFAR10"
@@ -196,7 +209,8 @@ demo() {
   report "$out" "$out/baseline" "$out/rdrop"
   echo
   echo "Demo finished: checkpoints, metrics and VisualDL logs are in $out/baseline and $out/rdrop."
-  echo "Table and curves: $out/report.md (summary for the README: $out/summary.md)   VisualDL: visualdl --logdir $out"
+  echo "Table and curves: $out/report.md (summary for the README: $out/summary.md)"
+  echo "VisualDL: visualdl --logdir $out, then open http://localhost:8040/app/scalar (its bare address may open another page)"
 }
 
 # Every config for a couple of updates on tiny data generated in the real formats.
@@ -254,7 +268,7 @@ case "$experiment" in
   dropblock_cifar10) dropblock_cifar10 ;;
   lenet5_cifar10) lenet5_cifar10 ;;
   repconv_cifar10) repconv_cifar10 ;;
-  all) needs_vit_cifar100; needs_resnet50_cat12; needs_cifar10
+  all) needs vit_cifar100 resnet50_cat12 cifar10
        vit_cifar100; resnet50_cat12; dropblock_cifar10; lenet5_cifar10; repconv_cifar10 ;;
   bench) python -m bench.run_all --out BENCHMARKS.md ;;
   gpu-check) python -m tools.gpu_check "${EXTRA[@]}" ;;

@@ -31,7 +31,7 @@ from training.collapse import collapse_warning, collapsed
 from training.config_check import check_config
 from training.lock import own
 from training.precision import Precision
-from training.runlog import LogWindow, RunLog
+from training.runlog import VISUALDL_CURVES, LogWindow, RunLog
 from training.step import NonFiniteLoss, Skips, TooManySkips, UpdateStep
 from utils import checkpoint
 from utils.preemption import Interrupted, StopRequest
@@ -112,7 +112,7 @@ def run(config, workdir, mode='train', autoresume=False, explicit_checkpoint='',
     print(f'done: best {config.eval.split} top1 {result["best"]["top1"]:.2f}% at update {result["best"]["update"]}\n'
           f'  checkpoints: {workdir_lib.checkpoints_dir(workdir)}\n'
           f'  metrics:     {os.path.join(workdir, "metrics.jsonl")}\n'
-          f'  curves:      visualdl --logdir {shlex.quote(os.path.join(workdir, "vdl"))}')
+          f'  curves:      visualdl --logdir {shlex.quote(os.path.join(workdir, "vdl"))}, then open {VISUALDL_CURVES}')
   return 0
 
 

@@ -3,6 +3,7 @@
 
   python main.py --mode report --workdir runs/demo_report runs/demo/baseline runs/demo/rdrop
   python main.py --mode report --workdir runs/demo_report runs/demo/*/seed_*   (after SEEDS=3 bash run.sh demo)
+  python main.py --mode report --workdir runs/demo_report runs/demo           (every run inside runs/demo)
 
 Reading runs and grouping them into variants: report/runs.py; mean ± standard deviation over seeds and
 differences paired by seed: report/statistics.py; tables and plots: report/render.py.
@@ -12,7 +13,7 @@ import os
 
 from report.render import (NOTES, PAIR_COLUMNS, RUN_COLUMNS, VARIANT_COLUMNS, collapse_warning, group_title,
                            markdown_table, pair_row, plot_group, run_row, selection_notes, summary, variant_row)
-from report.runs import ABSENT, differing_fields, flatten, group_variants, load_run, run_names
+from report.runs import ABSENT, differing_fields, flatten, group_variants, load_run, run_folders, run_names
 from report.statistics import comparisons
 from utils.io import write_atomic
 
@@ -22,7 +23,7 @@ def write_report(run_dirs, out_dir, command=''):
 
   `command` is what produced the runs (e.g. `SEEDS=3 bash run.sh demo`), quoted in summary.md.
   """
-  runs = [load_run(path) for path in run_dirs]
+  runs = [load_run(path) for path in run_folders(run_dirs)]
   for run, name in zip(runs, run_names(runs)):
     run.name = name
   os.makedirs(out_dir, exist_ok=True)

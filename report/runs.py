@@ -128,6 +128,12 @@ def _newest_manifest(workdir):
   return None, None
 
 
+def run_folders(paths):
+  """`paths` with each folder that is not a run itself replaced by the runs it holds (runs/demo: its variants,
+  their seeds); a folder holding none stays, for load_run to name."""
+  return [run for path in paths for run in workdir_lib.runs_inside(path) or [path]]
+
+
 def load_run(path):
   """Everything the report needs from one workdir; ValueError if `path` is not a training run."""
   if not os.path.isdir(path):

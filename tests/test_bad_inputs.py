@@ -249,6 +249,19 @@ def test_a_workdir_that_is_a_file_is_named(tmp_path):
     assert proc.returncode == 1 and f'error: --workdir {tmp_path / "a_file"} is a file, not a run folder' in proc.stderr
 
 
+def test_a_folder_of_runs_given_as_workdir_is_named_with_the_runs_inside(tmp_path):
+  from configs import digits_vit
+  from training import workdir
+  for run in ('baseline', 'rdrop/seed_0'):
+    os.makedirs(tmp_path / 'demo' / run)
+    workdir.save_config(str(tmp_path / 'demo' / run), digits_vit.get_config('smoke'))
+  for mode in ('eval', 'predict', 'export'):
+    proc = run_main('--mode', mode, '--workdir', tmp_path / 'demo', check=False)
+    assert proc.returncode == 1 and proc.stderr == (
+        f'error: --workdir {tmp_path}/demo is not a training run but holds 2: {tmp_path}/demo/baseline '
+        f'{tmp_path}/demo/rdrop/seed_0 (give one as --workdir)\n')
+
+
 def _files(folder):
   return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
 

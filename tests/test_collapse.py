@@ -1,13 +1,16 @@
 """The collapse guard: every evaluation measures how much one class dominates the predictions, flags a
 (near) single-class model in metrics.jsonl, VisualDL and the log, and can stop the run."""
+import glob
+import importlib
 import json
+import os
 
 import numpy as np
 import paddle
 import pytest
 
 from configs import base
-from helpers import run_main
+from helpers import ROOT, run_main
 from data.pipeline import SeededDataset
 from evaluate import evaluate
 from training.collapse import collapse_warning, collapsed
@@ -139,3 +142,11 @@ def test_the_run_stops_after_the_configured_number_of_collapsed_evaluations_in_a
           '(config.eval.stop_after_collapses=2); checkpoint saved') in proc.stderr
   assert [row['update'] for row in _eval_rows(workdir)] == [2, 4]
   assert (workdir / 'checkpoints' / 'update_00000004').is_dir()
+
+
+@pytest.mark.parametrize('name', sorted(os.path.basename(path)[:-3] for path in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+                                        if not path.endswith(('__init__.py', 'base.py'))))
+def test_a_smoke_config_never_flags_a_collapse(name):
+  """Two updates from random weights predict one class as a rule: a warning there would mean nothing."""
+  config = importlib.import_module(f'configs.{name}').get_config('smoke')
+  assert not collapsed({'majority_fraction': 1.0, 'prediction_information': 0.0}, config.eval)

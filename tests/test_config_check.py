@@ -49,7 +49,7 @@ def test_every_numeric_field_of_every_config_has_a_validation_rule():
     ('eval.batch_size', -8, 'must be > 0'), ('data.num_workers', -2, 'must be >= -1'),
     ('data.std', (0.0,), 'must be positive numbers'), ('seed', -1, 'must be >= 0'),
     ('rdrop.alpha', -1.0, 'must be >= 0'), ('reference.top1', 101.0, 'must be a percentage in [0, 100]'),
-    ('eval.collapse_majority', 0.0, 'must be in (0, 1]'), ('eval.stop_after_collapses', -1, 'must be >= 0'),
+    ('eval.collapse_majority', 1.5, 'must be in [0, 1] (0: no check)'), ('eval.stop_after_collapses', -1, 'must be >= 0'),
     ('rdrop.ce_of_passes', 'avg', 'choose one of sum, mean'),
     ('train.optimizer', 'adamm', 'choose one of sgd, momentum, adam, adamw'),
     ('data.name', 'digit', 'choose one of '),

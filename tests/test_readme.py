@@ -4,6 +4,7 @@ import glob
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -44,3 +45,17 @@ def test_readme_command_runs_as_written_on_the_demo(demo_project, command):
   output = re.search(r'--output (\S+)', command)
   if output:  # a relative --output is relative to the current folder, as the README says
     assert os.path.isfile(folder / output.group(1))
+
+
+def test_readme_inference_snippet_runs_as_written_on_the_demos_export(demo_project):
+  folder, _ = demo_project
+  subprocess.run([sys.executable, 'main.py', '--mode', 'export', '--workdir', 'runs/demo/rdrop'], cwd=folder,
+                 check=True, capture_output=True, timeout=600, env=child_env())
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    snippets = [block for block in re.findall(r'```python\n(.*?)```', f.read(), re.S)
+                if 'from paddle import inference' in block]
+  assert len(snippets) == 1
+  proc = subprocess.run([sys.executable, '-c', snippets[0]], cwd=folder, capture_output=True, text=True, timeout=600,
+                        env=child_env())
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert re.fullmatch(r'\d+\.\d% of the scans get their label\n', proc.stdout), proc.stdout

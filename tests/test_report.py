@@ -13,7 +13,7 @@ from helpers import ROOT, child_env, run_main
 import report
 from report import runs as report_runs
 from report import statistics as report_statistics
-from training.runlog import HPARAM_METRIC, RunLog
+from training.runlog import HPARAM_METRICS, RunLog
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 # The demo shrunk to 4 updates, evaluated after each (so a best can differ from the final accuracy); the
@@ -385,26 +385,29 @@ def test_a_collapsed_evaluation_is_a_visible_warning(tmp_path):
   assert 'evaluated on the `val` split (`eval.split`), not on a test split' in markdown
 
 
-def test_visualdls_table_shows_each_run_by_its_short_name_with_its_results_so_far(tmp_path):
+def test_visualdls_table_shows_each_run_with_its_learning_fields_and_results_as_numbers(tmp_path):
   from visualdl import LogReader
   from configs import digits_vit_rdrop
 
-  def row():
+  def reader():
     files = glob.glob(str(tmp_path / 'vdl' / '*'))
     assert len(files) == 1  # VisualDL shows only the newest record file of a folder
-    record = LogReader(file_path=files[0]).get_data('hyper_parameters', 'hparam')[0].hparam
-    return ({info.name: getattr(info, info.WhichOneof('type')) for info in record.hparamInfos},
-            [info.name for info in record.metricInfos])
+    return LogReader(file_path=files[0])
 
+  config = digits_vit_rdrop.get_config()
+  config.train.lr, config.seed = 0.002, 7
   log = RunLog(str(tmp_path), True, 0, 20)
-  log.open(digits_vit_rdrop.get_config())
-  name = f'{tmp_path.parent.name}/{tmp_path.name}'
-  assert row() == ({'run': name, 'top1 (%)': 'not evaluated yet', 'best top1 (%)': '-'}, [HPARAM_METRIC])
-  for update, top1 in ((10, 93.87186431884766), (20, 93.5)):
-    log.scalars(update, 'eval', {'top1': top1, 'collapsed': False})
+  log.open(config)
+  for update, top1, best in ((10, 93.87186431884766, 93.87186431884766), (20, 93.5, 93.87186431884766)):
+    log.scalars(update, 'eval', {'top1': top1, 'best_top1': best, 'collapsed': False})
   log.close()
-  assert row()[0] == {'run': name, 'top1 (%)': '93.50 at update 20', 'best top1 (%)': '93.87 at update 10'}
-  assert HPARAM_METRIC == '2 eval/collapsed'
+  record = reader().get_data('hyper_parameters', 'hparam')[0].hparam
+  assert {info.name: getattr(info, info.WhichOneof('type')) for info in record.hparamInfos} == {
+      'run': f'{tmp_path.parent.name}/{tmp_path.name}', 'alpha': 1.0, 'lr': 0.002, 'seed': 7}
+  assert [info.name for info in record.metricInfos] == HPARAM_METRICS == ['2 eval/top1', '2 eval/best_top1']
+  # VisualDL's metric cells are the newest values of these curves, to float32 precision.
+  newest = {tag: reader().get_data('scalar', tag)[-1].value for tag in HPARAM_METRICS}
+  assert newest == pytest.approx({'2 eval/top1': 93.5, '2 eval/best_top1': 93.87}, abs=1e-5)
 
 
 def test_single_runs_are_said_to_show_no_spread_and_their_difference_no_evidence(tmp_path):
@@ -439,3 +442,15 @@ def test_the_curves_name_the_evaluation_split_and_draw_no_kl_for_a_baseline(tmp_
       panels[text], lines = lines, []
   assert panels['R-Drop KL term (before alpha)'] == ['R-Drop alpha=1 (1 run)']
   assert panels['val top-1 accuracy (%)'] == ['baseline (1 run)', 'R-Drop alpha=1 (1 run)']
+
+
+def test_a_folder_of_runs_stands_for_every_run_inside(tmp_path):
+  fake_run(tmp_path / 'demo' / 'baseline', 0, {100: 90.0})
+  for seed in (0, 1):
+    fake_run(tmp_path / 'demo' / 'rdrop' / f'seed_{seed}', seed, {100: 93.0}, alpha=1.0)
+  (tmp_path / 'demo' / 'visualdl_check').mkdir()  # no run: left out
+  report.write_report([str(tmp_path / 'demo')], str(tmp_path / 'out'))
+  markdown = (tmp_path / 'out' / 'report.md').read_text()
+  assert markdown.startswith('# Report on 3 run(s), 2 variant(s)')
+  assert [line for line in markdown.splitlines() if line.startswith('- `')] == [
+      f'- `{tmp_path}/demo/{run}`' for run in ('baseline', 'rdrop/seed_0', 'rdrop/seed_1')]

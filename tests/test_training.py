@@ -1,11 +1,12 @@
 """The training loop through the real command line: accumulation, exact resume, learning, config errors."""
+import glob
 import json
 import os
 
 import numpy as np
 import pytest
 
-from helpers import metric_rows, run_main
+from helpers import ROOT, metric_rows, run_main
 from tools.fakedata import make_cat12
 from utils import checkpoint
 
@@ -97,9 +98,13 @@ def test_a_bad_override_fails_before_any_work_naming_the_key(tmp_path, args, mes
   assert not (tmp_path / 'run').exists()
 
 
-def test_a_missing_config_file_is_named(tmp_path):
-  proc = run_main('--config', 'configs/no_such_experiment.py', '--workdir', tmp_path, check=False)
-  assert proc.returncode != 0 and 'no_such_experiment.py does not exist' in proc.stderr
+def test_a_missing_config_file_is_named_with_the_configs_that_exist(tmp_path):
+  proc = run_main('--config', 'configs/digit_vit_rdrop.py', '--workdir', tmp_path, check=False)
+  existing = sorted(os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+                    if not path.endswith(('__init__.py', 'base.py')))
+  assert proc.returncode == 1 and proc.stderr == (
+      f'error: config file {ROOT}/configs/digit_vit_rdrop.py does not exist; did you mean configs/digits_vit_rdrop.py? '
+      f'the configs: {" ".join(existing)}\n')
 
 
 def test_a_config_file_with_a_syntax_error_is_named(tmp_path):

@@ -1,6 +1,6 @@
 """A preflight for a new GPU machine, before the paper run: `bash run.sh gpu-check` (a few minutes).
 
-  python tools/gpu_check.py [--keep DIR]
+  python -m tools.gpu_check [--keep DIR]   (bash run.sh gpu-check)
 
 Runs the real command line (`main.py`) on random data in the ViT-B/16 recipe's shapes (a CIFAR-100 tarball
 in the official layout, 32 px images that the recipe resizes to 224; no dataset or weights needed) and prints

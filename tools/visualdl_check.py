@@ -6,8 +6,10 @@ width, check what is in view on arrival, and save screenshots.
 Checks, at that width (VisualDL 2.5.3):
 - scalars: every tag that each run's metrics.jsonl implies is served; the one group VisualDL opens on
   arrival is the training group, and it draws every training chart;
-- hyper-parameters: one row per run, no blank cell, every column (the metrics included) in view without
-  scrolling sideways;
+- hyper-parameters: one row per run, no blank cell, the results (VisualDL's metric columns) numbers;
+- the bare address: where VisualDL 2.5.3 lands is its own choice (Scalars, Graphs or Hyper Parameters here,
+  from one server start to the next), so it is reported, and the address that the runs' log prints for the
+  curves (training.runlog.VISUALDL_CURVES) is the one checked above;
 - both pages list every run under its own short name.
 Prints what a person sees (the groups with their charts, the table under its header), the screenshots'
 paths and every failed check; exits 1 when one fails. Needs Debian's `chromium` (`apt-get install
@@ -25,9 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
-from training.runlog import VISUALDL_GROUPS, run_name
+from training.runlog import HPARAM_METRICS, VISUALDL_CURVES, VISUALDL_GROUPS, run_name
 from utils.io import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What Chromium may do here: no network but the local server, no profile, no GPU, no background updates.
 CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
                   '--disable-component-update', '--disable-sync', '--no-first-run')
-PAGES = {'scalars': '/app/scalar', 'hyper_parameters': '/app/hyper-parameter'}
+PAGES = {'scalars': urllib.parse.urlparse(VISUALDL_CURVES).path, 'hyper_parameters': '/app/hyper-parameter'}
 HEIGHT = 900
 
 # The scalar page: each tag group is a section whose header is <h3>name</h3>; an open one draws its charts
@@ -175,6 +178,8 @@ def check(logdir, out_dir=None, width=1400):
   try:
     served = _json(f'{url}/app/api/scalar/tags')
     browser = Browser(width)
+    browser.open(url, "!location.pathname.endsWith('/index')")
+    landing = browser.evaluate('location.pathname')
     browser.open(url + PAGES['scalars'], "document.querySelectorAll('canvas').length > 0")
     groups = json.loads(browser.evaluate(GROUPS_JS))
     scalar_text = browser.evaluate('document.body.innerText')
@@ -189,7 +194,8 @@ def check(logdir, out_dir=None, width=1400):
       browser.close()
     server.terminate()
     server.wait()
-  return _problems(expected_tags(logdir), served, groups, scalar_text, table), {'groups': groups, **table}
+  return (_problems(expected_tags(logdir), served, groups, scalar_text, table),
+          {'landing': landing, 'groups': groups, **table})
 
 
 def _problems(expected, served, groups, scalar_text, table):
@@ -211,9 +217,19 @@ def _problems(expected, served, groups, scalar_text, table):
     blank = [table['header'][column] for column, text in enumerate(row) if not text]
     if blank:
       problems.append(f'{row[0]}: blank cells in the columns {blank}')
-  if table['hidden']:
-    problems.append(f'columns out of view without scrolling: {table["hidden"]}')
+  for column in HPARAM_METRICS:
+    for row in table['rows']:
+      if column in table['header'] and not _is_number(row[table['header'].index(column)]):
+        problems.append(f'{row[0]}: {column} shows {row[table["header"].index(column)]!r}, not a number')
   return problems
+
+
+def _is_number(text):
+  try:
+    float(text)
+    return True
+  except ValueError:
+    return False
 
 
 def _json(url):
@@ -230,10 +246,12 @@ def main():
     sys.exit('error: Chromium is not installed (apt-get install chromium)')
   out = args.out or os.path.join(args.logdir, 'visualdl_check')
   problems, seen = check(args.logdir, out, args.width)
+  print(f'the bare address landed on {seen["landing"]}; the curves: {VISUALDL_CURVES}')
   print(f'scalars, on arrival at {args.width} px (tag groups in VisualDL\'s order):')
   for group in seen['groups']:
     print(f'  {group["name"]}: {"open, " + str(group["charts"]) + " charts drawn" if group["open"] else "closed"}')
-  print('hyper-parameters (every column in view):' if not seen['hidden'] else 'hyper-parameters:')
+  print('hyper-parameters' + (f' (out of view without scrolling: {", ".join(seen["hidden"])})' if seen['hidden'] else '')
+        + ':')
   print('  ' + ' | '.join(seen['header']))
   for row in seen['rows']:
     print('  ' + ' | '.join(row))

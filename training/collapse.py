@@ -11,8 +11,9 @@ import math
 
 
 def collapsed(metrics, eval_config):
-  """Whether an evaluation shows a collapsed model: (nearly) one predicted class, or one output for all."""
-  return (metrics['majority_fraction'] >= eval_config.collapse_majority
+  """Whether an evaluation shows a collapsed model: (nearly) one predicted class, or one output for all.
+  A threshold of 0 turns its check off."""
+  return (0 < eval_config.collapse_majority <= metrics['majority_fraction']
           or metrics['prediction_information'] < eval_config.collapse_information)
 
 

@@ -41,7 +41,7 @@ FIELD_RULES = {
     'train.keep_checkpoints': POSITIVE,
     'rdrop.alpha': NON_NEGATIVE,
     'eval.batch_size': POSITIVE,
-    'eval.collapse_majority': FRACTION,
+    'eval.collapse_majority': (lambda v: 0 <= v <= 1, 'must be in [0, 1] (0: no check)'),
     'eval.collapse_information': RATE,
     'eval.stop_after_collapses': (lambda v: v >= 0, 'must be >= 0 (0: never stop)'),
     'reference.top1': (lambda v: 0 <= v <= 100, 'must be a percentage in [0, 100]'),

@@ -22,11 +22,15 @@ PLAIN_LINE_SECONDS = 30
 # components/ChartPage.js: `opened: index === 0`): numbered names open it on the training curves.
 VISUALDL_GROUPS = {'train': '1 train', 'eval': '2 eval'}
 SIGNIFICANT_DIGITS = 4  # of what VisualDL shows: 93.87 (%), 0.1235; metrics.jsonl keeps every digit
-# VisualDL's hyper-parameter table: a row per run, every column 200 px wide after VisualDL's own Trial ID
-# (the log folder's path, cut short), so at 1400 px five columns fit. Its metric columns show float32
-# values in full (93.87000274658203), so the results are text columns, rewritten at every evaluation;
-# VisualDL requires one metric: whether the last evaluation collapsed (0 or 1). report.md has the rest.
-HPARAM_METRIC = f'{VISUALDL_GROUPS["eval"]}/collapsed'
+# VisualDL's hyper-parameter page: a row per run with the config fields that most often tell runs apart, as
+# numbers (sortable, and axes of its parallel-coordinates and scatter views), and as metrics the newest
+# values of these scalars (VisualDL reads them from the curves, so they follow every evaluation). Column
+# names without dots: VisualDL's table leaves the cells of a dotted name blank.
+HPARAM_FIELDS = {'alpha': 'rdrop.alpha', 'lr': 'train.lr', 'seed': 'seed'}
+HPARAM_METRICS = [f'{VISUALDL_GROUPS["eval"]}/top1', f'{VISUALDL_GROUPS["eval"]}/best_top1']
+# VisualDL 2.5.3's bare address opens a page of its own choosing (here: Scalars, Graphs or Hyper Parameters,
+# from one server start to the next); this one opens the curves.
+VISUALDL_CURVES = 'http://localhost:8040/app/scalar'
 
 
 class RunLog:
@@ -51,7 +55,9 @@ class RunLog:
     """Start the files: metrics.jsonl without the rows logged past the start (by a run that crashed after
     them), the VisualDL record rebuilt from it, and the run's row of VisualDL's hyper-parameter table."""
     if self.enabled:
-      self.writer = _visualdl_writer(self.vdl_dir, self.name, _truncate_after(self.metrics_path, self.start_update))
+      hparams = {'run': self.name, **{name: _field(config, field) for name, field in HPARAM_FIELDS.items()}}
+      self.writer = _visualdl_writer(self.vdl_dir, self.name, hparams,
+                                     _truncate_after(self.metrics_path, self.start_update))
 
   @property
   def is_open(self):
@@ -66,11 +72,7 @@ class RunLog:
     if not self.enabled:
       return
     append_line(self.metrics_path, json.dumps({'update': update, 'group': group, **values}))
-    if group == 'eval':  # a new result for the hyper-parameter row, which VisualDL reads from a record's start
-      self.writer.close()
-      self.writer = _visualdl_writer(self.vdl_dir, self.name, read_jsonl(self.metrics_path)[0])
-    else:
-      _add_scalars(self.writer, update, group, values)
+    _add_scalars(self.writer, update, group, values)
 
   def progress(self, update, **postfix):
     """Called after every update; `postfix` ({name: float}) is shown beside the count."""
@@ -150,25 +152,20 @@ def _add_scalars(writer, update, group, values):
     writer.add_scalar(f'{VISUALDL_GROUPS[group]}/{name}', float(f'{value:.{SIGNIFICANT_DIGITS}g}'), update)
 
 
-def _results(history):
-  """The run's row of VisualDL's hyper-parameter table, from its metrics.jsonl rows so far."""
-  evals = [row for row in history if row['group'] == 'eval']
-  if not evals:
-    return {'top1 (%)': 'not evaluated yet', 'best top1 (%)': '-'}
-  best = max(evals, key=lambda row: row['top1'])  # the first evaluation that reached it
-  return {'top1 (%)': f'{evals[-1]["top1"]:.2f} at update {evals[-1]["update"]}',
-          'best top1 (%)': f'{best["top1"]:.2f} at update {best["update"]}'}
+def _field(config, dotted):
+  for key in dotted.split('.'):
+    config = config[key]
+  return config
 
 
-def _visualdl_writer(vdl_dir, name, history):
+def _visualdl_writer(vdl_dir, name, hparams, history):
   """A VisualDL LogWriter on a new record file that starts with the run's row of the hyper-parameter table
-  and `history` (metrics.jsonl rows).
+  (`hparams`) and `history` (metrics.jsonl rows).
 
-  VisualDL reads only the newest record file of a folder (by name), and the hyper-parameter row only from
-  the start of a record, so a resumed run that simply opened a second file would lose its earlier curves
-  there; rows past the resumed checkpoint must go; and a new result must reach the table. So each start and
-  each evaluation replay metrics.jsonl, the record of truth, into a file named after every older one, then
-  remove those.
+  VisualDL reads only the newest record file of a folder (by name), so a resumed run that simply opened a
+  second file would lose its earlier curves there, and rows past the resumed checkpoint must go. So each
+  start replays metrics.jsonl, the record of truth, into a file named after every older one, then removes
+  those.
   """
   from visualdl import LogWriter
   older = glob.glob(os.path.join(vdl_dir, 'vdlrecords.*'))
@@ -176,7 +173,7 @@ def _visualdl_writer(vdl_dir, name, history):
   # VisualDL's own name is the time in seconds, and it appends to a file of that name that already exists.
   newest = max([int(time.time())] + [stamp + 1 for stamp in stamps])
   writer = LogWriter(logdir=vdl_dir, display_name=name, file_name=f'vdlrecords.{newest:010d}.log')
-  writer.add_hparams({'run': name, **_results(history)}, [HPARAM_METRIC])
+  writer.add_hparams(hparams, HPARAM_METRICS)
   for row in history:
     _add_scalars(writer, row['update'], row['group'],
                  {key: value for key, value in row.items() if key not in ('update', 'group')})

@@ -43,6 +43,17 @@ def has_run(workdir):
   return os.path.exists(os.path.join(workdir, CONFIG_FILE)) or bool(checkpoint.committed(checkpoints_dir(workdir)))
 
 
+def runs_inside(folder):
+  """The training runs in `folder` and below (folders that saved a config): [folder] when it is one, else
+  those inside it, sorted; a run's own subfolders are not searched."""
+  runs = []
+  for root, subfolders, files in os.walk(folder):
+    if 'config.json' in files:
+      runs.append(root)
+      subfolders.clear()
+  return sorted(runs)
+
+
 def start_run(workdir, config, world_size, resume_from=''):
   """Create the workdir, clean interrupted checkpoint writes, save the config and record this run.
 

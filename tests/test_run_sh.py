@@ -1,0 +1,34 @@
+"""`bash run.sh` started from another folder than the project's: where its paths lead and what it says.
+A stand-in `python` on PATH records the command lines instead of training."""
+import os
+import subprocess
+
+from helpers import ROOT, child_env
+
+
+def _run_sh_elsewhere(folder, *args, **env):
+  """(CompletedProcess, the `python` command lines recorded) of `bash <project>/run.sh ARGS` run in `folder`."""
+  bin_dir, calls = folder / 'bin', folder / 'calls'
+  bin_dir.mkdir()
+  (bin_dir / 'python').write_text('#!/bin/sh\necho "$@" >> "$CALLS"\n')
+  (bin_dir / 'python').chmod(0o755)
+  full_env = {key: value for key, value in child_env().items() if key not in ('SEEDS', 'GPUS', 'RUNS_DIR')}
+  full_env.update(PATH=f'{bin_dir}:{full_env["PATH"]}', CALLS=str(calls), **env)
+  proc = subprocess.run(['bash', os.path.join(ROOT, 'run.sh'), *args], cwd=folder, env=full_env,
+                        capture_output=True, text=True, timeout=60)
+  return proc, [line.split() for line in calls.read_text().splitlines()] if calls.exists() else []
+
+
+def test_relative_runs_dir_is_taken_from_the_users_folder_and_printed_absolute(tmp_path):
+  proc, calls = _run_sh_elsewhere(tmp_path, 'demo', RUNS_DIR='my_runs')
+  demo = tmp_path / 'my_runs' / 'demo'
+  assert proc.returncode == 0, proc.stderr
+  assert [call[call.index('--workdir') + 1] for call in calls] == [f'{demo}/baseline', f'{demo}/rdrop', str(demo)]
+  assert f'are in {demo}/baseline and {demo}/rdrop' in proc.stdout and f'visualdl --logdir {demo}' in proc.stdout
+
+
+def test_every_missing_file_is_named_at_once_under_the_users_folder(tmp_path):
+  proc, calls = _run_sh_elsewhere(tmp_path, 'vit_cifar100', WEIGHTS_DIR='w')
+  assert proc.returncode == 1 and calls == []
+  assert [line.split(' does not exist: set ')[0] for line in proc.stderr.splitlines()] == [
+      f'run.sh: {tmp_path}/datasets/cifar-100-python.tar.gz', f'run.sh: {tmp_path}/w/ViT-B_16.npz']
