@@ -65,7 +65,7 @@ def get_config(arg=''):
     use_zoo(c)
   if 'smoke' in options:
     base.shrink_for_smoke(c)
-    c.data.img_size = 32
+    c.data.img_size = min(c.data.img_size, 32)
   return c
 
 

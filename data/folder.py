@@ -3,7 +3,7 @@
 Under config.data.root:
   train/<class>/**/<image>     the classes are the sorted names of train's subfolders that hold an image file
   val/<class>/**/<image>       or, without a val/ folder, a seeded share of train (data.val_fraction)
-  test/<class>/**/<image>      labelled; or test/**/<image> without class folders: unlabelled, for predict
+  test/<class>/**/<image>      labelled; with images at its top, test/**/<image> is unlabelled, for predict
 With `data.train_list` (and `data.val_list`), lists of `<path> <label>` lines (paths relative to data.root,
 labels 0..N-1) replace the train/ and val/ folders; the classes are then named by their numbers.
 
@@ -49,6 +49,11 @@ BROKEN_LINK = 'broken link'
 
 def _hidden(name):
   return name.startswith('.')
+
+
+def _is_image(path):
+  name = os.path.basename(path)
+  return not _hidden(name) and os.path.splitext(name)[1].lower() in EXTENSIONS and os.path.isfile(path)
 
 
 def _walk(folder, left_out):
@@ -127,7 +132,7 @@ def _labelled(folder, classes, left_out, empty_classes):
     raise ValueError(f'folder: {os.path.join(os.path.abspath(folder), unknown[0])} is a class the model does not '
                      f'know ({len(unknown)} such folder(s): {", ".join(unknown[:5])}); its classes: '
                      f'{", ".join(classes[:20])}{" ..." if len(classes) > 20 else ""}')
-  pairs = [(path, classes.index(name)) for name in classes for path in files.get(name, [])]
+  pairs = [(path, classes.index(name)) for name in sorted(files) for path in files[name]]
   return [path for path, _ in pairs], [label for _, label in pairs]
 
 
@@ -153,9 +158,9 @@ def _entries(dc, split, classes, left_out, empty_classes):
   """(paths, labels, labelled) of `split` before the decode check."""
   if split == 'test':
     folder = _existing(os.path.join(dc.root, dc.test_dir), 'test folder (config.data.test_dir)')
-    if any(os.path.isdir(os.path.join(folder, e)) and not _hidden(e) for e in os.listdir(folder)):
+    if not any(_is_image(os.path.join(folder, entry)) for entry in os.listdir(folder)):
       return (*_labelled(folder, classes, left_out, empty_classes), True)
-    paths = _walk(folder, left_out)  # images without class folders: unlabelled, for predict
+    paths = _walk(folder, left_out)  # images at its top: an unlabelled folder, for predict
     return paths, [-1] * len(paths), False
   val_folder = os.path.join(dc.root, dc.val_dir)
   if split == 'val' and dc.val_list:
