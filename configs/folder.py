@@ -19,10 +19,7 @@ OPTIONS = ('vit', 'resnet', 'digits', 'smoke')
 
 
 def get_config(arg=''):
-  options = [option for option in arg.split(',') if option]
-  unknown = [option for option in options if option not in OPTIONS]
-  if unknown:
-    raise ValueError(f'unknown argument(s) {unknown}; the arguments are {OPTIONS}, comma-separated')
+  options = base.arguments(arg, OPTIONS)
   c = base.get_base_config()
   c.experiment = 'folder'
   c.data.name = 'folder'

@@ -51,9 +51,14 @@ def _hidden(name):
   return name.startswith('.')
 
 
-def _is_image(path):
+def _not_read(path):
+  """Why the file at `path` is left out before decoding, or None when it is read as an image."""
   name = os.path.basename(path)
-  return not _hidden(name) and os.path.splitext(name)[1].lower() in EXTENSIONS and os.path.isfile(path)
+  if _hidden(name):
+    return HIDDEN
+  if os.path.splitext(name)[1].lower() not in EXTENSIONS:
+    return NOT_AN_IMAGE
+  return None if os.path.exists(path) else BROKEN_LINK
 
 
 def _walk(folder, left_out):
@@ -68,14 +73,10 @@ def _walk(folder, left_out):
     for name in [s for s in subfolders if _hidden(s)]:
       left_out[os.path.join(current, name)] = HIDDEN
     subfolders[:] = sorted(s for s in subfolders if not _hidden(s))
-    for name in sorted(files):
-      path = os.path.join(current, name)
-      if _hidden(name):
-        left_out[path] = HIDDEN
-      elif os.path.splitext(name)[1].lower() not in EXTENSIONS:
-        left_out[path] = NOT_AN_IMAGE
-      elif not os.path.exists(path):
-        left_out[path] = BROKEN_LINK
+    for path in (os.path.join(current, name) for name in sorted(files)):
+      reason = _not_read(path)
+      if reason:
+        left_out[path] = reason
       else:
         found.append(path)
   return found
@@ -158,7 +159,8 @@ def _entries(dc, split, classes, left_out, empty_classes):
   """(paths, labels, labelled) of `split` before the decode check."""
   if split == 'test':
     folder = _existing(os.path.join(dc.root, dc.test_dir), 'test folder (config.data.test_dir)')
-    if not any(_is_image(os.path.join(folder, entry)) for entry in os.listdir(folder)):
+    if not any(os.path.isfile(path) and not _not_read(path) for path in
+               (os.path.join(folder, entry) for entry in os.listdir(folder))):
       return (*_labelled(folder, classes, left_out, empty_classes), True)
     paths = _walk(folder, left_out)  # images at its top: an unlabelled folder, for predict
     return paths, [-1] * len(paths), False
@@ -166,18 +168,16 @@ def _entries(dc, split, classes, left_out, empty_classes):
   if split == 'val' and dc.val_list:
     list_path = _existing(os.path.join(dc.root, dc.val_list), 'list file (config.data.val_list)')
     return (*images.listed_files(list_path, dc.root, len(classes)), True)
-  if split == 'val' and not dc.train_list and os.path.isdir(val_folder):
+  has_val_folder = not dc.train_list and os.path.isdir(val_folder)  # (list files replace the folders)
+  if split == 'val' and has_val_folder:
     return (*_labelled(val_folder, classes, left_out, empty_classes), True)
+  if split == 'val' and dc.val_fraction == 0:
+    raise ValueError(f'folder: there is no {os.path.abspath(val_folder)} and config.data.val_fraction=0, so no val '
+                     f'split: set data.val_fraction (e.g. 0.1) or data.val_list, or evaluate on another split')
   paths, labels = _train_files(dc, classes, left_out, empty_classes)
-  separate_val = dc.val_list or (not dc.train_list and os.path.isdir(val_folder))
-  if separate_val:
+  if dc.val_list or has_val_folder or dc.val_fraction == 0:
     return paths, labels, True
-  if dc.val_fraction == 0:
-    if split == 'val':
-      raise ValueError(f'folder: there is no {os.path.abspath(val_folder)} and config.data.val_fraction=0, so no val '
-                       f'split: set data.val_fraction (e.g. 0.1) or data.val_list, or evaluate on another split')
-    return paths, labels, True
-  val = set(held_out(labels, dc.val_fraction, dc.split_seed))
+  val = set(held_out(labels, dc.val_fraction, dc.split_seed))  # the val share of train
   chosen = [i for i in range(len(paths)) if (i in val) == (split == 'val')]
   return [paths[i] for i in chosen], [labels[i] for i in chosen], True
 

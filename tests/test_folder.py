@@ -282,6 +282,7 @@ def test_list_files_train_and_evaluate_per_class(tmp_path):
 
 LAUNCH_COMMON = ['--config', 'configs/folder.py:digits,smoke', '--config.data.img_size=8', '--config.data.val_fraction=0.5',
                  '--config.model.dropout_rate=0.0', '--config.train.optimizer=momentum', '--config.train.lr=0.05',
+                 '--config.train.schedule=constant', '--config.train.warmup_updates=0',  # the same lr for 2 or 4 updates
                  '--config.train.checkpoint_every=2', '--config.train.eval_every=2']
 
 
