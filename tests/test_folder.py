@@ -236,48 +236,52 @@ def _same_weights(a, b, tolerance):
 SMOKE = ['--config.train.updates=4', '--config.train.checkpoint_every=2', '--config.train.eval_every=2']
 
 
+def _write_lists(root, kept):
+  """train.txt listing the kept files and an undecodable one, val.txt every third of them; their lines."""
+  lines = [f'train/{name} {CLASSES.index(name.split("/")[0])}' for name in sorted(kept)]
+  (root / 'train.txt').write_text('\n'.join(lines + ['train/dog/fake.png 1']) + '\n', encoding='utf-8')
+  (root / 'val.txt').write_text('\n'.join(lines[::3]) + '\n', encoding='utf-8')
+  return lines
+
+
 @pytest.mark.slow
-def test_a_messy_folder_trains_resumes_exactly_and_eval_predict_export_use_the_checkpoints_classes(tmp_path):
+@pytest.mark.parametrize('layout', ['folders', 'lists'])
+def test_a_messy_dataset_trains_resumes_exactly_and_eval_predict_export_use_the_checkpoints_classes(tmp_path, layout):
   root = tmp_path / 'data'
   kept = make_messy_folder(root)
   common = ['--config', 'configs/folder.py:smoke', f'--config.data.root={root}', *SMOKE]
+  if layout == 'lists':
+    lines = _write_lists(root, kept)
+    common += ['--config.data.train_list=train.txt', '--config.data.val_list=val.txt']
+    classes, left_out, val_count = ['0', '1', '2'], 1, len(lines[::3])
+  else:
+    classes, left_out, val_count = CLASSES, sum(LEFT_OUT.values()), 3
   straight = run_main(*common, '--workdir', tmp_path / 'straight')
-  assert f'folder train: {sum(LEFT_OUT.values())} of' in straight.stdout
-  assert (f'data: folder, 3 classes; train {len(kept)} samples (left out: {sum(LEFT_OUT.values())} files), val 3 '
-          f'samples') in straight.stdout
+  assert (f'data: folder, 3 classes; train {len(kept)} samples (left out: {left_out} file{"s" if left_out > 1 else ""}),'
+          f' val {val_count} samples') in straight.stdout
   run_main(*common, '--workdir', tmp_path / 'resumed', '--config.train.updates=2')
   run_main('--mode', 'resume', '--workdir', tmp_path / 'resumed', '--config.train.updates=4')
   _same_weights(_weights(tmp_path / 'straight', 4), _weights(tmp_path / 'resumed', 4), 1e-6)
   assert [r['loss'] for r in metric_rows(tmp_path / 'resumed', 'eval')] == pytest.approx(
       [r['loss'] for r in metric_rows(tmp_path / 'straight', 'eval')], rel=1e-5)
   run = tmp_path / 'straight'
-  assert (run / 'class_names.txt').read_text(encoding='utf-8') == 'cat\ndog\nété\n'
+  assert (run / 'class_names.txt').read_text(encoding='utf-8') == ''.join(f'{name}\n' for name in classes)
 
-  shutil.move(root / 'train', tmp_path / 'train_moved_away')  # nothing below reads it
+  if layout == 'folders':
+    shutil.move(root / 'train', tmp_path / 'train_moved_away')  # nothing below reads it
   evaluated = run_main('--mode', 'eval', '--workdir', run)
   metrics = json.loads((run / 'eval_val.json').read_text(encoding='utf-8'))
-  assert list(metrics['per_class_top1']) == CLASSES and metrics['per_class_count'] == {c: 1 for c in CLASSES}
-  assert 'top1 per class (samples):' in evaluated.stdout and 'été (1)' in evaluated.stdout
+  assert list(metrics['per_class_top1']) == classes and sum(metrics['per_class_count'].values()) == val_count
+  assert 'top1 per class (samples):' in evaluated.stdout and f'{classes[2]} (' in evaluated.stdout
   run_main('--mode', 'predict', '--workdir', run)
   with open(run / 'result.csv', newline='', encoding='utf-8') as f:
     rows = list(csv.reader(f))
   assert [name for name, _ in rows] == ['test/T1.PNG', 'test/t0.jpg', 'test/sub/t2.jpg']
-  assert all(label in CLASSES for _, label in rows)
+  assert all(label in classes for _, label in rows)
   run_main('--mode', 'export', '--workdir', run)
-  assert 'class_names: ["cat", "dog", "\\u00e9t\\u00e9"]' in (run / 'export/model.preprocess.yml').read_text()
-
-
-@pytest.mark.slow
-def test_list_files_train_and_evaluate_per_class(tmp_path):
-  kept = make_messy_folder(tmp_path, val=False)
-  lines = [f'train/{name} {CLASSES.index(name.split("/")[0])}' for name in sorted(kept)]
-  (tmp_path / 'train.txt').write_text('\n'.join(lines) + '\n')
-  (tmp_path / 'val.txt').write_text('\n'.join(lines[::3]) + '\n')
-  run_main('--config', 'configs/folder.py:smoke', '--workdir', tmp_path / 'run', f'--config.data.root={tmp_path}',
-           '--config.data.train_list=train.txt', '--config.data.val_list=val.txt', '--config.train.updates=2')
-  run_main('--mode', 'eval', '--workdir', tmp_path / 'run')
-  metrics = json.loads((tmp_path / 'run/eval_val.json').read_text())
-  assert metrics['count'] == len(lines[::3]) and list(metrics['per_class_top1']) == ['0', '1', '2']
+  with open(run / 'export/model.preprocess.yml', encoding='utf-8') as f:
+    preprocess = {key: json.loads(value) for key, value in (line.split(': ', 1) for line in f)}
+  assert preprocess['class_names'] == classes
 
 
 LAUNCH_COMMON = ['--config', 'configs/folder.py:digits,smoke', '--config.data.img_size=8', '--config.data.val_fraction=0.5',
