@@ -3,7 +3,8 @@
 The model is built from the config and the checkpoint's manifest alone (no dataset needed), put in eval
 mode, and fused when it can be (`fuse()`, e.g. RepConv blocks into single 3x3 convs). It takes normalised
 float32 images (N, C, H, W): `(pixels / 255 - mean) / std` with the mean and std recorded in
-`<prefix>.preprocess.yml`, which also records the image size and the number of classes; its output is logits.
+`<prefix>.preprocess.yml`, which also records the image size and the classes (number and names, output
+order); its output is logits.
 """
 import contextlib
 import json
@@ -51,7 +52,8 @@ def export(config, checkpoint_path, prefix):
     paddle.jit.save(model, prefix, input_spec=[spec])
   preprocess = {'input': 'float32 NCHW, (pixels / 255 - mean) / std', 'channels': channels, 'img_size': size,
                 'mean': list(config.data.mean[:channels]), 'std': list(config.data.std[:channels]),
-                'num_classes': num_classes, 'model': config.model.name, 'checkpoint': checkpoint_path}
+                'num_classes': num_classes, 'model': config.model.name, 'checkpoint': checkpoint_path,
+                'class_names': manifest.get('class_names', [str(label) for label in range(num_classes)])}
   # YAML (each value in JSON flow style), not .json: paddle.jit.load takes any `<prefix>*.json` in the
   # folder for its program file.
   with open(prefix + '.preprocess.yml', 'w') as f:

@@ -9,7 +9,7 @@ Modes:
            job scripts: starts the run, continues it after an interruption, or does nothing once it finished
   resume   continue from the newest valid checkpoint of the workdir (or --checkpoint)
   eval     top-1, top-5 and loss of the best checkpoint (or --checkpoint) -> DIR/eval_<split>.json
-  predict  one `filename,label` line per image of a split -> --output (default DIR/result.csv)
+  predict  one `filename,class` line per image of a split -> --output (default DIR/result.csv)
   export   a Paddle inference model of the best checkpoint -> --output prefix (default DIR/export/model)
   report   one table (OUT_DIR/report.md) and training curves over many runs, seeds of a variant grouped
 

@@ -10,6 +10,7 @@ baseline's; `ce_of_passes='mean'` halves it for comparisons at equal lr (then th
 against the cross entropy at the same alpha).
 """
 import paddle
+import paddle.nn as nn
 import paddle.nn.functional as F
 
 REDUCTIONS = ('sum', 'batchmean', 'mean')
@@ -55,3 +56,9 @@ def rdrop_loss(model, images, labels, rdrop_config):
   ce = F.cross_entropy(logits1, labels) + F.cross_entropy(logits2, labels)
   kl = compute_kl_loss(logits1, logits2, rc.reduction)
   return (ce if rc.ce_of_passes == 'sum' else ce / 2) + rc.alpha * kl, ce / 2, kl
+
+
+def drops_anything(model):
+  """Whether `model` holds a dropout (or DropBlock) layer that drops: without one both passes agree, the KL is 0."""
+  return any((isinstance(layer, (nn.Dropout, nn.Dropout2D, nn.Dropout3D, nn.AlphaDropout)) and layer.p > 0)
+             or getattr(layer, 'target_keep_prob', 1.0) < 1.0 for layer in model.sublayers())

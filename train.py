@@ -23,6 +23,7 @@ import paddle
 
 import data
 import models
+import rdrop
 from data import pipeline
 from evaluate import evaluate
 from training import distributed, optim
@@ -34,6 +35,7 @@ from training.precision import Precision
 from training.runlog import VISUALDL_CURVES, LogWindow, RunLog
 from training.step import NonFiniteLoss, Skips, TooManySkips, UpdateStep
 from utils import checkpoint
+from utils.io import write_atomic
 from utils.preemption import Interrupted, StopRequest
 
 # What each evaluation logs as eval/<name> (besides best_top1 and collapsed).
@@ -134,7 +136,7 @@ def train(config, workdir, resume_from='', stop=None):
   model, optimizer = precision.decorate(model, optimizer)
   progress = Progress(skips=Skips(tc.max_skipped_updates))
   if resume_from:
-    _restore(resume_from, config, train_set.num_classes, model, optimizer, precision, progress, say)
+    _restore(resume_from, config, train_set.label_names(), model, optimizer, precision, progress, say)
   start = progress.update
   own_stop = stop is None
   stop = StopRequest() if own_stop else stop
@@ -150,6 +152,9 @@ def train(config, workdir, resume_from='', stop=None):
   if objective_warning:
     log.info(objective_warning)
   log.info(_data_summary(config, train_set, eval_set, optim.updates_per_epoch(tc, len(train_set), world_size)))
+  if config.rdrop.alpha and not rdrop.drops_anything(net):
+    log.info(f'WARNING: config.rdrop.alpha={config.rdrop.alpha:g}, but the model holds no dropout: both passes agree '
+             f'and the KL term is 0 throughout (a zoo model: set config.model.dropout > 0)')
   expected_first_loss = _expected_first_loss(net, config, train_set.num_classes) if start == 0 else None
   if expected_first_loss:
     log.info(f'check: the head starts at zero, so the first loss must be {expected_first_loss:.4f} '
@@ -158,6 +163,7 @@ def train(config, workdir, resume_from='', stop=None):
   def open_run():  # the first write: the first update (or the evaluation due) has succeeded
     if is_main and not log.is_open:
       workdir_lib.start_run(workdir, config, world_size, resume_from)
+      write_atomic(os.path.join(workdir, 'class_names.txt'), ''.join(f'{name}\n' for name in train_set.label_names()))
       log.open(config)
 
   def save(update, evaluation_due=False):
@@ -169,7 +175,7 @@ def train(config, workdir, resume_from='', stop=None):
                 'optimizer': optimizer_state,
                 'trainer': {'precision': precision.state_dict(), 'loop': progress.loop_state()}}
       meta = {'best': progress.best, 'experiment': config.experiment, 'model': config.model.name,
-              'num_classes': train_set.num_classes, 'total_updates': tc.updates, 'evaluation_due': evaluation_due,
+              'num_classes': train_set.num_classes, 'class_names': train_set.label_names(), 'total_updates': tc.updates, 'evaluation_due': evaluation_due,
               'world_size': world_size,
               'train_seconds': progress.train_seconds + time.monotonic() - started, 'config': config.to_dict()}
       with stop.working():
@@ -259,14 +265,14 @@ def train(config, workdir, resume_from='', stop=None):
 def _datasets(config):
   """(training set, evaluation set); an evaluation split that could not evaluate is an error now."""
   train_set = data.build(config.data, 'train')
-  eval_set = data.build(config.data, config.eval.split)
+  eval_set = data.build(config.data, config.eval.split, train_set.label_names())
   if len(eval_set) == 0 or not eval_set.labelled:
     raise ValueError(f'config.eval.split={config.eval.split!r}: that split of {config.data.name} is '
                      f'{"empty" if len(eval_set) == 0 else "unlabelled"}, so training could not be evaluated')
   return train_set, eval_set
 
 
-def _restore(path, config, num_classes, model, optimizer, precision, progress, say):
+def _restore(path, config, class_names, model, optimizer, precision, progress, say):
   """Load checkpoint `path` into the model, optimizer, loss scaler and the loop's `progress`."""
   rank, world_size = distributed.rank_and_world_size()
   try:
@@ -276,7 +282,12 @@ def _restore(path, config, num_classes, model, optimizer, precision, progress, s
       raise
     raise checkpoint.CheckpointError(f'{err}, seen from rank {rank}: every rank resumes from the checkpoint rank 0 '
                                      f'chose, so the workdir must be on a filesystem that every node shares') from err
-  models.check_fits(manifest, config.model, path, num_classes)
+  models.check_fits(manifest, config.model, path, len(class_names))
+  saved = manifest.get('class_names', class_names)  # (absent from older checkpoints)
+  if saved != class_names:
+    changed = [f'{i}: {a!r} -> {b!r}' for i, (a, b) in enumerate(zip(saved, class_names)) if a != b]
+    raise checkpoint.CheckpointError(f'checkpoint {path} was trained on other classes than the data has now '
+                                     f'({", ".join(changed[:5])}): resume on the data it was trained on')
   written_on = manifest.get('world_size', world_size)  # (absent from older checkpoints)
   if written_on != world_size:
     say(f'resume: the run trained on {written_on} process(es) until now and continues on {world_size}: the same '
@@ -328,7 +339,8 @@ def _objective_warning(config, tc, world_size):
 def _data_summary(config, train_set, eval_set, per_epoch):
   """One log line: what the run trains and evaluates on."""
   def split(name, dataset):
-    return f'{name} {len(dataset)} samples (left out: {len(dataset.left_out)} undecodable)'
+    left_out = len(dataset.left_out)
+    return f'{name} {len(dataset)} samples (left out: {left_out} file{"s" if left_out != 1 else ""})'
   return (f'data: {config.data.name}, {train_set.num_classes} classes; {split("train", train_set)}, '
           f'{split(config.eval.split, eval_set)}; updates per epoch: {per_epoch:g} '
           f'(of {config.train.batch_size} samples)')

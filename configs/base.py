@@ -96,6 +96,15 @@ def smoke_only(arg):
   return arg == 'smoke'
 
 
+def arguments(arg, allowed):
+  """The comma-separated arguments in `arg`, each one of `allowed`; unknown ones are an error naming them."""
+  options = [option for option in arg.split(',') if option]
+  unknown = [option for option in options if option not in allowed]
+  if unknown:
+    raise ValueError(f'unknown argument(s) {unknown}; the arguments are {allowed}, comma-separated')
+  return options
+
+
 def use_vit(c, variant, in_channels=3, zero_head=False, pretrained=''):
   """A Vision Transformer of models/vit.py (`variant`: 'ViT-B_16', ...) at config.data.img_size."""
   c.model.name = 'vit'

@@ -61,10 +61,7 @@ OPTIONS = ('scratch', 'smoke')
 
 
 def get_config(arg=''):
-  options = [option for option in arg.split(',') if option]
-  unknown = [option for option in options if option not in OPTIONS]
-  if unknown:
-    raise ValueError(f'unknown argument(s) {unknown}; the arguments are {OPTIONS}, comma-separated')
+  options = base.arguments(arg, OPTIONS)
   c = base.get_base_config()
   c.experiment = ('resnet18_cat12_scratch' if 'scratch' in options else 'resnet50_cat12') + '_rdrop'
   c.data.name = 'cat12'

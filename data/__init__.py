@@ -22,5 +22,10 @@ def module(name):
   return importlib.import_module(f'{__name__}.{name}')
 
 
-def build(data_config, split):
-  return module(data_config.name).build(data_config, split)
+def build(data_config, split, class_names=None):
+  """The `split` of the dataset; `class_names`, a trained model's, label the data of a dataset that finds its
+  classes on disk (FINDS_CLASSES, e.g. a folder per class) by the model's classes, not the folder's of today."""
+  dataset = module(data_config.name)
+  if class_names is not None and getattr(dataset, 'FINDS_CLASSES', False):
+    return dataset.build(data_config, split, class_names)
+  return dataset.build(data_config, split)

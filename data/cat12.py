@@ -14,55 +14,15 @@ import os
 from paddle.vision import transforms
 
 from data import images
-from data.pipeline import SeededDataset
 from utils.rules import NON_NEGATIVE, POSITIVE
 
 NUM_CLASSES = 12
+CLASS_NAMES = [str(label) for label in range(NUM_CLASSES)]  # the challenge's submissions use the numbers
 SPLITS = ('train', 'val', 'test')
 CHANNELS = 3
 ADDRESS = ('the data/ folder of https://github.com/nolank128/Cat-Twelve-Classification-Challenge, 2160 + 240 '
            'images; train_list.txt md5 61cd1dda9400b0a4e3ead24340d5380f')
 FIELD_RULES = {'resize': POSITIVE, 'val_every': NON_NEGATIVE}
-
-
-class Cat12(SeededDataset):
-  num_classes = NUM_CLASSES
-
-  def __init__(self, paths, labels, transform, decode_size, labelled=True, left_out=()):
-    self.paths, self.labels, self.left_out = paths, labels, left_out
-    self.names = [os.path.basename(p) for p in paths]
-    self.transform, self.decode_size, self.labelled = transform, decode_size, labelled
-
-  def __len__(self):
-    return len(self.paths)
-
-  def sample(self, index):
-    image = images.open_rgb(self.paths[index], min_size=self.decode_size)
-    return images.to_chw(self.transform(image)), self.labels[index]
-
-
-def read_list(list_path, num_classes=NUM_CLASSES):
-  """[(relative path, label)] of a Cat-12 list file, checked line by line.
-
-  Blank lines (anywhere), Windows line ends and a UTF-8 byte-order mark, as editors leave them, are
-  accepted; any other malformed line is refused with its line number.
-  """
-  entries = []
-  with open(list_path, encoding='utf-8-sig') as f:  # text mode reads \r\n as \n
-    for number, line in enumerate(f.read().splitlines(), start=1):
-      if not line.strip():
-        continue
-      path, _, label_text = line.partition('\t')
-      try:
-        label = int(label_text)
-      except ValueError:
-        label = None
-      if not path or label is None:
-        raise ValueError(f'{list_path}, line {number}: {line!r} is not "<image path><TAB><label>"')
-      if not 0 <= label < num_classes:
-        raise ValueError(f'{list_path}, line {number}: label {label} is outside 0..{num_classes - 1}')
-      entries.append((path, label))
-  return entries
 
 
 def train_transform(data_config):
@@ -96,17 +56,13 @@ def _split_entries(data_config, split):
       raise FileNotFoundError(f'cat12: the test folder {os.path.abspath(folder)} (config.data.test_dir) holds no images')
     return [os.path.join(folder, n) for n in names], [-1] * len(names)
   list_path = _existing(os.path.join(dc.root, dc.list_file), 'list file (config.data.list_file)')
-  entries = read_list(list_path)
-  missing = [rel for rel, _ in entries if not os.path.isfile(os.path.join(dc.root, rel))]
-  if missing:
-    raise FileNotFoundError(f'{list_path} lists {len(missing)} file(s) that do not exist under '
-                            f'{os.path.abspath(dc.root)}: {", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}')
+  paths, labels = images.listed_files(list_path, dc.root, NUM_CLASSES, delimiter='\t')
   if split == 'val' and dc.val_every <= 0:
     raise ValueError(f'config.data.val_every={dc.val_every} holds no lines out, so there is no val split: '
                      f'set it to e.g. 10 (the source) or evaluate on another split')
-  held_out = set(range(0, len(entries), dc.val_every)) if dc.val_every > 0 else set()
-  chosen = [entry for i, entry in enumerate(entries) if (i in held_out) == (split == 'val')]
-  return [os.path.join(dc.root, rel) for rel, _ in chosen], [label for _, label in chosen]
+  held_out = set(range(0, len(paths), dc.val_every)) if dc.val_every > 0 else set()
+  chosen = [i for i in range(len(paths)) if (i in held_out) == (split == 'val')]
+  return [paths[i] for i in chosen], [labels[i] for i in chosen]
 
 
 def build(data_config, split):
@@ -118,14 +74,12 @@ def build(data_config, split):
                      f'the train transform resizes to `resize`, then center-crops `img_size`')
   _existing(dc.root, 'dataset root (config.data.root)')
   paths, labels = _split_entries(dc, split)
-  broken = images.decode_problems(paths)
-  if broken:
-    print(f'cat12 {split}: {len(broken)} of {len(paths)} images cannot be decoded and are left out:\n' +
-          '\n'.join(f'  {path}: {reason}' for path, reason in broken.items()))
-    kept = [i for i, path in enumerate(paths) if path not in broken]
-    paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
-  left_out = tuple(broken)
+  total = len(paths)
+  paths, labels, left_out = images.without_undecodable(paths, labels)
+  images.report_left_out(f'cat12 {split}', total, left_out)
+  names = [os.path.basename(p) for p in paths]
   if split == 'train':
-    return Cat12(paths, labels, train_transform(dc), (dc.resize, dc.resize), left_out=left_out)
-  return Cat12(paths, labels, eval_transform(dc), (dc.img_size, dc.img_size), labelled=split != 'test',
-               left_out=left_out)
+    return images.ImageFiles(paths, labels, train_transform(dc), (dc.resize, dc.resize), CLASS_NAMES, names,
+                             left_out=left_out)
+  return images.ImageFiles(paths, labels, eval_transform(dc), (dc.img_size, dc.img_size), CLASS_NAMES, names,
+                           labelled=split != 'test', left_out=left_out)

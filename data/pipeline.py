@@ -29,7 +29,12 @@ class SeededDataset(paddle.io.Dataset):
   num_classes = 0
   names = None      # one file name per sample, for predictions
   labelled = True   # False for an unlabelled test folder (labels are -1)
-  left_out = ()     # files of the split that cannot be decoded and were left out
+  left_out = ()     # files of the split that were left out (undecodable, not images, ...)
+  class_names = None  # one name per label, when the dataset has names
+
+  def label_names(self):
+    """One name per label: the class names, or the labels' numbers for a dataset without names."""
+    return list(self.class_names) if self.class_names else [str(i) for i in range(self.num_classes)]
 
   def __getitem__(self, key):
     index, seed = key

@@ -2,7 +2,8 @@
 
 Every model maps a float image batch (N, C, H, W) to logits (N, num_classes). Modules may also expose
 `load_pretrained(model, path)` for weights in a format other than Paddle's state dict, with
-`pretrained_source(model_config)` saying where such a file is published, VARIANTS, the names
+`pretrained_source(model_config)` saying where such a file is published, `pretrained_file(model_config)`
+the local file that `pretrained` names when it may name something else (e.g. a download), VARIANTS, the names
 `config.model.variant` may take, and FIELD_RULES, what their own `config.model.*` numbers may be (both for
 training/config_check.py).
 """
@@ -50,6 +51,7 @@ def build(model_config, num_classes, seed=0, initial_weights=True):
   model = module(model_config.name).build(model_config, num_classes)
   path = model_config.get('pretrained', '')
   if path:
+    path = getattr(module(model_config.name), 'pretrained_file', lambda _: path)(model_config)
     if not os.path.isfile(path):
       source = getattr(module(model_config.name), 'pretrained_source', lambda _: '')(model_config)
       raise FileNotFoundError(f'config.model.pretrained: weights file {os.path.abspath(path)} does not exist'

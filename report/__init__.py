@@ -12,7 +12,8 @@ import datetime
 import os
 
 from report.render import (NOTES, PAIR_COLUMNS, RUN_COLUMNS, VARIANT_COLUMNS, collapse_warning, group_title,
-                           markdown_table, pair_row, plot_group, run_row, selection_notes, summary, variant_row)
+                           markdown_table, pair_row, per_class_table, plot_group, run_row, selection_notes, summary,
+                           variant_row)
 from report.runs import ABSENT, differing_fields, flatten, group_variants, load_run, run_folders, run_names
 from report.statistics import comparisons
 from utils.io import write_atomic
@@ -48,6 +49,10 @@ def write_report(run_dirs, out_dir, command=''):
           ['field'] + [v.label for v in variants],
           [dict(field=key, **{v.label: repr(flat[key]) if key in flat else ABSENT
                               for v, flat in zip(variants, flats)}) for key in differing])
+    per_class = per_class_table(variants)
+    if per_class:
+      sections += ['', 'Top-1 per class (%) of the best checkpoint, from each run\'s `--mode eval` '
+                   '(eval_<split>.json), mean over seeds:', '', *per_class]
     sections += ['', f'![{title}: training curves]({plot_name})', '',
                  'Lines: mean over the finished seeds of each variant; shaded: their minimum to maximum; '
                  'dashed: unfinished runs, not in the mean.']

@@ -140,6 +140,26 @@ def pair_row(title, earlier, later, fields):
   return row
 
 
+def per_class_table(variants):
+  """Lines of a table of top-1 per class, a column per variant (mean over its seeds that have an
+  eval_<split>.json, as `--mode eval` writes it), or [] when no run of the variants has one."""
+  columns = {}
+  for variant in variants:
+    tables = [table for table in (run.per_class_top1() for run in variant.finished().values()) if table]
+    if tables:
+      columns[f'{variant.label} ({len(tables)} seed{"s" if len(tables) > 1 else ""})'] = tables
+  if not columns:
+    return []
+  classes = list(dict.fromkeys(name for tables in columns.values() for table in tables for name in table))
+
+  def mean(tables, name):
+    values = [table[name] for table in tables if table.get(name) is not None]
+    return f'{sum(values) / len(values):.2f}' if values else '-'
+  return markdown_table(['class', *columns], [dict({'class': name}, **{label: mean(tables, name)
+                                                                       for label, tables in columns.items()})
+                                              for name in classes])
+
+
 def _cell(value):
   return str(value).replace('|', '\\|').replace('\n', ' ')
 

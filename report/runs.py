@@ -37,6 +37,13 @@ class Run:
   notes: list
   name: str = ''              # as the report shows it: the shortest path suffix no other run shares
 
+  def per_class_top1(self):
+    """{class name: top-1} of `--mode eval` on the run's split (its best checkpoint), or None without it."""
+    path = os.path.join(self.path, f'eval_{self.split}.json')
+    if not os.path.isfile(path):
+      return None
+    return read_json(path).get('per_class_top1')
+
   @property
   def group(self):
     return self.config['model']['name'], self.config['data']['name']

@@ -16,7 +16,7 @@ import models
 from configs import resnet50_cat12, resnet50_cat12_rdrop
 from helpers import ROOT, child_env, run_main
 from tools.fakedata import BROKEN, ODD_FILES, make_cat12
-from data import cat12
+from data import cat12, images
 from models import resnet
 
 IMG = 32
@@ -34,7 +34,7 @@ def test_odd_formats_load_as_rgb_and_the_broken_file_is_reported_and_left_out(tm
   dataset = cat12.build(data_config(tmp_path, val_every=1), 'val')  # every line: the eval transform only
 
   report = capsys.readouterr().out
-  assert 'cat12 val: 1 of 12 images cannot be decoded and are left out' in report
+  assert 'cat12 val: 1 of 12 files left out (1 cannot be decoded)' in report
   assert BROKEN in report and 'truncated' in report
   assert len(dataset) == 11 and BROKEN not in dataset.names
   for kind, name in ODD_FILES.items():
@@ -86,18 +86,18 @@ def test_malformed_line_or_label_out_of_range_names_the_line(tmp_path, bad_line,
 def test_list_files_as_editors_write_them_are_read_like_the_plain_one(tmp_path):
   """Blank lines (inside and trailing), Windows line ends and a UTF-8 byte-order mark change nothing."""
   lines = make_cat12(tmp_path, n_plain=4, odd=False, broken=False)
-  plain = cat12.read_list(tmp_path / 'train_list.txt')
+  plain = images.read_list(tmp_path / 'train_list.txt', cat12.NUM_CLASSES, '\t')
   messy = '\ufeff' + '\r\n'.join(lines[:2] + ['', '  '] + lines[2:]) + '\r\n\r\n\n'
   (tmp_path / 'train_list.txt').write_bytes(messy.encode('utf-8'))
-  assert cat12.read_list(tmp_path / 'train_list.txt') == plain == [(line.split('\t')[0], i % 12)
-                                                                   for i, line in enumerate(lines)]
+  assert images.read_list(tmp_path / 'train_list.txt', cat12.NUM_CLASSES, '\t') == plain == [
+      (line.split('\t')[0], i % 12) for i, line in enumerate(lines)]
 
 
 def test_a_malformed_line_after_blank_lines_is_named_by_its_line_in_the_file(tmp_path):
   lines = make_cat12(tmp_path, n_plain=3, odd=False, broken=False)
   (tmp_path / 'train_list.txt').write_text('\n'.join([lines[0], '', lines[1] + ' 7', lines[2]]) + '\n')
   with pytest.raises(ValueError, match='line 3: '):
-    cat12.read_list(tmp_path / 'train_list.txt')
+    images.read_list(tmp_path / 'train_list.txt', cat12.NUM_CLASSES, '\t')
 
 
 def test_missing_root_or_listed_file_is_named(tmp_path):
@@ -190,10 +190,10 @@ def test_smoke_train_then_predict_writes_one_result_line_per_test_image(tmp_path
   trained = run_main('--config', 'configs/resnet50_cat12_rdrop.py:smoke', '--workdir', workdir,
                      '--config.data.root=' + str(root))
   output = trained.stdout + trained.stderr
-  assert 'cat12 train: 1 of 6 images cannot be decoded and are left out' in output and BROKEN in output
+  assert 'cat12 train: 1 of 6 files left out (1 cannot be decoded)' in output and BROKEN in output
   assert 'train: resnet50_cat12_rdrop for 2 updates' in output and 'done: best val top1' in output
-  assert ('data: cat12, 12 classes; train 5 samples (left out: 1 undecodable), val 6 samples (left out: 0 '
-          'undecodable); updates per epoch: 1 (of 4 samples)') in output
+  assert ('data: cat12, 12 classes; train 5 samples (left out: 1 file), val 6 samples (left out: 0 files); '
+          'updates per epoch: 1 (of 4 samples)') in output
 
   run_main('--mode', 'predict', '--workdir', workdir)
   with open(workdir / 'result.csv', newline='') as f:
