@@ -12,6 +12,12 @@
 #   bash run.sh repconv_cifar10      RepConv network, trained then fused for evaluation
 #   bash run.sh all                  every paper run above
 #   bash run.sh bench                regenerate BENCHMARKS.md and docs/results/bench.md (PyTorch peer: .venv-peer)
+#   bash run.sh sweep CONFIG FIELD=V1,V2,... [FIELD2=...] [--config.X=Y ...]
+#                                    an ablation: every point of the grid (x SEEDS) into
+#                                    $RUNS_DIR/sweep_<config>_<fields>/<field=value,...>/seed_<s>, then its report;
+#                                    PLAN=1 trains nothing: one command per run, and a Slurm job array
+#   bash run.sh ablation_rdrop_alpha R-Drop's weight alpha on ViT-B/16, CIFAR-100 (docs/SOURCES.md, R-Drop)
+#   bash run.sh ablation_dropblock   DropBlock's block size and keep probability on the CIFAR-10 CNN
 #
 # Where things are (environment variables, with defaults):
 #   DATA_DIR=./datasets      CIFAR100=$DATA_DIR/cifar-100-python.tar.gz  CIFAR10=$DATA_DIR/cifar-10-python.tar.gz
@@ -219,6 +225,26 @@ LIST
   echo "smoke: every config trained, evaluated and checkpointed"
 }
 
+# ---- Sweeps (tools/sweep.py): a grid of config values x SEEDS, PLAN=1 for a list of commands and a Slurm array
+sweep() {  # sweep CONFIG FIELD=V1,V2,... [...] [--config.X=Y ...] [--reference FIELD=VALUE]
+  local plan=()
+  [ -n "${PLAN:-}" ] && [ "$PLAN" != 0 ] && plan=(--plan)
+  python -m tools.sweep --runs-dir "$RUNS_DIR" --seeds "${SEEDS:-1}" --gpus "${GPUS:-}" "${plan[@]}" "$@"
+}
+
+ablation_rdrop_alpha() {
+  needs_vit_cifar100
+  sweep configs/vit_b16_cifar100_rdrop.py rdrop.alpha=0,0.1,0.3,0.6,1 \
+    --config.data.root="$CIFAR100" --config.model.pretrained="$VIT_WEIGHTS" "${EXTRA[@]}"
+}
+
+ablation_dropblock() {
+  needs_cifar10
+  sweep configs/dropblock_cnn_cifar10.py model.dropblock.block_size=1,3,5,7 \
+    model.dropblock.keep_prob=0.75,0.8,0.85,0.9,0.95 --config.data.root="$CIFAR10" "${EXTRA[@]}"
+}
+# ---- end of sweeps
+
 experiment=${1:-}
 [ $# -gt 0 ] && shift
 EXTRA=("$@")
@@ -243,5 +269,8 @@ case "$experiment" in
   all) needs_vit_cifar100; needs_resnet50_cat12; needs_cifar10
        vit_cifar100; resnet50_cat12; dropblock_cifar10; lenet5_cifar10; repconv_cifar10 ;;
   bench) python bench/run_all.py --out BENCHMARKS.md ;;
+  sweep) sweep "${EXTRA[@]}" ;;
+  ablation_rdrop_alpha) ablation_rdrop_alpha ;;
+  ablation_dropblock) ablation_dropblock ;;
   *) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; [ -z "$experiment" ] || { echo "unknown experiment: $experiment" >&2; exit 1; } ;;
 esac
