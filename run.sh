@@ -229,7 +229,7 @@ LIST
 sweep() {  # sweep CONFIG FIELD=V1,V2,... [...] [--config.X=Y ...] [--reference FIELD=VALUE]
   local plan=()
   [ -n "${PLAN:-}" ] && [ "$PLAN" != 0 ] && plan=(--plan)
-  python -m tools.sweep --runs-dir "$RUNS_DIR" --seeds "${SEEDS:-1}" --gpus "${GPUS:-}" "${plan[@]}" "$@"
+  python -m tools.sweep --runs-dir "$RUNS_DIR" --seeds "${SEEDS:-1}" --gpus "${GPUS:-}" --command "$COMMAND" "${plan[@]}" "$@"
 }
 
 ablation_rdrop_alpha() {

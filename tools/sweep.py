@@ -122,6 +122,7 @@ class Sweep:
   seeds: int
   gpus: str = ''       # GPU ids for paddle.distributed.launch; '' one process
   reference: str = ''  # FIELD=VALUE[,...]: the report's reference point ('' its default)
+  command: str = ''    # what the user ran (run.sh passes its own), quoted by the report
 
   @property
   def name(self):
@@ -304,6 +305,7 @@ def parse_args(argv):
   parser.add_argument('--gpus', default='', help='GPU ids for paddle.distributed.launch (default: one process)')
   parser.add_argument('--reference', default='', help='the report\'s reference point, FIELD=VALUE[,...] '
                       '(default rdrop.alpha=0 when swept, else the first value of the first field)')
+  parser.add_argument('--command', default='', help='the command to quote in the report (run.sh passes its own)')
   parser.add_argument('config', help='configs/<experiment>.py[:ARGUMENT]')
   args, rest = parser.parse_known_args(argv)
   args.overrides = [a for a in rest if a.startswith('--config.')]
@@ -321,7 +323,7 @@ def make_sweep(args):
   config = load_config(args.config)
   grid = parse_grid(config, args.grid)
   check_overrides(config, args.overrides, grid)
-  return Sweep(args.config, grid, args.overrides, args.seeds, args.gpus, args.reference)
+  return Sweep(args.config, grid, args.overrides, args.seeds, args.gpus, args.reference, args.command)
 
 
 def main(argv):
