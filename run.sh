@@ -16,8 +16,8 @@
 #                                    an ablation: every point of the grid (x SEEDS) into
 #                                    $RUNS_DIR/sweep_<config>_<fields>/<field=value,...>/seed_<s>, then its report;
 #                                    PLAN=1 trains nothing: one command per run, and a Slurm job array
-#   bash run.sh ablation_rdrop_alpha R-Drop's weight alpha on ViT-B/16, CIFAR-100 (docs/SOURCES.md, R-Drop)
-#   bash run.sh ablation_dropblock   DropBlock's block size and keep probability on the CIFAR-10 CNN
+#   bash run.sh ablation_rdrop_alpha R-Drop's weight alpha on ViT-B/16, CIFAR-100 (docs/SOURCES.md, the alpha sweep)
+#   bash run.sh ablation_dropblock   DropBlock's block size x keep probability on the CIFAR-10 CNN (docs/SOURCES.md)
 #
 # Where things are (environment variables, with defaults):
 #   DATA_DIR=./datasets      CIFAR100=$DATA_DIR/cifar-100-python.tar.gz  CIFAR10=$DATA_DIR/cifar-10-python.tar.gz
@@ -241,7 +241,8 @@ ablation_rdrop_alpha() {
 ablation_dropblock() {
   needs_cifar10
   sweep configs/dropblock_cnn_cifar10.py model.dropblock.block_size=1,3,5,7 \
-    model.dropblock.keep_prob=0.75,0.8,0.85,0.9,0.95 --config.data.root="$CIFAR10" "${EXTRA[@]}"
+    model.dropblock.keep_prob=0.75,0.8,0.85,0.9,0.95,1 --reference model.dropblock.keep_prob=1 \
+    --config.data.root="$CIFAR10" "${EXTRA[@]}"
 }
 # ---- end of sweeps
 

@@ -146,7 +146,7 @@ def not_counted(points):
 
 def plot(sweep, points, path):
   """Final top-1 against each swept field: mean with ± std error bars, one line per value of the other
-  fields, every seed's value as a dot; hollow markers where only one seed finished."""
+  fields, every seed's value as a dash; hollow markers where only one seed finished."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   fields = [field for field, _ in sweep.grid]
@@ -165,15 +165,15 @@ def plot(sweep, points, path):
       means, stds, at, single = [], [], [], []
       for x, point in zip(xs, line):
         top1 = [final_top1(run) for run in point.finished().values()]
-        ax.plot([x] * len(top1), top1, '.', color=color, alpha=0.35, markersize=4)
+        ax.plot([x] * len(top1), top1, '_', color=color, alpha=0.6, markersize=9, zorder=3)
         if top1:
           spread = Spread.of(top1)
           at.append(x), means.append(spread.mean), stds.append(spread.std or 0.0)
           single.append(spread.n == 1)
       if at:
-        ax.errorbar(at, means, yerr=stds, color=color, marker='o', capsize=3, label=label)
-        ax.plot([x for x, s in zip(at, single) if s], [m for m, s in zip(means, single) if s], 'o', color='white',
-                markeredgecolor=color, markersize=6)
+        ax.errorbar(at, means, yerr=stds, color=color, capsize=3, label=label)
+        for x, mean, one in zip(at, means, single):
+          ax.plot(x, mean, 'o', color=color, markerfacecolor='white' if one else color, markersize=6, zorder=3)
     if numeric and min(values) >= 0 and max(values) > 0 and max(values) / min(v for v in values if v > 0) >= 10:
       ax.set_xscale('symlog', linthresh=min(v for v in values if v > 0))  # 0, 0.1, 0.3, 1, 3 evenly apart
     ax.set_xticks(xs, [value_text(v) for v in values])
@@ -182,7 +182,8 @@ def plot(sweep, points, path):
     ax.grid(alpha=0.3)
     if len(others) > 1:
       ax.legend(fontsize='small')
-  figure.suptitle(f'{sweep.name}: mean ± std over seeds (dots: each seed; hollow: one seed)', fontsize='medium')
+  figure.suptitle(f'{sweep.name}\nfinal top-1, mean ± std over seeds (dashes: each seed; hollow: one seed only)',
+                  fontsize='medium')
   figure.savefig(path, dpi=100)
 
 

@@ -26,13 +26,21 @@ POINTS = ['rdrop.alpha=0,model.dropout_rate=0.1', 'rdrop.alpha=0,model.dropout_r
 SEEDS = 2
 
 
-def run_sh(runs_dir, *args, plan=False, seeds=SEEDS, env=None, **popen):
-  """`bash run.sh ARGS` with RUNS_DIR and SEEDS (and PLAN=1); a CompletedProcess, or with `popen` a Popen."""
-  env = child_env(RUNS_DIR=str(runs_dir), SEEDS=str(seeds), **({'PLAN': '1'} if plan else {}), **(env or {}))
-  command = ['bash', 'run.sh', *args]
-  if popen:
-    return subprocess.Popen(command, cwd=ROOT, env=env, **popen)
+def _sh(runs_dir, args, plan, seeds):
+  env = child_env(RUNS_DIR=str(runs_dir), SEEDS=str(seeds), **({'PLAN': '1'} if plan else {}))
+  return ['bash', 'run.sh', *args], env
+
+
+def run_sh(runs_dir, *args, plan=False, seeds=SEEDS):
+  """`bash run.sh ARGS` with RUNS_DIR and SEEDS (and PLAN=1), to its end."""
+  command, env = _sh(runs_dir, args, plan, seeds)
   return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def start_sh(runs_dir, *args, log):
+  """`bash run.sh ARGS` started in a session of its own (so that a kill reaches it all), writing to `log`."""
+  command, env = _sh(runs_dir, args, False, SEEDS)
+  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def finals(sweep_dir):
@@ -60,8 +68,7 @@ def interrupted_sweep(tmp_path_factory):
   repeated to the end: (sweep folder, run.jsonl of the runs finished at the kill, the repeat's output)."""
   runs_dir = tmp_path_factory.mktemp('runs')
   log = open(runs_dir / 'first.log', 'w+')
-  first = run_sh(runs_dir, 'sweep', CONFIG, *GRID, popen=True, stdout=log, stderr=subprocess.STDOUT,
-                 start_new_session=True)
+  first = start_sh(runs_dir, 'sweep', CONFIG, *GRID, log=log)
   deadline = time.monotonic() + 600
   while '== sweep 3/8' not in open(log.name).read():
     assert first.poll() is None and time.monotonic() < deadline, open(log.name).read()[-3000:]
