@@ -119,6 +119,8 @@ def _spread_cell(runs, metric):
 
 def point_rows(sweep, points, reference):
   by_values = {p.values: p for p in points}
+  others = ' at the same other values' if len(reference) < len(sweep.grid) else ''
+  difference = f'final - reference ({point_name(tuple(reference.items()))}{others}), paired by seed'
   rows = []
   for point in points:
     runs = list(point.finished().values())
@@ -126,7 +128,7 @@ def point_rows(sweep, points, reference):
     row = {field: value_text(value) for field, value in point.values}
     row.update({'n': f'{len(runs)} of {sweep.seeds}', 'final top1 (%)': _spread_cell(runs, final_top1),
                 'best top1 (%)': _spread_cell(runs, best_top1),
-                f'final - reference ({point_name(ref.values)}), paired by seed': _difference_cell(point, ref)})
+                difference: _difference_cell(point, ref)})
     rows.append(row)
   return rows
 

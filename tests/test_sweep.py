@@ -165,6 +165,8 @@ def test_the_slurm_array_runs_the_plan_line_of_each_task_and_queues_the_report_a
     (['rdrop.alpha=0,1', '--config.rdrop.alpha=2'], '--config.rdrop.alpha=2: rdrop.alpha is swept by the grid'),
     (['rdrop.alpha=0,1', '--config.train.lrr=2'], "the config has no field 'train.lrr'; did you mean train.lr "),
     ([], 'no grid: give at least one FIELD=V1,V2,...'),
+    (['rdrop.alpha=-1,1'], 'rdrop.alpha=-1: config.rdrop.alpha=-1.0: must be >= 0'),  # the trainer's own checks
+    (['rdrop.reduction=sum,foo'], "rdrop.reduction=foo: config.rdrop.reduction='foo': choose one of sum, batchmean"),
 ])
 def test_bad_grids_are_refused_in_one_line_before_any_run(tmp_path, grid, message):
   for plan in (False, True):
@@ -219,3 +221,22 @@ def test_the_reference_point_is_chosen_by_flag_and_a_wrong_one_is_named(tmp_path
     ablation.write_ablation(str(folder), reference='rdrop.alpha=2')
   with pytest.raises(ValueError, match=r"'lr' is not swept here"):
     ablation.write_ablation(str(folder), reference='lr=1')
+
+
+def test_with_two_fields_each_point_is_compared_with_the_reference_at_its_other_values(tmp_path):
+  sweep = sweep_lib.Sweep(CONFIG, [('rdrop.alpha', [0.0, 1.0]), ('model.dropout_rate', [0.1, 0.2])], [], 2)
+  folder = tmp_path / sweep.name
+  folder.mkdir()
+  (folder / sweep_lib.PLAN_FILE).write_text(json.dumps(sweep.to_json()))
+  finals_by_point = {(0.0, 0.1): [90.0, 91.0], (0.0, 0.2): [80.0, 81.0], (1.0, 0.1): [92.0, 94.0],
+                     (1.0, 0.2): [85.0, 85.0]}
+  for (alpha, rate), values in finals_by_point.items():
+    for seed, final in enumerate(values):
+      point = (('rdrop.alpha', alpha), ('model.dropout_rate', rate))
+      fake_run(sweep_lib.run_dir(str(folder), sweep_lib.Run(point, seed)), seed, {600: final}, alpha=alpha)
+  ablation.write_ablation(str(folder))
+  text = (folder / 'ablation.md').read_text()
+  assert '| final - reference (rdrop.alpha=0 at the same other values), paired by seed |' in text
+  rows = [line.split(' | ') for line in text.splitlines() if line.startswith('| 1 | 0.')]
+  assert [row[1] + ' ' + row[5].split(' (')[0] for row in rows] == ['0.1 +2.50 ± 0.71', '0.2 +4.50 ± 0.71']
+  assert (folder / 'ablation.png').read_bytes().startswith(b'\x89PNG')

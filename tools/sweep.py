@@ -15,6 +15,7 @@ job array of the same commands with the report as a job that depends on it. `swe
 records the grid, so the report knows the points that have no run yet.
 """
 import argparse
+import copy
 import dataclasses
 import difflib
 import importlib.util
@@ -171,9 +172,11 @@ def parse_grid(config, items):
 
 
 def check_overrides(config, overrides, grid):
-  """Each --config.X=Y names a field of the config, with a value of its type, that the sweep does not set."""
+  """Each --config.X=Y names a field of the config, with a value of its type, that the sweep does not set.
+  Returns {field: value} of those whose type is checked here (the others main.py checks)."""
   fields = flat_fields(config)
   swept = {field for field, _ in grid}
+  typed = {}
   for override in overrides:
     field, _, text = override[len('--config.'):].partition('=')
     _known_field(field, fields, override)
@@ -182,7 +185,28 @@ def check_overrides(config, overrides, grid):
     if field in SET_BY_SWEEP:
       raise GridError(f'{override}: {SET_BY_SWEEP[field]}')
     if isinstance(fields[field], (bool, int, float, str)):
-      parse_value(field, text, fields[field])
+      typed[field] = parse_value(field, text, fields[field])
+  return typed
+
+
+def check_points(sweep, config, overrides):
+  """Every point's config through the trainer's own check (training/config_check.py), before any run: a value
+  out of range, a name that is not a choice, a batch that does not split over the devices."""
+  from utils import threads
+  threads.configure()  # Paddle's import, as main.py makes it: only once the grid itself is sound
+  from training.config_check import check_config
+  for point in sweep.points():
+    point_config = copy.deepcopy(config)
+    for field, value in [*overrides.items(), *point]:
+      *parents, name = field.split('.')
+      parent = point_config
+      for key in parents:
+        parent = parent[key]
+      parent[name] = value
+    try:
+      check_config(point_config, max(len(_devices(sweep.gpus)), 1))
+    except ValueError as err:
+      raise GridError(f'{point_name(point)}: ' + '; '.join(line.strip() for line in str(err).splitlines())) from None
 
 
 def run_dir(sweep_dir, run):
@@ -198,8 +222,7 @@ def train_argv(sweep, sweep_dir, run, devices=None):
   `devices` renames the GPUs (a Slurm task sees its own as 0..k-1)."""
   workdir = run_dir(sweep_dir, run)
   args = ['main.py', '--config', sweep.config, '--workdir', workdir, '--autoresume', f'--config.seed={run.seed}',
-          *(f'--config.{field}={value!r}' if not isinstance(value, str) else f'--config.{field}={value}'
-            for field, value in run.point),
+          *(f'--config.{field}={value if isinstance(value, str) else repr(value)}' for field, value in run.point),
           *sweep.overrides]
   devices = devices or _devices(sweep.gpus)
   if not devices:
@@ -322,8 +345,10 @@ def make_sweep(args):
   """The checked Sweep of the command line; GridError before anything is written or trained."""
   config = load_config(args.config)
   grid = parse_grid(config, args.grid)
-  check_overrides(config, args.overrides, grid)
-  return Sweep(args.config, grid, args.overrides, args.seeds, args.gpus, args.reference, args.command)
+  overrides = check_overrides(config, args.overrides, grid)
+  sweep = Sweep(args.config, grid, args.overrides, args.seeds, args.gpus, args.reference, args.command)
+  check_points(sweep, config, overrides)
+  return sweep
 
 
 def main(argv):
