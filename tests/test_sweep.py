@@ -135,6 +135,7 @@ def _recorded_calls(tmp_path, script, env):
   return calls.read_text().splitlines()
 
 
+@pytest.mark.slow
 def test_the_slurm_array_runs_the_plan_line_of_each_task_and_queues_the_report_after_it(tmp_path):
   proc = run_sh(tmp_path, 'sweep', CONFIG, *GRID, plan=True)
   lines = proc.stdout.splitlines()
@@ -165,8 +166,10 @@ def test_the_slurm_array_runs_the_plan_line_of_each_task_and_queues_the_report_a
     (['rdrop.alpha=0,1', '--config.rdrop.alpha=2'], '--config.rdrop.alpha=2: rdrop.alpha is swept by the grid'),
     (['rdrop.alpha=0,1', '--config.train.lrr=2'], "the config has no field 'train.lrr'; did you mean train.lr "),
     ([], 'no grid: give at least one FIELD=V1,V2,...'),
-    (['rdrop.alpha=-1,1'], 'rdrop.alpha=-1: config.rdrop.alpha=-1.0: must be >= 0'),  # the trainer's own checks
-    (['rdrop.reduction=sum,foo'], "rdrop.reduction=foo: config.rdrop.reduction='foo': choose one of sum, batchmean"),
+    # the trainer's own checks, which import Paddle
+    pytest.param(['rdrop.alpha=-1,1'], 'rdrop.alpha=-1: config.rdrop.alpha=-1.0: must be >= 0', marks=pytest.mark.slow),
+    pytest.param(['rdrop.reduction=sum,foo'], "rdrop.reduction=foo: config.rdrop.reduction='foo': choose one of sum",
+                 marks=pytest.mark.slow),
 ])
 def test_bad_grids_are_refused_in_one_line_before_any_run(tmp_path, grid, message):
   for plan in (False, True):
@@ -240,3 +243,14 @@ def test_with_two_fields_each_point_is_compared_with_the_reference_at_its_other_
   rows = [line.split(' | ') for line in text.splitlines() if line.startswith('| 1 | 0.')]
   assert [row[1] + ' ' + row[5].split(' (')[0] for row in rows] == ['0.1 +2.50 ± 0.71', '0.2 +4.50 ± 0.71']
   assert (folder / 'ablation.png').read_bytes().startswith(b'\x89PNG')
+
+
+@pytest.mark.slow
+def test_a_sweep_folder_is_not_reused_with_other_overrides(tmp_path):
+  assert run_sh(tmp_path, 'sweep', CONFIG, 'rdrop.alpha=0,1', plan=True).returncode == 0
+  proc = run_sh(tmp_path, 'sweep', CONFIG, 'rdrop.alpha=0,1', '--config.train.lr=0.01', plan=True)
+  assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+  assert "holds a sweep of configs/digits_vit_rdrop.py:smoke with overrides none, not configs/digits_vit_rdrop.py" \
+         ":smoke with ['--config.train.lr=0.01']: repeat that command, or set RUNS_DIR to another folder" in proc.stderr
+  more_values = run_sh(tmp_path, 'sweep', CONFIG, 'rdrop.alpha=0,1,3', plan=True)  # extending the grid is fine
+  assert more_values.returncode == 0 and len(more_values.stdout.splitlines()) == 3 * SEEDS

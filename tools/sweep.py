@@ -162,6 +162,8 @@ def parse_grid(config, items):
     if not texts:
       raise GridError(f'{item}: no values; list them separated by commas, e.g. {field}=1,2,3')
     typed = [parse_value(field, text, fields[field]) for text in texts]
+    if any('/' in text for text in texts):
+      raise GridError(f'{item}: a value with / cannot name a folder; sweep names, not paths')
     repeated = sorted({value_text(v) for v in typed if typed.count(v) > 1})
     if repeated:
       raise GridError(f'{item}: {", ".join(repeated)} listed more than once')
