@@ -16,7 +16,7 @@ import datetime
 import os
 
 from report import write_report
-from report.render import NOT_SHOWN, _machines, _revisions, collapse_warning, markdown_table
+from report.render import NOT_SHOWN, _machines, _revisions, _speed, collapse_warning, markdown_table
 from report.runs import Variant, best_top1, final_top1, load_run
 from report.statistics import Spread, paired_difference
 from tools.sweep import PLAN_FILE, Run, Sweep, point_name, run_dir, value_text
@@ -128,7 +128,7 @@ def point_rows(sweep, points, reference):
     row = {field: value_text(value) for field, value in point.values}
     row.update({'n': f'{len(runs)} of {sweep.seeds}', 'final top1 (%)': _spread_cell(runs, final_top1),
                 'best top1 (%)': _spread_cell(runs, best_top1),
-                difference: _difference_cell(point, ref)})
+                difference: _difference_cell(point, ref), 'wall time per run': _speed(runs)[0]})
     rows.append(row)
   return rows
 
