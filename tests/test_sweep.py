@@ -254,3 +254,34 @@ def test_a_sweep_folder_is_not_reused_with_other_overrides(tmp_path):
          ":smoke with ['--config.train.lr=0.01']: repeat that command, or set RUNS_DIR to another folder" in proc.stderr
   more_values = run_sh(tmp_path, 'sweep', CONFIG, 'rdrop.alpha=0,1,3', plan=True)  # extending the grid is fine
   assert more_values.returncode == 0 and len(more_values.stdout.splitlines()) == 3 * SEEDS
+
+
+def _processes_using(folder):
+  """Pids of the processes whose command line names `folder`."""
+  pids = []
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        if str(folder).encode() in f.read():
+          pids.append(int(pid))
+    except OSError:
+      continue
+  return pids
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_sweep_stops_its_training_too_and_the_repeat_continues(tmp_path):
+  log = open(tmp_path / 'sweep.log', 'w+')
+  command = ['python', '-m', 'tools.sweep', '--runs-dir', str(tmp_path), CONFIG, 'rdrop.alpha=0,1']
+  sweep = subprocess.Popen(command, cwd=ROOT, env=child_env(), stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.monotonic() + 300
+  while 'update 1/2' not in open(log.name).read():  # the first run is training
+    assert sweep.poll() is None and time.monotonic() < deadline, open(log.name).read()[-3000:]
+    time.sleep(0.2)
+  sweep.send_signal(signal.SIGTERM)  # to the sweep alone, as `kill PID` sends it
+  assert sweep.wait(timeout=120) == 128 + signal.SIGTERM, open(log.name).read()[-3000:]
+  assert _processes_using(tmp_path / 'sweep_digits_vit_rdrop-smoke_rdrop.alpha') == []
+  repeat = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
+  assert repeat.returncode == 0, repeat.stdout[-3000:] + repeat.stderr[-3000:]
+  assert sorted(finals(tmp_path / 'sweep_digits_vit_rdrop-smoke_rdrop.alpha')[0]) == [('rdrop.alpha=0', 0),
+                                                                                        ('rdrop.alpha=1', 0)]
