@@ -157,7 +157,7 @@ def test_the_slurm_array_runs_the_plan_line_of_each_task_and_queues_the_report_a
     (['rdrop.alpah=0,1'], "rdrop.alpah=0,1: the config has no field 'rdrop.alpah'; did you mean rdrop.alpha?"),
     (['alpha=0,1'], "alpha=0,1: the config has no field 'alpha'; did you mean rdrop.alpha?"),
     (['rdrop.alpha=0,big'], "rdrop.alpha=big: 'big' is not a float, the type of rdrop.alpha (default 1.0)"),
-    (['train.updates=10,2.5'], "train.updates=2.5: '2.5' is not a int, the type of train.updates"),
+    (['train.updates=10,2.5'], "train.updates=2.5: '2.5' is not an int, the type of train.updates"),
     (['rdrop.alpha='], 'rdrop.alpha=: no values'),
     (['rdrop.alpha=,'], 'rdrop.alpha=,: no values'),
     (['train.log_every=1,2'], 'train.log_every: not a field to sweep: it names, locates, paces or watches a run'),

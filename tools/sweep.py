@@ -89,7 +89,8 @@ def parse_value(field, text, default):
     if kind in (int, float, str):
       return kind(text)
   except ValueError:
-    raise GridError(f'{field}={text}: {text!r} is not a {kind.__name__}, the type of {field} '
+    article = 'an' if kind.__name__[0] in 'aeiou' else 'a'
+    raise GridError(f'{field}={text}: {text!r} is not {article} {kind.__name__}, the type of {field} '
                     f'(default {default!r})') from None
   raise GridError(f'{field}: a {kind.__name__} field ({default!r}) cannot be swept; give it with --config.{field}=')
 
