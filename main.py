@@ -3,6 +3,7 @@
   python main.py --config CONFIG_FILE[:ARGUMENT] --workdir DIR [--config.FIELD=VALUE ...] [--autoresume]
   python main.py --mode MODE --workdir DIR [--checkpoint PATH] [--split NAME] [--output PATH]
   python main.py --mode report --workdir OUT_DIR RUN_DIR [RUN_DIR ...]
+  python main.py --mode report --workdir SWEEP_DIR [--reference FIELD=VALUE]
 
 Modes:
   train    (the default) train CONFIG_FILE into a new workdir; with --autoresume the command to repeat in
@@ -11,7 +12,8 @@ Modes:
   eval     top-1, top-5 and loss of the best checkpoint (or --checkpoint) -> DIR/eval_<split>.json
   predict  one `filename,class` line per image of a split -> --output (default DIR/result.csv)
   export   a Paddle inference model of the best checkpoint -> --output prefix (default DIR/export/model)
-  report   one table (OUT_DIR/report.md) and training curves over many runs, seeds of a variant grouped
+  report   one table (OUT_DIR/report.md) and training curves over many runs, seeds of a variant grouped;
+           on a sweep's folder (run.sh sweep) the ablation report: SWEEP_DIR/ablation.md and its plot
 
 CONFIG_FILE is one of configs/*.py; `:ARGUMENT` goes to its get_config: every config takes `smoke`
 (e.g. `configs/digits_vit.py:smoke`: two tiny updates, to check a setup), some take variants (their
@@ -50,7 +52,8 @@ from utils.checkpoint import CheckpointError  # noqa: E402
 MODES = ('train', 'resume', 'eval', 'predict', 'export', 'report')
 CONTINUING = ('resume', 'eval', 'predict', 'export')
 MODES_OF_FLAG = {'autoresume': ('train',), 'checkpoint': CONTINUING, 'split': ('eval', 'predict'),
-                 'output': ('eval', 'predict', 'export'), 'command': ('report',)}
+                 'output': ('eval', 'predict', 'export'), 'command': ('report',),
+                 'reference': ('report',)}
 # Exit codes besides 0, 1 (a mistake in the command, config or input: repeating it will not help) and 128 + N
 # (stopped by signal N), for job scripts that repeat the command (README: the retry loop).
 EXIT_IO = 74    # EX_IOERR of sysexits.h: an I/O condition that may be mended, e.g. a full disk
@@ -71,6 +74,8 @@ flags.DEFINE_string('output', '', 'Where eval writes its JSON (default <workdir>
                     '(default <workdir>/export/model). Relative to the current folder.')
 flags.DEFINE_string('command', '', 'report: the command that produced the runs, quoted in summary.md '
                     '(run.sh passes its own).')
+flags.DEFINE_string('reference', '', 'report on a sweep folder: the point each point is compared with, '
+                    'FIELD=VALUE[,...] (default rdrop.alpha=0 when swept, else the first value of the first field)')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file and argument: configs/<experiment>.py[:smoke]',
                                 lock_config=True)
 FLAGS = flags.FLAGS
@@ -152,10 +157,15 @@ def main(argv, stop):
     if FLAGS[name].present and FLAGS.mode not in modes:
       raise app.UsageError(f'--{name} belongs to --mode {" / ".join(modes)}, not --mode {FLAGS.mode}')
   if FLAGS.mode == 'report':
-    if not FLAGS.workdir or len(argv) < 2:
-      raise app.UsageError('report: python main.py --mode report --workdir OUT_DIR RUN_DIR [RUN_DIR ...]')
-    from report import write_report
-    print(f'report written to {write_report(argv[1:], FLAGS.workdir, FLAGS.command)}')
+    from report import ablation, write_report
+    if FLAGS.workdir and len(argv) == 1 and ablation.is_sweep(FLAGS.workdir):
+      path = ablation.write_ablation(FLAGS.workdir, FLAGS.reference, FLAGS.command)
+    elif not FLAGS.workdir or len(argv) < 2 or FLAGS.reference:
+      raise app.UsageError('report: python main.py --mode report --workdir OUT_DIR RUN_DIR [RUN_DIR ...], or on '
+                           'a sweep folder (holding sweep.json): --workdir SWEEP_DIR [--reference FIELD=VALUE]')
+    else:
+      path = write_report(argv[1:], FLAGS.workdir, FLAGS.command)
+    print(f'report written to {path}')
     return 0
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')

@@ -13,6 +13,12 @@
 #   bash run.sh all                  every paper run above
 #   bash run.sh gpu-check            a few minutes' preflight of this machine's GPUs before a paper run
 #   bash run.sh bench                regenerate BENCHMARKS.md and docs/results/bench.md (PyTorch peer: .venv-peer)
+#   bash run.sh sweep CONFIG FIELD=V1,V2,... [FIELD2=...] [--config.X=Y ...]
+#                                    an ablation: every point of the grid (x SEEDS) into
+#                                    $RUNS_DIR/sweep_<config>_<fields>/<field=value,...>/seed_<s>, then its report;
+#                                    PLAN=1 trains nothing: one command per run, and a Slurm job array
+#   bash run.sh ablation_rdrop_alpha R-Drop's weight alpha on ViT-B/16, CIFAR-100 (docs/SOURCES.md, the alpha sweep)
+#   bash run.sh ablation_dropblock   DropBlock's block size x keep probability on the CIFAR-10 CNN (docs/SOURCES.md)
 #
 # Where things are (environment variables, with defaults; a relative path is taken from the folder you run
 # run.sh in, as any path of main.py, and printed absolute):
@@ -246,6 +252,27 @@ LIST
   echo "smoke: every config trained, evaluated and checkpointed"
 }
 
+# ---- Sweeps (tools/sweep.py): a grid of config values x SEEDS, PLAN=1 for a list of commands and a Slurm array
+sweep() {  # sweep CONFIG FIELD=V1,V2,... [...] [--config.X=Y ...] [--reference FIELD=VALUE]
+  local plan=()
+  [ -n "${PLAN:-}" ] && [ "$PLAN" != 0 ] && plan=(--plan)
+  python -m tools.sweep --runs-dir "$RUNS_DIR" --seeds "${SEEDS:-1}" --gpus "${GPUS:-}" --command "$COMMAND" "${plan[@]}" "$@"
+}
+
+ablation_rdrop_alpha() {
+  needs_vit_cifar100
+  sweep configs/vit_b16_cifar100_rdrop.py rdrop.alpha=0,0.1,0.3,0.6,1 \
+    --config.data.root="$CIFAR100" --config.model.pretrained="$VIT_WEIGHTS" "${EXTRA[@]}"
+}
+
+ablation_dropblock() {
+  needs_cifar10
+  sweep configs/dropblock_cnn_cifar10.py model.dropblock.block_size=1,3,5,7 \
+    model.dropblock.keep_prob=0.75,0.8,0.85,0.9,0.95,1 --reference model.dropblock.keep_prob=1 \
+    --config.data.root="$CIFAR10" "${EXTRA[@]}"
+}
+# ---- end of sweeps
+
 experiment=${1:-}
 [ $# -gt 0 ] && shift
 EXTRA=("$@")
@@ -272,5 +299,8 @@ case "$experiment" in
        vit_cifar100; resnet50_cat12; dropblock_cifar10; lenet5_cifar10; repconv_cifar10 ;;
   bench) python -m bench.run_all --out BENCHMARKS.md ;;
   gpu-check) python -m tools.gpu_check "${EXTRA[@]}" ;;
+  sweep) sweep "${EXTRA[@]}" ;;
+  ablation_rdrop_alpha) ablation_rdrop_alpha ;;
+  ablation_dropblock) ablation_dropblock ;;
   *) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; [ -z "$experiment" ] || { echo "unknown experiment: $experiment" >&2; exit 1; } ;;
 esac

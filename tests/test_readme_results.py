@@ -68,6 +68,20 @@ def test_publish_copies_a_summary_into_docs_results_and_the_readme(tmp_path):
   assert (root / 'docs' / 'results' / 'cat12.md').exists()  # written all the same
 
 
+def test_publish_copies_the_plots_a_summary_shows_and_links_them_from_the_readme(tmp_path):
+  root = _project(tmp_path)
+  summary = tmp_path / 'runs' / 'sweep' / 'summary.md'
+  summary.parent.mkdir(parents=True)
+  (summary.parent / 'ablation.png').write_bytes(b'\x89PNG plot')
+  summary.write_text('| alpha | final |\n\n![top-1 against alpha](ablation.png)\n')
+  readme_results.publish(str(summary), 'demo', root)
+  assert (root / 'docs' / 'results' / 'demo_ablation.png').read_bytes() == b'\x89PNG plot'
+  assert '![top-1 against alpha](docs/results/demo_ablation.png)' in (root / 'README.md').read_text()
+  (summary.parent / 'ablation.png').unlink()
+  with pytest.raises(ValueError, match=r'summary.md shows ablation.png, but .*ablation.png does not exist'):
+    readme_results.publish(str(summary), 'demo', root)
+
+
 @pytest.mark.parametrize('readme, message', [
     (README.replace('<!-- end docs/results/demo.md -->\n', ''),
      r'README.md, line 7: <!-- begin docs/results/bench.md --> where <!-- end docs/results/demo.md --> for line 4'),

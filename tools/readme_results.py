@@ -9,6 +9,8 @@ that a command of this repository wrote (stating that command, the date and the 
 Maintainers, after a measurement:
 
   python -m tools.readme_results publish runs/demo/summary.md demo    # -> docs/results/demo.md, pages refreshed
+  python -m tools.readme_results publish runs/sweep_digits_vit_rdrop_rdrop.alpha/summary.md ablation_alpha
+                                             # ... and its plot -> docs/results/ablation_alpha_ablation.png
   python -m tools.readme_results refresh     # every page's blocks from their fragments (after editing one)
   python -m tools.readme_results check       # exit 1 naming every block that differs from its fragment
 
@@ -19,6 +21,7 @@ refreshes the pages itself. tests/test_readme_results.py fails while a page's co
 import glob
 import os
 import re
+import shutil
 import sys
 
 from utils.io import write_atomic
@@ -27,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RESULTS = 'docs/results'
 MARKER = re.compile(r'<!-- (begin|end) (docs/results/[\w.-]+\.md) -->')
+IMAGE = re.compile(r'(!\[[^\]]*\]\()([^):/][^):]*\.png)\)')  # a markdown image at a relative path
 
 
 def pages(root=ROOT):
@@ -104,7 +108,9 @@ def refresh(root=ROOT):
 def publish(summary, name, root=ROOT):
   """Copy a generated `summary` into docs/results/<name>.md and refresh the pages; returns the fragment path.
 
-  ValueError when no page has a block for it yet (the fragment is written all the same).
+  PNG images the summary shows by a path relative to it are copied to docs/results/<name>_<file>, and their
+  links rewritten relative to the repository's root, where README.md is. ValueError when no page has a
+  block for it yet (the fragment is written all the same).
   """
   if not os.path.isfile(summary):
     raise ValueError(f'{os.path.abspath(summary)} does not exist: run the command that writes it first')
@@ -112,7 +118,16 @@ def publish(summary, name, root=ROOT):
   with open(summary) as f:
     text = f.read()
   os.makedirs(os.path.join(root, RESULTS), exist_ok=True)
-  write_atomic(os.path.join(root, fragment), text)
+
+  def copy_image(link):
+    image = os.path.join(os.path.dirname(summary), link.group(2))
+    if not os.path.isfile(image):
+      raise ValueError(f'{summary} shows {link.group(2)}, but {os.path.abspath(image)} does not exist')
+    copy = f'{RESULTS}/{name}_{os.path.basename(image)}'
+    shutil.copyfile(image, os.path.join(root, copy))
+    return f'{link.group(1)}{copy})'
+
+  write_atomic(os.path.join(root, fragment), IMAGE.sub(copy_image, text))
   refresh(root)
   if not any(embedded == fragment for page in pages(root) for embedded, _, _ in blocks(_page_lines(root, page), page)):
     raise ValueError(f'{fragment} written, but no page has a block for it: add the lines '
