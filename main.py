@@ -26,9 +26,7 @@ Example: the offline demo's R-Drop run (no download), then its test accuracy:
   python main.py --config configs/digits_vit_rdrop.py --workdir runs/digits
   python main.py --mode eval --workdir runs/digits
 """
-import difflib
 import errno
-import glob
 import importlib.util
 import os
 import re
@@ -42,6 +40,7 @@ threads.configure()
 from absl import app, flags  # noqa: E402  (after the thread settings, which Paddle reads at import)
 from ml_collections import config_flags  # noqa: E402
 
+from configs import missing_config  # noqa: E402
 from kernels import KernelError  # noqa: E402
 from training import distributed  # noqa: E402
 from training.lock import WorkdirBusy  # noqa: E402
@@ -120,10 +119,7 @@ def _check_config_file(spec):
   """
   path, has_argument, argument = spec.partition(':')
   if not os.path.isfile(path):
-    configs = _experiment_configs()
-    guess = difflib.get_close_matches(path, configs, n=1)
-    sys.exit(f'error: config file {os.path.abspath(path)} does not exist; '
-             + (f'did you mean {guess[0]}? ' if guess else '') + f'the configs: {" ".join(configs)}')
+    sys.exit(f'error: {missing_config(path)}')
   try:
     module_spec = importlib.util.spec_from_file_location('checked_config', path)
     module = importlib.util.module_from_spec(module_spec)
@@ -138,17 +134,6 @@ def _check_config_file(spec):
       message, where = err, (path, lines[-1] if lines else None)
     kind = '' if isinstance(err, ValueError) else f'{type(err).__name__}: '  # ValueError: a bad value, explained
     sys.exit(f'error: --config {spec}: {kind}{message}\n  at {where[0]}' + (f', line {where[1]}' if where[1] else ''))
-
-
-def _experiment_configs():
-  """The project's config files (those with a get_config), as paths from the current folder when inside it."""
-  folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
-  configs = []
-  for path in sorted(glob.glob(os.path.join(folder, '*.py'))):
-    with open(path) as f:
-      if 'def get_config(' in f.read():
-        configs.append(os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path)
-  return configs
 
 
 def main(argv, stop):

@@ -19,7 +19,7 @@ from report import write_report
 from report.render import NOT_SHOWN, _machines, _revisions, _speed, collapse_warning, markdown_table
 from report.runs import Variant, best_top1, final_top1, load_run
 from report.statistics import Spread, paired_difference
-from utils.sweep_plan import PLAN_FILE, Run, Sweep, point_name, run_dir, value_text
+from utils.sweep_plan import PLAN_FILE, Run, Sweep, point_name, reference_values, run_dir, value_text
 from utils.io import read_json, write_atomic
 
 PLOT = 'ablation.png'
@@ -35,35 +35,6 @@ def read_sweep(folder):
   sweep = Sweep(**{k: v for k, v in saved.items() if k in fields})
   sweep.grid = [(field, values) for field, values in sweep.grid]
   return sweep
-
-
-def reference_values(sweep, text):
-  """{field: value} of `--reference FIELD=VALUE[,...]`; default rdrop.alpha=0 when swept, else the first
-  value of the first field. ValueError naming what does not match the grid."""
-  grid = dict(sweep.grid)
-  if not text:
-    if 0.0 in grid.get('rdrop.alpha', ()):
-      return {'rdrop.alpha': 0.0}
-    field, values = sweep.grid[0]
-    return {field: values[0]}
-  chosen = {}
-  for item in text.split(','):
-    field, _, wanted = item.partition('=')
-    if field not in grid:
-      raise ValueError(f'--reference {text}: {field!r} is not swept here (swept: {", ".join(grid)})')
-    match = [v for v in grid[field] if value_text(v) == wanted or str(v) == wanted or _same_number(v, wanted)]
-    if not match:
-      raise ValueError(f'--reference {text}: {field} takes {", ".join(map(value_text, grid[field]))} in this '
-                       f'sweep, not {wanted}')
-    chosen[field] = match[0]
-  return chosen
-
-
-def _same_number(value, text):
-  try:
-    return not isinstance(value, (bool, str)) and float(text) == value
-  except ValueError:
-    return False
 
 
 @dataclasses.dataclass

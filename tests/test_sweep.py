@@ -165,6 +165,10 @@ def test_the_slurm_array_runs_the_plan_line_of_each_task_and_queues_the_report_a
     (['rdrop.alpha=0,1', '--config.rdrop.alpha=2'], '--config.rdrop.alpha=2: rdrop.alpha is swept by the grid'),
     (['rdrop.alpha=0,1', '--config.train.lrr=2'], "the config has no field 'train.lrr'; did you mean train.lr "),
     ([], 'no grid: give at least one FIELD=V1,V2,...'),
+    # the report's reference point, which would otherwise fail only after every run
+    (['rdrop.alpha=0,1', '--reference', 'rdrop.alpha=2'], '--reference rdrop.alpha=2: rdrop.alpha takes 0, 1 in this '
+                                                          'sweep, not 2'),
+    (['rdrop.alpha=0,1', '--reference', 'rdrop.alfa=0'], "--reference rdrop.alfa=0: 'rdrop.alfa' is not swept here"),
     # the trainer's own checks, which import Paddle
     pytest.param(['rdrop.alpha=-1,1'], 'rdrop.alpha=-1: config.rdrop.alpha=-1.0: must be >= 0', marks=pytest.mark.slow),
     pytest.param(['rdrop.reduction=sum,foo'], "rdrop.reduction=foo: config.rdrop.reduction='foo': choose one of sum",
@@ -176,6 +180,14 @@ def test_bad_grids_are_refused_in_one_line_before_any_run(tmp_path, grid, messag
     assert proc.returncode == 1 and proc.stdout == ''
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_a_misspelt_config_is_refused_naming_the_configs_that_exist(tmp_path):
+  proc = run_sh(tmp_path, 'sweep', 'configs/digits_vit_rdorp.py', 'rdrop.alpha=0,1', plan=True)
+  assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+  assert f'config file {ROOT}/configs/digits_vit_rdorp.py does not exist; did you mean configs/digits_vit_rdrop.py? ' \
+         'the configs: configs/digits_vit.py' in proc.stderr
+  assert os.listdir(tmp_path) == []
 
 
 def known_sweep(tmp_path, seeds=3):

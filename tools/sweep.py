@@ -25,8 +25,9 @@ import signal
 import subprocess
 import sys
 
+from configs import missing_config
 from configs.base import NOT_LEARNING
-from utils.sweep_plan import PLAN_FILE, Sweep, point_name, run_dir, value_text
+from utils.sweep_plan import PLAN_FILE, Sweep, point_name, reference_values, run_dir, value_text
 from utils.io import read_json, write_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +45,7 @@ def load_config(spec):
   """The ConfigDict of `configs/x.py[:ARGUMENT]`."""
   path, has_argument, argument = spec.partition(':')
   if not os.path.isfile(path):
-    raise GridError(f'config file {os.path.abspath(path)} does not exist')
+    raise GridError(missing_config(path))
   module_spec = importlib.util.spec_from_file_location('sweep_config', path)
   module = importlib.util.module_from_spec(module_spec)
   try:
@@ -293,6 +294,10 @@ def make_sweep(args):
   grid = parse_grid(config, args.grid)
   overrides = check_overrides(config, args.overrides, grid)
   sweep = Sweep(args.config, grid, args.overrides, args.seeds, args.gpus, args.reference, args.command)
+  try:
+    reference_values(sweep, sweep.reference)  # the report's, checked now rather than after every run
+  except ValueError as err:
+    raise GridError(err) from None
   check_points(sweep, config, overrides)
   return sweep
 
@@ -314,11 +319,12 @@ def main(argv):
     print(f'# Slurm: bash {os.path.join(sweep_dir, SLURM_FILE)} (a job array and its report)', file=sys.stderr)
     return
   failed = run_all(sweep, sweep_dir)
-  subprocess.run(report_argv(sweep_dir, sweep.reference), cwd=ROOT, check=False)
+  report = subprocess.run(report_argv(sweep_dir, sweep.reference), cwd=ROOT, check=False)
   if failed:
     listed = '; '.join(f'{run.point_name} seed {run.seed} (exit {code})' for run, code in failed.items())
     sys.exit(f'sweep: {len(failed)} of {len(runs)} runs failed: {listed}; the report lists them. Mend the cause '
              f'and repeat the command: finished runs are left alone')
+  sys.exit(report.returncode)  # every run trained: the sweep succeeded only with its report
 
 
 if __name__ == '__main__':

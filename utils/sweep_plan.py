@@ -58,3 +58,32 @@ class Sweep:
 
 def run_dir(sweep_dir, run):
   return os.path.join(sweep_dir, run.point_name, f'seed_{run.seed}')
+
+
+def reference_values(sweep, text):
+  """{field: value} of `--reference FIELD=VALUE[,...]`; default rdrop.alpha=0 when swept, else the first
+  value of the first field. ValueError naming what does not match the grid."""
+  grid = dict(sweep.grid)
+  if not text:
+    if 0.0 in grid.get('rdrop.alpha', ()):
+      return {'rdrop.alpha': 0.0}
+    field, values = sweep.grid[0]
+    return {field: values[0]}
+  chosen = {}
+  for item in text.split(','):
+    field, _, wanted = item.partition('=')
+    if field not in grid:
+      raise ValueError(f'--reference {text}: {field!r} is not swept here (swept: {", ".join(grid)})')
+    match = [v for v in grid[field] if value_text(v) == wanted or str(v) == wanted or _same_number(v, wanted)]
+    if not match:
+      raise ValueError(f'--reference {text}: {field} takes {", ".join(map(value_text, grid[field]))} in this '
+                       f'sweep, not {wanted}')
+    chosen[field] = match[0]
+  return chosen
+
+
+def _same_number(value, text):
+  try:
+    return not isinstance(value, (bool, str)) and float(text) == value
+  except ValueError:
+    return False
