@@ -29,10 +29,12 @@
 #   SEEDS=3                  every variant once per seed 0..SEEDS-1, into <variant>/seed_<n>, one after another;
 #                            the report gives mean +- std over seeds and paired differences (unset: one run, seed 0)
 # Extra arguments after the experiment name are passed to every run, e.g. --config.train.accum_steps=4
-# (a path among them is taken from the project's folder, where the runs start: give it absolute).
+# (a path among them is taken from the project's folder, where the runs start: give it absolute). A sweep's
+# CONFIG is one of the project's (configs/...), else a file of the folder you run run.sh in.
 set -euo pipefail
 
 # Paths from the folder the user stands in, made absolute before run.sh moves to the project's folder.
+CALLER_DIR=$PWD
 DATA_DIR=$(realpath -m -- "${DATA_DIR:-datasets}")
 WEIGHTS_DIR=$(realpath -m -- "${WEIGHTS_DIR:-weights}")
 RUNS_DIR=$(realpath -m -- "${RUNS_DIR:-runs}")
@@ -254,9 +256,13 @@ LIST
 
 # ---- Sweeps (tools/sweep.py): a grid of config values x SEEDS, PLAN=1 for a list of commands and a Slurm array
 sweep() {  # sweep CONFIG FIELD=V1,V2,... [...] [--config.X=Y ...] [--reference FIELD=VALUE]
-  local plan=()
+  local config=${1:-} plan=()
+  [ $# -gt 0 ] && shift
+  # One of the project's configs (configs/...), else a config file of the folder the user stands in
+  [ ! -f "${config%%:*}" ] && [ -f "$CALLER_DIR/${config%%:*}" ] && config=$CALLER_DIR/$config
   [ -n "${PLAN:-}" ] && [ "$PLAN" != 0 ] && plan=(--plan)
-  python -m tools.sweep --runs-dir "$RUNS_DIR" --seeds "${SEEDS:-1}" --gpus "${GPUS:-}" --command "$COMMAND" "${plan[@]}" "$@"
+  python -m tools.sweep --runs-dir "$RUNS_DIR" --seeds "${SEEDS:-1}" --gpus "${GPUS:-}" --command "$COMMAND" \
+    "${plan[@]}" ${config:+"$config"} "$@"
 }
 
 ablation_rdrop_alpha() {
@@ -285,6 +291,7 @@ fi
 check_gpus
 # What produced these runs, as the report's summary states it.
 COMMAND=$(printf '%q ' bash run.sh "$experiment" "${EXTRA[@]}")
+COMMAND=${COMMAND//\\,/,}  # a comma needs no quoting (%q escapes it, braces too, so no brace expansion comes back)
 COMMAND="${GPUS:+GPUS=$GPUS }${SEEDS:+SEEDS=$SEEDS }${COMMAND% }"
 case "$experiment" in
   demo) demo ;;

@@ -202,6 +202,9 @@ def build(data_config, split, class_names=None):
   dc = data_config
   if split not in SPLITS:
     raise ValueError(f'folder has splits {SPLITS}, not {split!r}')
+  if not dc.root:  # '' would be the current folder, which exists
+    raise ValueError('folder: config.data.root is not set: give --config.data.root=PATH, the folder that holds '
+                     'train/<class>/<image> or the list files (docs/your-data.md)')
   _existing(dc.root, 'dataset root (config.data.root)')
   classes = list(class_names) if class_names is not None else find_classes(dc)
   left_out, empty_classes = {}, []

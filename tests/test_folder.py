@@ -137,6 +137,8 @@ def test_a_trained_models_classes_label_the_data_whatever_the_folder_holds_later
 
 
 def test_no_class_folder_or_no_root_is_an_error_naming_the_folder(tmp_path):
+  with pytest.raises(ValueError, match=r'config.data.root is not set: give --config.data.root=PATH'):
+    folder.build(data_config(''), 'train')
   with pytest.raises(FileNotFoundError, match=str(tmp_path / 'nowhere')):
     folder.build(data_config(tmp_path / 'nowhere'), 'train')
   _solid(tmp_path / 'train/loose.jpg', 0, format='JPEG')

@@ -32,3 +32,17 @@ def test_every_missing_file_is_named_at_once_under_the_users_folder(tmp_path):
   assert proc.returncode == 1 and calls == []
   assert [line.split(' does not exist: set ')[0] for line in proc.stderr.splitlines()] == [
       f'run.sh: {tmp_path}/datasets/cifar-100-python.tar.gz', f'run.sh: {tmp_path}/w/ViT-B_16.npz']
+
+
+def test_a_sweeps_config_is_the_projects_or_else_one_in_the_users_folder(tmp_path):
+  mine, theirs = tmp_path / 'mine', tmp_path / 'theirs'
+  mine.mkdir()
+  (mine / 'mine.py').write_text('')
+  _, calls = _run_sh_elsewhere(mine, 'sweep', 'mine.py:smoke', 'rdrop.alpha=0,1')
+  assert calls[0][-2:] == [f'{mine}/mine.py:smoke', 'rdrop.alpha=0,1']
+  (theirs / 'configs').mkdir(parents=True)
+  (theirs / 'configs' / 'digits_vit.py').write_text('')  # the project's config of that name wins
+  _, calls = _run_sh_elsewhere(theirs, 'sweep', 'configs/digits_vit.py', 'rdrop.alpha=0,1')
+  assert calls[0][-2:] == ['configs/digits_vit.py', 'rdrop.alpha=0,1']
+  # the command the report quotes, as typed: a comma needs no backslash
+  assert 'rdrop.alpha=0,1' in calls[0][calls[0].index('--command') + 1:-2]

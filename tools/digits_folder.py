@@ -11,7 +11,11 @@ import sys
 
 from PIL import Image
 
-from data.digits import Digits
+from utils import threads
+
+threads.configure()  # as main.py does first: Paddle, which data/ imports, then starts without a warning
+
+from data.digits import Digits  # noqa: E402
 
 
 def write_digits_folder(out):
