@@ -119,7 +119,7 @@ def not_counted(points):
 
 def plot(sweep, points, path):
   """Final top-1 against each swept field: mean with ± std error bars, one line per value of the other
-  fields, every seed's value as a dash; hollow markers where only one seed finished."""
+  fields, every seed's value as a cross; hollow markers where only one seed finished."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   fields = [field for field, _ in sweep.grid]
@@ -138,7 +138,8 @@ def plot(sweep, points, path):
       means, stds, at, single = [], [], [], []
       for x, point in zip(xs, line):
         top1 = [final_top1(run) for run in point.finished().values()]
-        ax.plot([x] * len(top1), top1, '_', color=color, alpha=0.6, markersize=9, zorder=3)
+        # crosses, unlike dashes, cannot be taken for the error bars' caps
+        ax.plot([x] * len(top1), top1, 'x', color=color, alpha=0.8, markersize=6, zorder=3)
         if top1:
           spread = Spread.of(top1)
           at.append(x), means.append(spread.mean), stds.append(spread.std or 0.0)
@@ -155,7 +156,7 @@ def plot(sweep, points, path):
     ax.grid(alpha=0.3)
     if len(others) > 1:
       ax.legend(fontsize='small')
-  figure.suptitle(f'{sweep.name}\nfinal top-1, mean ± std over seeds (dashes: each seed; hollow: one seed only)',
+  figure.suptitle(f'{sweep.name}\nfinal top-1, mean ± std over seeds (x: each seed; hollow: one seed only)',
                   fontsize='medium')
   figure.savefig(path, dpi=100)
 
