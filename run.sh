@@ -266,13 +266,13 @@ sweep() {  # sweep CONFIG FIELD=V1,V2,... [...] [--config.X=Y ...] [--reference 
 }
 
 ablation_rdrop_alpha() {
-  needs_vit_cifar100
+  needs vit_cifar100
   sweep configs/vit_b16_cifar100_rdrop.py rdrop.alpha=0,0.1,0.3,0.6,1 \
     --config.data.root="$CIFAR100" --config.model.pretrained="$VIT_WEIGHTS" "${EXTRA[@]}"
 }
 
 ablation_dropblock() {
-  needs_cifar10
+  needs cifar10
   sweep configs/dropblock_cnn_cifar10.py model.dropblock.block_size=1,3,5,7 \
     model.dropblock.keep_prob=0.75,0.8,0.85,0.9,0.95,1 --reference model.dropblock.keep_prob=1 \
     --config.data.root="$CIFAR10" "${EXTRA[@]}"

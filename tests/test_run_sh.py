@@ -46,3 +46,13 @@ def test_a_sweeps_config_is_the_projects_or_else_one_in_the_users_folder(tmp_pat
   assert calls[0][-2:] == ['configs/digits_vit.py', 'rdrop.alpha=0,1']
   # the command the report quotes, as typed: a comma needs no backslash
   assert 'rdrop.alpha=0,1' in calls[0][calls[0].index('--command') + 1:-2]
+
+
+def test_the_ready_ablations_stop_before_any_run_naming_their_missing_files(tmp_path):
+  for ablation, missing in (('ablation_rdrop_alpha', 'cifar-100-python.tar.gz'),
+                            ('ablation_dropblock', 'cifar-10-python.tar.gz')):
+    folder = tmp_path / ablation
+    folder.mkdir()
+    proc, calls = _run_sh_elsewhere(folder, ablation, PLAN='1')
+    assert proc.returncode == 1 and calls == [], proc.stderr
+    assert proc.stderr.startswith(f'run.sh: {folder}/datasets/{missing} does not exist: set ')
