@@ -112,7 +112,9 @@ def not_counted(points):
     for seed in sorted(point.missing + list(by_seed)):
       run = by_seed.get(seed)
       if run is None or not run.finished():
-        status = f'{run.status()[0]} ({os.path.abspath(run.path)})' if run else 'not started'
+        # a start that fails (a bad value, a batch larger than the data) leaves its folder as it was
+        status = f'{run.status()[0]} ({os.path.abspath(run.path)})' if run else \
+            'not started, or its start failed (its output says why)'
         lines.append(f'- {point.name}, seed {seed}: {status}')
   return lines
 
