@@ -291,6 +291,7 @@ def test_sigterm_to_the_sweep_stops_its_training_too_and_the_repeat_continues(tm
     time.sleep(0.2)
   sweep.send_signal(signal.SIGTERM)  # to the sweep alone, as `kill PID` sends it
   assert sweep.wait(timeout=120) == 128 + signal.SIGTERM, open(log.name).read()[-3000:]
+  assert 'sweep: stopped during run 1 of 2: repeat the same command to continue' in open(log.name).read()
   assert _processes_using(tmp_path / 'sweep_digits_vit_rdrop-smoke_rdrop.alpha') == []
   repeat = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
   assert repeat.returncode == 0, repeat.stdout[-3000:] + repeat.stderr[-3000:]

@@ -260,6 +260,8 @@ def run_all(sweep, sweep_dir):
     _stop_on_signals(child)
     code = child.wait()
     if code > 128 or code < 0:  # stopped by a signal: the sweep stops too, the run resumes on repeat
+      print(f'sweep: stopped during run {index} of {len(runs)}: repeat the same command to continue (finished '
+            f'runs are left alone)', file=sys.stderr)
       sys.exit(code if code > 0 else 128 - code)
     if code:
       failed[run] = code
