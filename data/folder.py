@@ -116,12 +116,17 @@ def find_classes(data_config):
   if dc.train_list:
     labels = [label for _, label in images.read_list(_existing(os.path.join(dc.root, dc.train_list),
                                                                'list file (config.data.train_list)'))]
-    return [str(label) for label in range(max(labels) + 1)] if labels else []
-  files, _ = _by_class(_train_folder(dc), {})
-  if not files:
-    raise ValueError(f'folder: {os.path.abspath(_train_folder(dc))} holds no class folder with an image: expected '
-                     f'{dc.train_dir}/<class>/<image> (docs/your-data.md)')
-  return sorted(files)
+    classes = [str(label) for label in range(max(labels) + 1)] if labels else []
+    where = os.path.abspath(os.path.join(dc.root, dc.train_list))
+  else:
+    files, _ = _by_class(_train_folder(dc), {})
+    if not files:
+      raise ValueError(f'folder: {os.path.abspath(_train_folder(dc))} holds no class folder with an image: expected '
+                       f'{dc.train_dir}/<class>/<image> (docs/your-data.md)')
+    classes, where = sorted(files), os.path.abspath(_train_folder(dc))
+  if len(classes) == 1:  # every prediction would be right: nothing to learn or to measure
+    raise ValueError(f'folder: {where} holds one class ({classes[0]}); a classifier needs two or more')
+  return classes
 
 
 def _labelled(folder, classes, left_out, empty_classes):
@@ -174,7 +179,9 @@ def _entries(dc, split, classes, left_out, empty_classes):
   if split == 'val' and dc.val_fraction == 0:
     raise ValueError(f'folder: there is no {os.path.abspath(val_folder)} and config.data.val_fraction=0, so no val '
                      f'split: set data.val_fraction (e.g. 0.1) or data.val_list, or evaluate on another split')
-  paths, labels = _train_files(dc, classes, left_out, empty_classes)
+  # Here a val split is the share of train: what train's walk leaves out is counted once, by the train split
+  counted = split != 'val'
+  paths, labels = _train_files(dc, classes, left_out if counted else {}, empty_classes if counted else [])
   if dc.val_list or has_val_folder or dc.val_fraction == 0:
     return paths, labels, True
   val = set(held_out(labels, dc.val_fraction, dc.split_seed))  # the val share of train

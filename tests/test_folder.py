@@ -160,6 +160,23 @@ def test_the_val_share_of_train_is_seeded_per_class_and_disjoint_from_train(tmp_
     folder.build(data_config(tmp_path, val_fraction=0.0), 'val')
 
 
+def test_without_a_val_folder_what_train_leaves_out_is_counted_by_train_alone(tmp_path, capsys):
+  make_messy_folder(tmp_path, val=False)
+  train, val = folder.build(data_config(tmp_path), 'train'), folder.build(data_config(tmp_path), 'val')
+  undecodable = {str(tmp_path / 'train/dog/fake.png'), str(tmp_path / 'train/dog/truncated.jpg')}
+  assert set(val.left_out) <= undecodable and len(train.left_out) + len(val.left_out) == 10
+  assert 'folder val: 1 class folder(s) without images' not in capsys.readouterr().out
+
+
+def test_a_single_class_is_an_error_naming_the_folder_or_list(tmp_path):
+  _solid(tmp_path / 'train/cat/a.png', 0)
+  with pytest.raises(ValueError, match=f'{tmp_path / "train"} holds one class \\(cat\\); a classifier needs two'):
+    folder.build(data_config(tmp_path), 'train')
+  (tmp_path / 'train.txt').write_text('train/cat/a.png 0\n')
+  with pytest.raises(ValueError, match=f'{tmp_path / "train.txt"} holds one class \\(0\\)'):
+    folder.build(data_config(tmp_path, train_list='train.txt'), 'train')
+
+
 def test_list_files_with_spaces_in_paths_name_classes_by_number_and_a_bad_label_is_named(tmp_path):
   kept = make_messy_folder(tmp_path, val=False)
   lines = [f'train/{name} {CLASSES.index(name.split("/")[0])}' for name in sorted(kept)]
