@@ -270,6 +270,7 @@ def run_all(sweep, sweep_dir):
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(prog='python -m tools.sweep', description=__doc__.split('\n\n')[0],
+                                   usage='%(prog)s [options] CONFIG FIELD=V1,V2,... [FIELD2=...] [--config.X=Y ...]',
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--plan', action='store_true', help='train nothing: print the commands, write sweep.slurm')
   parser.add_argument('--seeds', type=int, default=1, help='seeds 0..N-1 per point (default 1)')
