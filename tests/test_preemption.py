@@ -434,7 +434,7 @@ def test_sigterm_during_an_evaluation_saves_the_update_and_resume_evaluates_it_f
   assert (f'stopped by a signal after update {update} before its evaluation was complete (it runs first on '
           'resume), checkpoint saved') in stderr
   ckpts = os.path.join(workdir, 'checkpoints')
-  assert checkpoint.read_manifest(checkpoint.latest_valid(ckpts), files=())['evaluation_due'] is True
+  assert checkpoint.read_manifest(checkpoint.latest_valid(ckpts), files=()).evaluation_due is True
   assert len(metric_rows(workdir, 'eval')) == evaluation - 1
   run_main('--config', DEMO, '--workdir', workdir, *RUN, '--autoresume')
   _assert_same_run(workdir, reference)
@@ -499,7 +499,7 @@ def test_a_time_based_checkpoint_appears_before_any_update_based_one(tmp_path):
   proc.wait(timeout=60)
   first = checkpoint.committed(ckpts)[0]
   manifest = checkpoint.read_manifest(first)
-  assert 0 < manifest['update'] < 10000 and manifest['train_seconds'] >= 0.6
+  assert 0 < manifest.update < 10000 and manifest.train_seconds >= 0.6
 
 
 def test_a_second_sigterm_during_the_checkpoint_write_exits_at_once_keeping_the_previous(tmp_path):
