@@ -138,10 +138,6 @@ def train(config, workdir, resume_from='', stop=None):
   # The model is what is evaluated and saved; the ranks train their DataParallel wrapper of it.
   trained_model = paddle.DataParallel(model) if world_size > 1 else model
   step = UpdateStep(trained_model, optimizer, scheduler, precision, config, rank, world_size, stop, progress.skips)
-  accum, micro = optim.batch_split(train_config, world_size)
-  batches = iter(pipeline.loader(train_set, pipeline.TrainBatches(
-      len(train_set), micro * world_size, config.seed, rank, world_size, start_micro_step=start * accum),
-      config.data.num_workers))
   log = RunLog(workdir, is_main, start, train_config.updates, samples_per_update=train_config.batch_size)
   log.info(_describe(config, train_config, world_size, start, workdir))
   objective_warning = _objective_warning(config, train_config, world_size)
@@ -156,6 +152,11 @@ def train(config, workdir, resume_from='', stop=None):
   if expected_first_loss:
     log.info(f'check: the head starts at zero, so the first loss must be {expected_first_loss:.4f} '
              f'({"2 ln" if config.rdrop.alpha else "ln"} {train_set.num_classes})')
+  # After the lines above: starting the data workers reads an image, which a stalled filesystem can block.
+  accum, micro = optim.batch_split(train_config, world_size)
+  batches = iter(pipeline.loader(train_set, pipeline.TrainBatches(
+      len(train_set), micro * world_size, config.seed, rank, world_size, start_micro_step=start * accum),
+      config.data.num_workers))
   started = last_save = time.monotonic()
 
   def open_run():  # the first write: the first update (or the evaluation due) has succeeded

@@ -453,10 +453,11 @@ def test_sigterm_during_a_computation_longer_than_the_grace_time_still_saves(tmp
 
 @pytest.mark.parametrize('workers', [0, 2])
 def test_sigterm_while_reading_an_image_stalls_ends_the_process_and_its_workers(tmp_path, workers):
-  """Paddle's reader blocks the main thread in C++, where Python never runs a signal handler."""
+  """Paddle's reader blocks the main thread in C++, where Python never runs a signal handler. (From the second
+  image: the main process reads the first before starting workers, to size their shared memory.)"""
   workdir = tmp_path / 'run'
   proc = _start(tmp_path, 'run', ['--config', DEMO, '--workdir', workdir, *RUN,
-                                  f'--config.data.num_workers={workers}'], fault=('stalled_sample', 1))
+                                  f'--config.data.num_workers={workers}'], fault=('stalled_sample', 2))
   _wait_for(lambda: _started(tmp_path, 'run') and 'FAULT: reading an image stalls' in (tmp_path / 'run.err').read_text(),
             proc)
   time.sleep(0.5)
