@@ -167,9 +167,9 @@ def _trained_model(config, workdir, checkpoint_path, split):
   path = workdir_lib.checkpoint_to_read(workdir, checkpoint_path)
   precision = Precision(config.train)  # the run's precision, as its evaluations during training
   model, manifest = models.load_trained(config.model, path, precision)
-  dataset = data.build(config.data, split, manifest.get('class_names'))
+  dataset = data.build(config.data, split, manifest.class_names)
   models.check_fits(manifest, config.model, path, dataset.num_classes)
-  return model, path, manifest['update'], dataset, precision
+  return model, path, manifest.update, dataset, precision
 
 
 def _check_output_file(path):

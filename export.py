@@ -37,7 +37,6 @@ def run_export(config, workdir, checkpoint_path='', output=''):
 def export(config, checkpoint_path, prefix):
   """Write the inference model of `checkpoint_path` under the path prefix `prefix`; return the files written."""
   model, manifest = models.load_trained(config.model, checkpoint_path)
-  num_classes = manifest['num_classes']
   if hasattr(model, 'fuse'):
     model = model.fuse()
     model.eval()
@@ -52,8 +51,8 @@ def export(config, checkpoint_path, prefix):
     paddle.jit.save(model, prefix, input_spec=[spec])
   preprocess = {'input': 'float32 NCHW, (pixels / 255 - mean) / std', 'channels': channels, 'img_size': size,
                 'mean': list(config.data.mean[:channels]), 'std': list(config.data.std[:channels]),
-                'num_classes': num_classes, 'model': config.model.name, 'checkpoint': checkpoint_path,
-                'class_names': manifest.get('class_names', [str(label) for label in range(num_classes)])}
+                'num_classes': manifest.num_classes, 'model': config.model.name, 'checkpoint': checkpoint_path,
+                'class_names': manifest.labels}
   # YAML (each value in JSON flow style), not .json: paddle.jit.load takes any `<prefix>*.json` in the
   # folder for its program file.
   with open(prefix + '.preprocess.yml', 'w') as f:

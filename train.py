@@ -28,7 +28,7 @@ from data import pipeline
 from evaluate import evaluate
 from training import distributed, optim
 from training import workdir as workdir_lib
-from training.collapse import collapse_warning, collapsed
+from training.collapse import CollapseGuard, TrainingCollapsed, collapse_warning, collapsed
 from training.config_check import check_config
 from training.lock import own
 from training.precision import Precision
@@ -50,31 +50,25 @@ class TrainingStopped(Exception):
     self.exit_code = exit_code
 
 
-class TrainingCollapsed(ValueError):
-  """Evaluations collapsed config.eval.stop_after_collapses times in a row (reported as a one-line error)."""
-
-
 @dataclasses.dataclass
 class Progress:
   """What the loop carries from one update to the next. A checkpoint holds all of it: `update`, `best`,
-  `train_seconds` and `evaluation_due` in its manifest, the rest in its `trainer` piece."""
+  `train_seconds` and `evaluation_due` in its manifest, the rest (`state_dict`) in its `trainer` piece."""
   update: int = 0
   best: dict = dataclasses.field(default_factory=lambda: {'top1': -1.0, 'update': 0})
   train_seconds: float = 0.0    # before this process started
   evaluation_due: bool = False  # stopped before the evaluation of `update` was complete
   skips: Skips = dataclasses.field(default_factory=lambda: Skips(0))  # fp16's skipped updates
   window: LogWindow = dataclasses.field(default_factory=LogWindow)
-  collapses_in_a_row: int = 0
-  last_train_row: dict = dataclasses.field(default_factory=dict)  # for the collapse warning
+  collapses: CollapseGuard = dataclasses.field(default_factory=lambda: CollapseGuard(0))
 
-  def loop_state(self):
-    return {'skips': self.skips.state_dict(), 'window': self.window.state_dict(),
-            'collapses_in_a_row': self.collapses_in_a_row, 'last_train_row': self.last_train_row}
+  def state_dict(self):
+    return {'skips': self.skips.state_dict(), 'window': self.window.state_dict(), **self.collapses.state_dict()}
 
-  def load_loop_state(self, state):
+  def load_state_dict(self, state):
     self.skips.load_state_dict(state['skips'])
     self.window.load_state_dict(state['window'])
-    self.collapses_in_a_row, self.last_train_row = state['collapses_in_a_row'], state['last_train_row']
+    self.collapses.load_state_dict(state)
 
 
 def every(update, period, last):
@@ -90,11 +84,11 @@ def run(config, workdir, mode='train', autoresume=False, explicit_checkpoint='',
   """
   rank, world_size = distributed.setup()
   check_config(config, world_size)
-  with contextlib.ExitStack() as lock:
+  with contextlib.ExitStack() as held:  # the workdir's lock, once rank 0 has taken it
     def decide():
       writable = workdir_lib.writable(workdir)
       if writable:  # (on a read-only filesystem nobody trains: no lock is needed to find a run finished)
-        lock.enter_context(own(workdir))
+        held.enter_context(own(workdir))
       resume_from, message = workdir_lib.starting_point(config, workdir, mode, autoresume, explicit_checkpoint)
       if resume_from is not None and not writable:
         workdir_lib.check_writable(workdir)  # raises, naming the folder
@@ -129,36 +123,41 @@ def train(config, workdir, resume_from='', stop=None):
   is_main = rank == 0
   say = print if is_main else lambda _: None
   train_set, eval_set = _datasets(config)
-  tc = optim.in_updates(config.train, len(train_set), world_size)
+  train_config = optim.in_updates(config.train, len(train_set), world_size)  # its length in updates
   model = models.build(config.model, train_set.num_classes, config.seed, initial_weights=not resume_from)
-  optimizer, scheduler = optim.build(tc, model.parameters(), tc.updates)
-  precision = Precision(tc, log=say)
+  optimizer, scheduler = optim.build(train_config, model.parameters(), train_config.updates)
+  precision = Precision(train_config, log=say)
   model, optimizer = precision.decorate(model, optimizer)
-  progress = Progress(skips=Skips(tc.max_skipped_updates))
+  progress = Progress(skips=Skips(train_config.max_skipped_updates),
+                      collapses=CollapseGuard(config.eval.stop_after_collapses))
   if resume_from:
     _restore(resume_from, config, train_set.label_names(), model, optimizer, precision, progress, say)
   start = progress.update
   own_stop = stop is None
   stop = StopRequest() if own_stop else stop
-  net, model = model, paddle.DataParallel(model) if world_size > 1 else model
-  step = UpdateStep(model, optimizer, scheduler, precision, config, rank, world_size, stop, progress.skips)
-  accum, micro = optim.batch_split(tc, world_size)
-  batches = iter(pipeline.loader(train_set, pipeline.TrainBatches(
-      len(train_set), micro * world_size, config.seed, rank, world_size, start_micro_step=start * accum),
-      config.data.num_workers))
-  log = RunLog(workdir, is_main, start, tc.updates, samples_per_update=tc.batch_size)
-  log.info(_describe(config, tc, world_size, start, workdir))
-  objective_warning = _objective_warning(config, tc, world_size)
+  # The model is what is evaluated and saved; the ranks train their DataParallel wrapper of it.
+  trained_model = paddle.DataParallel(model) if world_size > 1 else model
+  step = UpdateStep(trained_model, optimizer, scheduler, precision, config, rank, world_size, stop, progress.skips)
+  log = RunLog(workdir, is_main, start, train_config.updates, samples_per_update=train_config.batch_size)
+  log.info(_describe(config, train_config, world_size, start, workdir))
+  objective_warning = _objective_warning(config, train_config, world_size)
   if objective_warning:
     log.info(objective_warning)
-  log.info(_data_summary(config, train_set, eval_set, optim.updates_per_epoch(tc, len(train_set), world_size)))
-  if config.rdrop.alpha and not rdrop.drops_anything(net):
+  per_epoch = optim.updates_per_epoch(train_config, len(train_set), world_size)
+  log.info(_data_summary(config, train_set, eval_set, per_epoch))
+  if config.rdrop.alpha and not rdrop.drops_anything(model):
     log.info(f'WARNING: config.rdrop.alpha={config.rdrop.alpha:g}, but the model holds no dropout: both passes agree '
              f'and the KL term is 0 throughout (a zoo model: set config.model.dropout > 0)')
-  expected_first_loss = _expected_first_loss(net, config, train_set.num_classes) if start == 0 else None
+  expected_first_loss = _expected_first_loss(model, config, train_set.num_classes) if start == 0 else None
   if expected_first_loss:
     log.info(f'check: the head starts at zero, so the first loss must be {expected_first_loss:.4f} '
              f'({"2 ln" if config.rdrop.alpha else "ln"} {train_set.num_classes})')
+  # After the lines above: starting the data workers reads an image, which a stalled filesystem can block.
+  accum, micro = optim.batch_split(train_config, world_size)
+  batches = iter(pipeline.loader(train_set, pipeline.TrainBatches(
+      len(train_set), micro * world_size, config.seed, rank, world_size, start_micro_step=start * accum),
+      config.data.num_workers))
+  started = last_save = time.monotonic()
 
   def open_run():  # the first write: the first update (or the evaluation due) has succeeded
     if is_main and not log.is_open:
@@ -170,23 +169,22 @@ def train(config, workdir, resume_from='', stop=None):
     nonlocal last_save
     last_save = time.monotonic()
     if is_main:
-      optimizer_state = optimizer.state_dict()
-      pieces = {'model': checkpoint.float32_weights(net.state_dict(), optimizer_state.get('master_weights')),
-                'optimizer': optimizer_state,
-                'trainer': {'precision': precision.state_dict(), 'loop': progress.loop_state()}}
-      meta = {'best': progress.best, 'experiment': config.experiment, 'model': config.model.name,
-              'num_classes': train_set.num_classes, 'class_names': train_set.label_names(), 'total_updates': tc.updates, 'evaluation_due': evaluation_due,
-              'world_size': world_size,
-              'train_seconds': progress.train_seconds + time.monotonic() - started, 'config': config.to_dict()}
+      seconds = progress.train_seconds + last_save - started
+      pieces, manifest = _checkpoint(update, config, train_config, train_set.label_names(), world_size, model,
+                                     optimizer, precision, progress, seconds, evaluation_due)
       with stop.working():
-        checkpoint.save(workdir_lib.checkpoints_dir(workdir), update, pieces, meta, tc.keep_checkpoints,
+        checkpoint.save(workdir_lib.checkpoints_dir(workdir), pieces, manifest, train_config.keep_checkpoints,
                         protect={progress.best['update']})
+
+  def checkpoint_time():  # rank 0's clock decides, the ranks agree with the loss
+    minutes = train_config.checkpoint_every_minutes
+    return is_main and minutes > 0 and time.monotonic() - last_save >= 60 * minutes
 
   def evaluate_and_log(update):
     # One process stops an evaluation at a signal (Interrupted); ranks under the launcher finish theirs,
     # since they could not agree on where to stop without one all-reduce per batch.
     try:
-      metrics = evaluate(net, eval_set, config, rank, world_size, autocast=precision.autocast,
+      metrics = evaluate(model, eval_set, config, rank, world_size, autocast=precision.autocast,
                          stop=stop if world_size == 1 else None)
     except Interrupted:
       save(update, evaluation_due=True)
@@ -199,35 +197,28 @@ def train(config, workdir, resume_from='', stop=None):
     log.info(f'update {update}: {config.eval.split} top1 {metrics["top1"]:.2f}% top5 {metrics["top5"]:.2f}% '
              f'loss {metrics["loss"]:.4f} (best {progress.best["top1"]:.2f}% at update {progress.best["update"]})')
     if collapse:
-      log.info(collapse_warning(update, metrics, config, train_set.num_classes, progress.last_train_row))
-    progress.collapses_in_a_row = progress.collapses_in_a_row + 1 if collapse else 0
-    limit = config.eval.stop_after_collapses
-    if limit and progress.collapses_in_a_row == limit:
+      log.info(collapse_warning(update, metrics, config, train_set.num_classes, progress.collapses.recent_train))
+    try:
+      progress.collapses.count(collapse, update)
+    except TrainingCollapsed:
       save(update)
-      raise TrainingCollapsed(f'stopped after {limit} collapsed evaluation(s) in a row, the last at update '
-                              f'{update} (config.eval.stop_after_collapses={limit}); checkpoint saved. The '
-                              f'warning above names the likely cause')
+      raise
 
   def log_training(update):
     averages, skipped = progress.window.take()
     if not config.rdrop.alpha:
       averages.pop('kl', None)  # without R-Drop it is 0 throughout: a chart that could never change
     log.scalars(update, 'train', {**averages, 'lr': optimizer.get_lr(), **_loss_scaling(precision, progress, skipped)})
-    progress.last_train_row = averages or progress.last_train_row
+    progress.collapses.recent_train = averages or progress.collapses.recent_train
 
-  started = last_save = time.monotonic()
-
-  def checkpoint_time():  # rank 0's clock decides, the ranks agree with the loss
-    return is_main and tc.checkpoint_every_minutes > 0 and time.monotonic() - last_save >= 60 * tc.checkpoint_every_minutes
-
-  model.train()  # evaluate() puts it back after each evaluation
+  trained_model.train()  # evaluate() puts it back after each evaluation
   stop.defer(True)  # from here a signal stops the loop at the end of an update, or during an evaluation
   try:
     if progress.evaluation_due:
       open_run()
       evaluate_and_log(start)
       save(start)
-    for update in range(start + 1, tc.updates + 1):
+    for update in range(start + 1, train_config.updates + 1):
       try:
         outcome = step(update, batches, flags=lambda: (bool(stop), checkpoint_time()))
       except (NonFiniteLoss, TooManySkips) as err:
@@ -240,13 +231,14 @@ def train(config, workdir, resume_from='', stop=None):
                    'the head was not zero or the loss is not the one configured')
       progress.update = update
       progress.window.add(outcome.means, outcome.skipped)
-      if every(update, tc.log_every, tc.updates):
+      if every(update, train_config.log_every, train_config.updates):
         log_training(update)
       log.progress(update, objective=float(outcome.means[0]), lr=optimizer.get_lr())
-      evaluated = every(update, tc.eval_every, tc.updates)
-      saving = evaluated or stopping or checkpoint_due or every(update, tc.checkpoint_every, tc.updates)
+      evaluated = every(update, train_config.eval_every, train_config.updates)
+      saving = (evaluated or stopping or checkpoint_due
+                or every(update, train_config.checkpoint_every, train_config.updates))
       if saving:  # what is evaluated and saved is the same on every rank
-        distributed.average_running_statistics(net, world_size)
+        distributed.average_running_statistics(model, world_size)
       if evaluated:
         evaluate_and_log(update)
       if saving:
@@ -259,7 +251,7 @@ def train(config, workdir, resume_from='', stop=None):
     if own_stop:
       stop.restore()
     log.close()
-  return {'updates': tc.updates, 'best': progress.best}
+  return {'updates': train_config.updates, 'best': progress.best}
 
 
 def _datasets(config):
@@ -272,8 +264,23 @@ def _datasets(config):
   return train_set, eval_set
 
 
+def _checkpoint(update, config, train_config, class_names, world_size, model, optimizer, precision, progress,
+                train_seconds, evaluation_due):
+  """(pieces, manifest) of the checkpoint of `update`: what `_restore` reads back."""
+  optimizer_state = optimizer.state_dict()
+  pieces = {'model': checkpoint.float32_weights(model.state_dict(), optimizer_state.get('master_weights')),
+            'optimizer': optimizer_state,
+            'trainer': {'precision': precision.state_dict(), 'loop': progress.state_dict()}}
+  manifest = checkpoint.Manifest(
+      update=update, experiment=config.experiment, model=config.model.name, num_classes=len(class_names),
+      class_names=class_names, best=progress.best, total_updates=train_config.updates,
+      evaluation_due=evaluation_due, world_size=world_size, train_seconds=train_seconds, config=config.to_dict())
+  return pieces, manifest
+
+
 def _restore(path, config, class_names, model, optimizer, precision, progress, say):
-  """Load checkpoint `path` into the model, optimizer, loss scaler and the loop's `progress`."""
+  """Load checkpoint `path` (written by `_checkpoint`) into the model, optimizer, loss scaler and the loop's
+  `progress`."""
   rank, world_size = distributed.rank_and_world_size()
   try:
     manifest, state = checkpoint.load(path)
@@ -283,12 +290,12 @@ def _restore(path, config, class_names, model, optimizer, precision, progress, s
     raise checkpoint.CheckpointError(f'{err}, seen from rank {rank}: every rank resumes from the checkpoint rank 0 '
                                      f'chose, so the workdir must be on a filesystem that every node shares') from err
   models.check_fits(manifest, config.model, path, len(class_names))
-  saved = manifest.get('class_names', class_names)  # (absent from older checkpoints)
+  saved = manifest.class_names or class_names  # (absent from older checkpoints)
   if saved != class_names:
     changed = [f'{i}: {a!r} -> {b!r}' for i, (a, b) in enumerate(zip(saved, class_names)) if a != b]
     raise checkpoint.CheckpointError(f'checkpoint {path} was trained on other classes than the data has now '
                                      f'({", ".join(changed[:5])}): resume on the data it was trained on')
-  written_on = manifest.get('world_size', world_size)  # (absent from older checkpoints)
+  written_on = manifest.world_size or world_size  # (absent from older checkpoints)
   if written_on != world_size:
     say(f'resume: the run trained on {written_on} process(es) until now and continues on {world_size}: the same '
         f'samples in every update, other dropout masks, so another run than on {written_on} (docs/distributed.md)')
@@ -296,11 +303,11 @@ def _restore(path, config, class_names, model, optimizer, precision, progress, s
   optimizer.set_state_dict(precision.optimizer_state(state['optimizer'], model, state['model']))
   trainer = state['trainer']
   precision.load_state_dict(trainer['precision'], log=say)
-  progress.update, progress.best = manifest['update'], manifest['best']
-  progress.train_seconds = manifest.get('train_seconds', 0.0)
-  progress.evaluation_due = manifest.get('evaluation_due', False)
+  progress.update, progress.best = manifest.update, manifest.best
+  progress.train_seconds = manifest.train_seconds or 0.0
+  progress.evaluation_due = manifest.evaluation_due
   if 'loop' in trainer:  # absent from older checkpoints: the first log row after resuming then averages fewer updates
-    progress.load_loop_state(trainer['loop'])
+    progress.load_state_dict(trainer['loop'])
 
 
 def _loss_scaling(precision, progress, skipped_in_window):
@@ -311,25 +318,25 @@ def _loss_scaling(precision, progress, skipped_in_window):
           'skipped_updates': progress.skips.total}
 
 
-def _describe(config, tc, world_size, start, workdir):
+def _describe(config, train_config, world_size, start, workdir):
   """The log line that says what this run trains, how, and from where."""
   rc = config.rdrop
-  accum, micro = optim.batch_split(tc, world_size)
-  shared = (f' sharing the {tc.accum_steps} micro-batches of one device (train.keep_micro_batch)'
-            if tc.keep_micro_batch and world_size > 1 else '')
-  return (f'train: {config.experiment} for {tc.updates} updates of {tc.batch_size} samples '
+  accum, micro = optim.batch_split(train_config, world_size)
+  shared = (f' sharing the {train_config.accum_steps} micro-batches of one device (train.keep_micro_batch)'
+            if train_config.keep_micro_batch and world_size > 1 else '')
+  return (f'train: {config.experiment} for {train_config.updates} updates of {train_config.batch_size} samples '
           f'({accum} x {micro} per device on {world_size} device(s){shared}), '
           + (f'R-Drop alpha={rc.alpha} (KL {rc.reduction}, CE {rc.ce_of_passes} of the passes, {rc.form}), '
              if rc.alpha else 'without R-Drop, ')
           + f'{"from update " + str(start) if start else "from scratch"}; writing to {workdir}')
 
 
-def _objective_warning(config, tc, world_size):
+def _objective_warning(config, train_config, world_size):
   """A warning when the device count changes the objective: R-Drop's KL summed over a smaller micro-batch."""
   rc = config.rdrop
-  if world_size == 1 or tc.keep_micro_batch or not rc.alpha or rc.reduction != 'sum':
+  if world_size == 1 or train_config.keep_micro_batch or not rc.alpha or rc.reduction != 'sum':
     return ''
-  one, here = optim.batch_split(tc, 1)[1], optim.batch_split(tc, world_size)[1]
+  one, here = optim.batch_split(train_config, 1)[1], optim.batch_split(train_config, world_size)[1]
   return (f'WARNING: R-Drop\'s KL (reduction sum) is summed over the micro-batch, {here} samples per device here '
           f'and {one} on one device: its weight is {world_size}x smaller than this config gives on one device. '
           f'Set --config.train.keep_micro_batch=True to keep {one} per device, or use rdrop.reduction=batchmean '
@@ -346,9 +353,9 @@ def _data_summary(config, train_set, eval_set, per_epoch):
           f'(of {config.train.batch_size} samples)')
 
 
-def _expected_first_loss(net, config, num_classes):
+def _expected_first_loss(model, config, num_classes):
   """With a zero head every class is equally likely: CE = ln C per pass and the KL term is 0."""
-  if not getattr(net, 'zero_head', False):
+  if not getattr(model, 'zero_head', False):
     return None
   return (2 if config.rdrop.alpha and config.rdrop.ce_of_passes == 'sum' else 1) * math.log(num_classes)
 

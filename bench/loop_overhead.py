@@ -93,7 +93,7 @@ def pieces(config, model):
       'log row (VisualDL + metrics.jsonl)': (
           lambda: log.scalars(7, 'train', {'objective': 1.0, 'ce': 1.0, 'kl': 0.0, 'lr': 1e-3}), 1 / tc.log_every),
       'checkpoint save (fsync, sha256)': (
-          lambda: checkpoint.save(ckpt_dir, next(counter), state, {}, tc.keep_checkpoints),
+          lambda: checkpoint.save(ckpt_dir, state, checkpoint.Manifest(update=next(counter)), tc.keep_checkpoints),
           1 / tc.checkpoint_every),
   }
   return result, lambda: (log.close(), shutil.rmtree(workdir, ignore_errors=True))

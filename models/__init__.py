@@ -66,10 +66,10 @@ def build(model_config, num_classes, seed=0, initial_weights=True):
 
 def check_fits(manifest, model_config, path, num_classes=None):
   """The checkpoint at `path` (its `manifest`) is of this model (and, when given, of `num_classes`)."""
-  wanted = (model_config.name, manifest['num_classes'] if num_classes is None else num_classes)
-  if (manifest['model'], manifest['num_classes']) != wanted:
+  wanted = (model_config.name, manifest.num_classes if num_classes is None else num_classes)
+  if (manifest.model, manifest.num_classes) != wanted:
     raise checkpoint.CheckpointError(
-        f'checkpoint {path} holds a {manifest["model"]!r} model with {manifest["num_classes"]} classes, '
+        f'checkpoint {path} holds a {manifest.model!r} model with {manifest.num_classes} classes, '
         f'but the config builds {wanted[0]!r} with {wanted[1]}')
 
 
@@ -81,7 +81,7 @@ def load_trained(model_config, path, precision=None):
   """
   manifest, state = checkpoint.load(path, pieces=('model',))
   check_fits(manifest, model_config, path)
-  model = build(model_config, manifest['num_classes'], initial_weights=False)
+  model = build(model_config, manifest.num_classes, initial_weights=False)
   if precision is not None:
     model, _ = precision.decorate(model)
   checkpoint.load_state_strict(model, state['model'], source=f'checkpoint {path}')

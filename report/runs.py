@@ -13,7 +13,6 @@ not a result.
 """
 import dataclasses
 import datetime
-import json
 import os
 
 from configs.base import NOT_LEARNING
@@ -32,7 +31,7 @@ class Run:
   config: dict
   metrics: list
   invocations: list           # run.jsonl: one record per train / resume
-  manifest: dict | None       # of the newest checkpoint
+  manifest: checkpoint.Manifest | None  # of the newest checkpoint
   last_write: float | None    # newest mtime of metrics.jsonl and checkpoint manifests
   notes: list
   name: str = ''              # as the report shows it: the shortest path suffix no other run shares
@@ -60,14 +59,14 @@ class Run:
     return [row for row in self.metrics if row['group'] == 'eval']
 
   def total_updates(self):
-    if self.manifest and 'total_updates' in self.manifest:
-      return self.manifest['total_updates']
+    if self.manifest and self.manifest.total_updates is not None:
+      return self.manifest.total_updates
     return self.config['train']['updates'] or None
 
   def status(self):
     """('finished' or why the run is not a result, updates done, total updates or None)."""
     total = self.total_updates()
-    done = self.manifest['update'] if self.manifest else 0
+    done = self.manifest.update if self.manifest else 0
     if total is None:
       return ('length unknown: epoch-based run whose checkpoints do not record total_updates', done, None)
     if done < total:
@@ -94,8 +93,8 @@ class Run:
 
   def wall_seconds(self):
     """(seconds, whether training measured them) or (None, False) when the files cannot tell."""
-    if self.manifest and 'train_seconds' in self.manifest:
-      return self.manifest['train_seconds'], True
+    if self.manifest and self.manifest.train_seconds is not None:
+      return self.manifest.train_seconds, True
     starts = [datetime.datetime.fromisoformat(r['time']) for r in self.invocations
               if r.get('mode') in ('train', 'resume')]
     if not starts or self.last_write is None:
@@ -126,11 +125,9 @@ def _newest_manifest(workdir):
   The checksums are not verified: the report loads no weights, and resume and eval check them.
   """
   for folder in reversed(checkpoint.committed(workdir_lib.checkpoints_dir(workdir))):
-    path = os.path.join(folder, checkpoint.MANIFEST)
     try:
-      with open(path) as f:
-        return json.load(f), os.path.getmtime(path)
-    except (OSError, ValueError):
+      return checkpoint.read_manifest(folder, files=()), os.path.getmtime(os.path.join(folder, checkpoint.MANIFEST))
+    except (checkpoint.CheckpointError, OSError):
       continue
   return None, None
 

@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes, a full disk, damaged and leftover folders, retention, strict loading across
 precisions. The folder-level promises are tested in-process on tiny states, the resume paths through the CLI."""
 import errno
+import json
 import os
 import shutil
 import signal
@@ -26,8 +27,8 @@ def _pieces(value):
 
 
 def _save(directory, update, keep=10, protect=(), value=None):
-  return checkpoint.save(str(directory), update, _pieces(float(update) if value is None else value),
-                         {'best': {'top1': 0.0, 'update': 0}}, keep, protect)
+  return checkpoint.save(str(directory), _pieces(float(update) if value is None else value),
+                         checkpoint.Manifest(update=update, best={'top1': 0.0, 'update': 0}), keep, protect)
 
 
 def _updates(directory):
@@ -90,6 +91,30 @@ def test_a_folder_without_an_intact_manifest_is_not_a_checkpoint(tmp_path, capsy
     open(manifest_path, 'w').write(manifest)
   assert checkpoint.latest_valid(str(tmp_path)) == checkpoint.folder(str(tmp_path), 1)
   assert f'WARNING: checkpoint {checkpoint.folder(str(tmp_path), 3)}' in capsys.readouterr().err
+
+
+def test_a_manifest_of_an_older_version_reads_with_defaults_and_a_newer_ones_extra_keys_are_left_out(tmp_path):
+  folder = _save(tmp_path, 2)
+  manifest_path = os.path.join(folder, checkpoint.MANIFEST)
+  with open(manifest_path) as f:
+    written = json.load(f)
+  assert written['update'] == 2 and set(written['files']) == {'model.json', 'model.safetensors', 'optimizer.json',
+                                                              'optimizer.safetensors'}
+  older = {key: written[key] for key in ('update', 'files', 'best')}  # before class names, world size, time
+  with open(manifest_path, 'w') as f:
+    json.dump({**older, 'written_by_a_newer_version': True}, f)
+  manifest = checkpoint.read_manifest(folder)
+  assert manifest == checkpoint.Manifest(update=2, files=written['files'], best={'top1': 0.0, 'update': 0})
+  assert (manifest.class_names, manifest.world_size, manifest.train_seconds, manifest.finished) == (None, None, None,
+                                                                                                     False)
+
+
+def test_class_labels_and_whether_a_run_finished_come_from_the_manifest():
+  assert checkpoint.Manifest(update=3, num_classes=3).labels == ['0', '1', '2']
+  assert checkpoint.Manifest(update=3, num_classes=2, class_names=['cat', 'dog']).labels == ['cat', 'dog']
+  assert checkpoint.Manifest(update=3, total_updates=3).finished
+  assert not checkpoint.Manifest(update=3, total_updates=3, evaluation_due=True).finished
+  assert not checkpoint.Manifest(update=2, total_updates=3).finished
 
 
 def test_a_leftover_temporary_folder_is_not_a_checkpoint_and_is_removed_at_start(tmp_path):
@@ -240,7 +265,8 @@ def test_a_checkpoint_resumes_with_or_without_a_loss_scaler(amp_standin, tmp_pat
   if saved_with == 'fp16':  # one overflow, so the saved scale (2048) differs from a fresh scaler's
     layer = paddle.nn.Linear(2, 1)
     _step(saving, layer, paddle.optimizer.SGD(learning_rate=0.1, parameters=layer.parameters()), float('inf'))
-  path = checkpoint.save(str(tmp_path), 1, {'trainer': {'precision': saving.state_dict()}}, {}, keep=1)
+  path = checkpoint.save(str(tmp_path), {'trainer': {'precision': saving.state_dict()}}, checkpoint.Manifest(update=1),
+                         keep=1)
   state = checkpoint.load(path)[1]['trainer']['precision']
   assert state['scaling'] is (saved_with == 'fp16')
   resuming, logged = _precision(resumed_with, 4096.0), []

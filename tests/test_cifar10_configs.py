@@ -40,7 +40,7 @@ def test_one_smoke_run_of_every_config_trains_and_checkpoints(module, variant, c
     losses = [r['objective'] for r in map(json.loads, f) if r['group'] == 'train']
   assert len(losses) == 2 and all(math.isfinite(loss) and loss > 0 for loss in losses)
   manifest, state = checkpoint.load(checkpoint.latest_valid(str(tmp_path / 'checkpoints')))
-  assert (manifest['model'], manifest['num_classes'], manifest['update']) == (config.model.name, 10, 2)
+  assert (manifest.model, manifest.num_classes, manifest.update) == (config.model.name, 10, 2)
 
 
 def test_rdrop_on_the_dropblock_cnn_has_a_positive_kl_term(cifar10_tarball, tmp_path):

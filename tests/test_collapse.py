@@ -13,7 +13,7 @@ from configs import base
 from helpers import ROOT, run_main
 from data.pipeline import SeededDataset
 from evaluate import evaluate
-from training.collapse import collapse_warning, collapsed
+from training.collapse import CollapseGuard, TrainingCollapsed, collapse_warning, collapsed
 
 SMOKE = 'configs/digits_vit_rdrop.py:smoke'
 
@@ -135,6 +135,22 @@ def test_a_flagged_evaluation_is_in_the_metrics_the_visualdl_scalars_and_a_warni
 
 
 @pytest.mark.slow
+def test_the_guard_stops_at_the_limit_of_collapses_in_a_row_and_its_count_survives_a_checkpoint():
+  guard = CollapseGuard(limit=2)
+  for update, collapse in ((1, True), (2, False), (3, True)):
+    guard.count(collapse, update)
+  guard.recent_train = {'ce': 2.3}
+  resumed = CollapseGuard(limit=2)
+  resumed.load_state_dict(guard.state_dict())
+  assert (resumed.in_a_row, resumed.recent_train) == (1, {'ce': 2.3})
+  with pytest.raises(TrainingCollapsed, match=r'^stopped after 2 collapsed evaluation\(s\) in a row, the last at update 4'):
+    resumed.count(True, 4)
+  unlimited = CollapseGuard(limit=0)
+  for update in range(1, 10):
+    unlimited.count(True, update)
+  assert unlimited.in_a_row == 9
+
+
 def test_the_run_stops_after_the_configured_number_of_collapsed_evaluations_in_a_row(flagged_run):
   workdir, proc = flagged_run
   assert proc.returncode == 1

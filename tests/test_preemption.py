@@ -434,7 +434,7 @@ def test_sigterm_during_an_evaluation_saves_the_update_and_resume_evaluates_it_f
   assert (f'stopped by a signal after update {update} before its evaluation was complete (it runs first on '
           'resume), checkpoint saved') in stderr
   ckpts = os.path.join(workdir, 'checkpoints')
-  assert checkpoint.read_manifest(checkpoint.latest_valid(ckpts), files=())['evaluation_due'] is True
+  assert checkpoint.read_manifest(checkpoint.latest_valid(ckpts), files=()).evaluation_due is True
   assert len(metric_rows(workdir, 'eval')) == evaluation - 1
   run_main('--config', DEMO, '--workdir', workdir, *RUN, '--autoresume')
   _assert_same_run(workdir, reference)
@@ -453,10 +453,11 @@ def test_sigterm_during_a_computation_longer_than_the_grace_time_still_saves(tmp
 
 @pytest.mark.parametrize('workers', [0, 2])
 def test_sigterm_while_reading_an_image_stalls_ends_the_process_and_its_workers(tmp_path, workers):
-  """Paddle's reader blocks the main thread in C++, where Python never runs a signal handler."""
+  """Paddle's reader blocks the main thread in C++, where Python never runs a signal handler. (From the second
+  image: the main process reads the first before starting workers, to size their shared memory.)"""
   workdir = tmp_path / 'run'
   proc = _start(tmp_path, 'run', ['--config', DEMO, '--workdir', workdir, *RUN,
-                                  f'--config.data.num_workers={workers}'], fault=('stalled_sample', 1))
+                                  f'--config.data.num_workers={workers}'], fault=('stalled_sample', 2))
   _wait_for(lambda: _started(tmp_path, 'run') and 'FAULT: reading an image stalls' in (tmp_path / 'run.err').read_text(),
             proc)
   time.sleep(0.5)
@@ -499,7 +500,7 @@ def test_a_time_based_checkpoint_appears_before_any_update_based_one(tmp_path):
   proc.wait(timeout=60)
   first = checkpoint.committed(ckpts)[0]
   manifest = checkpoint.read_manifest(first)
-  assert 0 < manifest['update'] < 10000 and manifest['train_seconds'] >= 0.6
+  assert 0 < manifest.update < 10000 and manifest.train_seconds >= 0.6
 
 
 def test_a_second_sigterm_during_the_checkpoint_write_exits_at_once_keeping_the_previous(tmp_path):

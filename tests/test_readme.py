@@ -13,21 +13,29 @@ from helpers import ROOT, SHORT_TRAINING, child_env
 pytestmark = pytest.mark.slow  # runs the command line in processes of its own
 
 
+def _trains(command):
+  return '--mode' not in command or '--mode train' in command
+
+
 def readme_commands():
   """The one-line `python main.py` and `python -m paddle.distributed.launch` commands of the bash blocks of
-  README.md and docs/*.md, but those with a `...` placeholder (paths to data or weights that only a user has)."""
+  README.md and docs/*.md, but those with a `...` placeholder (paths to data or weights that only a user has),
+  those cut over lines (loops over seeds), and the commands that read the runs of such a command before them in
+  their block (a report of the runs a loop trained)."""
   commands = []
   for page in ['README.md', *sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))]:
     with open(os.path.join(ROOT, page)) as f:
       blocks = re.findall(r'```bash\n(.*?)```', f.read(), re.S)
-    commands += [line.strip() for block in blocks for line in block.splitlines()
-                 if line.strip().startswith(('python main.py', 'python -m paddle.distributed.launch'))
-                 and '...' not in line and not line.rstrip().endswith('\\')]
+    for block in blocks:
+      left_out = False
+      for line in (line.strip() for line in block.splitlines()):
+        if not line.startswith(('python main.py', 'python -m paddle.distributed.launch')):
+          continue
+        if '...' in line or line.endswith('\\') or (left_out and not _trains(line)):
+          left_out = True
+        else:
+          commands.append(line)
   return commands
-
-
-def _trains(command):
-  return '--mode' not in command or '--mode train' in command
 
 
 def test_the_readme_shows_every_mode():

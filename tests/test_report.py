@@ -280,7 +280,7 @@ def fake_run(path, seed, finals_by_update, alpha=0.0, lr=0.003, total=None, spli
   folder = os.path.join(path, 'checkpoints', f'update_{last:08d}')
   os.makedirs(folder)
   with open(os.path.join(folder, 'manifest.json'), 'w') as f:
-    json.dump({'update': last, 'total_updates': total, 'train_seconds': 60.0}, f)
+    json.dump({'update': last, 'files': {}, 'total_updates': total, 'train_seconds': 60.0}, f)
   return path
 
 

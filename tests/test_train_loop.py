@@ -87,19 +87,19 @@ def test_a_resumed_run_counts_the_training_time_of_the_runs_before_it(tmp_path, 
   with open(manifest_path, 'w') as f:
     json.dump(dict(manifest, train_seconds=1e6), f)
   _train(_config(), tmp_path, _folder(tmp_path, 2))
-  assert 1e6 < _manifest(tmp_path, 4)['train_seconds'] < 1e6 + 3600
+  assert 1e6 < _manifest(tmp_path, 4).train_seconds < 1e6 + 3600
 
 
 def test_an_evaluation_stopped_by_a_signal_is_saved_as_due_and_done_first_on_resume(tmp_path, monkeypatch):
   _scripted_evaluations(monkeypatch, 10.0, Interrupted(signal.SIGTERM))
   with pytest.raises(train.TrainingStopped, match='after update 2 before its evaluation was complete'):
     _train(_config(), tmp_path)
-  assert _updates(tmp_path) == [1, 2] and _manifest(tmp_path, 2)['evaluation_due']
+  assert _updates(tmp_path) == [1, 2] and _manifest(tmp_path, 2).evaluation_due
   _scripted_evaluations(monkeypatch, 20.0, 30.0, 40.0)
   _train(_config(), tmp_path, _folder(tmp_path, 2))
   assert [(row['update'], row['top1']) for row in metric_rows(tmp_path, 'eval')] == [
       (1, 10.0), (2, 20.0), (3, 30.0), (4, 40.0)]
-  assert not _manifest(tmp_path, 2)['evaluation_due']
+  assert not _manifest(tmp_path, 2).evaluation_due
 
 
 def test_under_o2_a_checkpoint_holds_the_float32_master_weights_not_their_half_precision_copy(

@@ -181,7 +181,7 @@ def _state():
 
 
 def test_a_checkpoint_holds_no_code_and_gives_back_every_value_bit_for_bit(tmp_path):
-  path = checkpoint.save(str(tmp_path), 1, _state(), {'best': {'top1': 0.0, 'update': 0}}, keep=1)
+  path = checkpoint.save(str(tmp_path), _state(), checkpoint.Manifest(update=1), keep=1)
   assert sorted(os.listdir(path)) == ['manifest.json', *sorted(f'{piece}.{kind}' for piece in OLD_NAMES
                                                               for kind in ('json', 'safetensors'))]
   _assert_same(checkpoint.load(path)[1], _state())
@@ -220,14 +220,14 @@ def _in_old_format(folder, model_file=None):
 
 
 def test_a_checkpoint_of_the_older_pickled_format_loads_as_paddle_load_gave_it(tmp_path):
-  path = _in_old_format(checkpoint.save(str(tmp_path), 1, _state(), {}, keep=1))
+  path = _in_old_format(checkpoint.save(str(tmp_path), _state(), checkpoint.Manifest(update=1), keep=1))
   _, pieces = checkpoint.load(path)
   _assert_same(pieces, {piece: paddle.load(os.path.join(path, name)) for piece, name in OLD_NAMES.items()})
 
 
 def test_a_checkpoint_whose_weights_call_code_is_refused_though_its_checksum_matches(tmp_path):
   marker = tmp_path / 'ran'
-  path = _in_old_format(checkpoint.save(str(tmp_path / 'ckpts'), 1, _state(), {}, keep=1),
+  path = _in_old_format(checkpoint.save(str(tmp_path / 'ckpts'), _state(), checkpoint.Manifest(update=1), keep=1),
                         model_file=pickle.dumps({'fc.weight': RunsACommand(marker)}))
   checkpoint.read_manifest(path)  # intact, as far as its manifest can tell
   _refused(lambda: checkpoint.load(path), marker, os.path.join(path, 'model.pdparams'))
@@ -285,7 +285,7 @@ def test_a_checkpoint_of_the_older_format_resumes_exactly_as_the_same_in_the_new
 @pytest.mark.parametrize('damage', ['a tensor it does not hold', 'not JSON', 'not safetensors'])
 def test_a_checkpoint_whose_files_no_version_wrote_is_an_error_naming_it(tmp_path, damage):
   """(Its manifest rewritten to match: what a stranger's file may be.)"""
-  path = checkpoint.save(str(tmp_path), 1, _state(), {}, keep=1)
+  path = checkpoint.save(str(tmp_path), _state(), checkpoint.Manifest(update=1), keep=1)
   name, data = {'a tensor it does not hold': ('model.json', b'{"w": {"__tensor__": "nowhere"}}'),
                 'not JSON': ('model.json', b'{"w": '), 'not safetensors': ('model.safetensors', b'\xff' * 9)}[damage]
   _with_files(path, {name: data})

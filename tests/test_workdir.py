@@ -22,8 +22,8 @@ def _saved_run(folder, config, updates=(), total=2):
   os.makedirs(folder)
   workdir.save_config(str(folder), config)
   for update in updates:
-    checkpoint.save(workdir.checkpoints_dir(str(folder)), update, {}, {
-        'best': {'top1': 50.0, 'update': update}, 'total_updates': total, 'config': config.to_dict()}, keep=5)
+    checkpoint.save(workdir.checkpoints_dir(str(folder)), {}, checkpoint.Manifest(
+        update=update, best={'top1': 50.0, 'update': update}, total_updates=total, config=config.to_dict()), keep=5)
 
 
 def test_a_new_workdir_starts_at_update_0(tmp_path):

@@ -266,6 +266,8 @@ def main(argv):
   keep = argv[argv.index('--keep') + 1] if '--keep' in argv else None
   scratch = keep or tempfile.mkdtemp(prefix='gpu_check_')
   os.makedirs(scratch, exist_ok=True)
+  from utils import threads
+  threads.configure()  # as main.py does first: before Paddle is imported
   import paddle
   gpus = paddle.device.cuda.device_count() if paddle.device.is_compiled_with_cuda() else 0
   print(f'GPU preflight: Paddle {paddle.__version__}, {gpus} GPU(s); working in {scratch}')

@@ -241,7 +241,7 @@ def prepare(sweep, runs_dir):
 def _stop_on_signals(child):
   """Pass SIGTERM and SIGINT on to the running training, which saves a checkpoint and exits; the sweep then
   stops with it. A signal to the whole process group (Ctrl-C, a scheduler's) reaches the training twice
-  within a second, which it counts as one request (training/preemption.py)."""
+  within a second, which it counts as one request (utils/preemption.py)."""
   def forward(signum, frame):
     if child.poll() is None:
       child.send_signal(signum)

@@ -10,6 +10,31 @@ weights sits there during its first epochs too.
 import math
 
 
+class TrainingCollapsed(ValueError):
+  """Evaluations collapsed config.eval.stop_after_collapses times in a row (reported as a one-line error)."""
+
+
+class CollapseGuard:
+  """Collapsed evaluations in a row; the `limit`-th (0: no limit) raises TrainingCollapsed. It keeps the newest
+  training row too, which the warning quotes (an evaluation may come first after a resume)."""
+
+  def __init__(self, limit):
+    self.limit, self.in_a_row, self.recent_train = limit, 0, {}
+
+  def count(self, collapse, update):
+    self.in_a_row = self.in_a_row + 1 if collapse else 0
+    if self.limit and self.in_a_row == self.limit:
+      raise TrainingCollapsed(f'stopped after {self.limit} collapsed evaluation(s) in a row, the last at update '
+                              f'{update} (config.eval.stop_after_collapses={self.limit}); checkpoint saved. The '
+                              f'warning above names the likely cause')
+
+  def state_dict(self):  # the keys checkpoints have held since before this object
+    return {'collapses_in_a_row': self.in_a_row, 'last_train_row': self.recent_train}
+
+  def load_state_dict(self, state):
+    self.in_a_row, self.recent_train = state['collapses_in_a_row'], state['last_train_row']
+
+
 def collapsed(metrics, eval_config):
   """Whether an evaluation shows a collapsed model: (nearly) one predicted class, or one output for all.
   A threshold of 0 turns its check off."""

@@ -151,7 +151,7 @@ def best_checkpoint(workdir):
   latest = checkpoint.latest_valid(directory)
   if latest is None:
     return None
-  best_update = checkpoint.read_manifest(latest, files=())['best']['update']
+  best_update = checkpoint.read_manifest(latest, files=()).best['update']
   best = checkpoint.folder(directory, best_update)
   return best if best_update and os.path.isdir(best) else latest
 
@@ -191,12 +191,11 @@ def starting_point(config, workdir, mode, autoresume=False, explicit_checkpoint=
   if latest is None:
     return '', f'resume: {where} has no checkpoint yet: training again from update 0 with the saved config and seed'
   manifest = checkpoint.read_manifest(latest, files=())
-  saved_length = {k: manifest.get('config', {}).get('train', {}).get(k) for k in ('updates', 'epochs')}
+  saved_length = {k: manifest.config.get('train', {}).get(k) for k in ('updates', 'epochs')}
   same_length = saved_length == {'updates': config.train.updates, 'epochs': config.train.epochs}
-  finished = manifest['update'] >= manifest.get('total_updates', float('inf')) and not manifest.get('evaluation_due')
-  if same_length and finished:
-    best = manifest['best']
-    return None, (f'{workdir} finished at update {manifest["update"]} (best {config.eval.split} top1 '
+  if same_length and manifest.finished:
+    best = manifest.best
+    return None, (f'{workdir} finished at update {manifest.update} (best {config.eval.split} top1 '
                   f'{best["top1"]:.2f}% at update {best["update"]}): nothing to do')
   return latest, f'resume: from {latest}'
 

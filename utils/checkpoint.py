@@ -1,7 +1,7 @@
 """Checkpoints that survive kill -9, full disks and bit rot.
 
-A checkpoint is a folder `update_<N>` holding the pieces of state and `manifest.json`, which lists every
-file with its SHA-256. A piece (`model`, `optimizer`, `trainer`) is a nest of dicts and lists: its tensors
+A checkpoint is a folder `update_<N>` holding the pieces of state and `manifest.json` (a `Manifest`), which
+lists every file with its SHA-256 and holds what the training loop records of the run. A piece (`model`, `optimizer`, `trainer`) is a nest of dicts and lists: its tensors
 and arrays go into `<piece>.safetensors` (keyed by their path in the nest: `model.safetensors` is a plain
 weights file), the rest into `<piece>.json` (a tensor's place holds `{"__tensor__": key}`). Neither format
 can hold code, so loading a checkpoint from elsewhere runs none; older checkpoints, pickled by
@@ -15,6 +15,7 @@ renamed into place: a folder without a manifest, or whose files do not match it,
 Weights are stored in float32 whatever the precision of the run (the optimizer's master copies under AMP
 O2) and cast to the model's dtype on loading, so any checkpoint serves any precision and device.
 """
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,6 +38,40 @@ class CheckpointError(RuntimeError):
   pass
 
 
+@dataclasses.dataclass
+class Manifest:
+  """What a checkpoint says of itself (`manifest.json`): its update, its files with their SHA-256, and what the
+  training loop records beside the pieces. The one definition for train.py, which writes it, and every reader
+  (resume, eval, export, the report). Fields a checkpoint of an older version lacks take their defaults."""
+  update: int
+  files: dict = dataclasses.field(default_factory=dict)  # {file name: SHA-256}, filled in by save()
+  experiment: str = ''
+  model: str = ''               # config.model.name
+  num_classes: int = 0
+  class_names: list | None = None
+  best: dict = dataclasses.field(default_factory=lambda: {'top1': -1.0, 'update': 0})  # the best evaluation so far
+  total_updates: int | None = None
+  evaluation_due: bool = False  # stopped before the evaluation of `update` was complete
+  world_size: int | None = None
+  train_seconds: float | None = None  # the run's training time up to this checkpoint
+  config: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def labels(self):
+    return self.class_names or [str(label) for label in range(self.num_classes)]
+
+  @property
+  def finished(self):
+    """Whether the run of this checkpoint has nothing left to do."""
+    return self.total_updates is not None and self.update >= self.total_updates and not self.evaluation_due
+
+  @classmethod
+  def from_dict(cls, values):
+    """The manifest of `values` (read from JSON); keys of a newer version are left out."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{key: value for key, value in values.items() if key in known})
+
+
 def _fsync_dir(path):
   fd = os.open(path, os.O_RDONLY)
   try:
@@ -57,16 +92,17 @@ def folder(directory, update):
   return os.path.join(directory, f'{PREFIX}{update:08d}')
 
 
-def save(directory, update, pieces, meta, keep, protect=()):
+def save(directory, pieces, manifest, keep, protect=()):
   """Write `pieces` ({piece name: nest of dicts and lists of tensors, arrays and JSON values}) as the
-  checkpoint of `update`, atomically.
+  checkpoint of `manifest.update`, atomically, with `manifest` (its files filled in).
 
-  `meta` (JSON) goes into the manifest. Afterwards only the newest `keep` checkpoints and those in
+  Afterwards only the newest `keep` checkpoints and those in
   `protect` (e.g. the best) remain. On failure the partial folder is removed, earlier checkpoints are
   untouched, and CheckpointError says so. Weights or optimizer state holding NaN or Inf are refused
   with FloatingPointError: a resume from them could only fail again, and the loss check of the
   training loop sees a step that blew up the weights only one update later.
   """
+  update = manifest.update
   os.makedirs(directory, exist_ok=True)
   final = folder(directory, update)
   non_finite = [f'{name}:{key}' for name, obj in pieces.items() for key in _non_finite(obj)]
@@ -83,9 +119,8 @@ def save(directory, update, pieces, meta, keep, protect=()):
       for name, data in _encode(piece, obj).items():
         _write(os.path.join(tmp, name), data)
         files[name] = hashlib.sha256(data).hexdigest()
-    manifest = dict(meta, update=update, files=files)
     with open(os.path.join(tmp, MANIFEST), 'w') as f:
-      json.dump(manifest, f, indent=1)
+      json.dump(dataclasses.asdict(dataclasses.replace(manifest, files=files)), f, indent=1)
       f.flush()
       os.fsync(f.fileno())
     _fsync_dir(tmp)
@@ -233,12 +268,13 @@ def read_manifest(path, files=None):
                           f'{WHAT_IS_A_CHECKPOINT}')
   try:
     with open(manifest_path) as f:
-      manifest = json.load(f)
+      values = json.load(f)
   except (OSError, ValueError) as err:
     raise CheckpointError(f'checkpoint {path} has no readable {MANIFEST} ({err}): it is incomplete') from err
-  if not isinstance(manifest, dict) or not isinstance(manifest.get('files'), dict):
-    raise CheckpointError(f'checkpoint {path}: {MANIFEST} lists no files: it is damaged')
-  _verify(path, manifest, manifest['files'] if files is None else files)
+  if not isinstance(values, dict) or not isinstance(values.get('files'), dict) or not isinstance(values.get('update'), int):
+    raise CheckpointError(f'checkpoint {path}: {MANIFEST} lists no files or no update: it is damaged')
+  manifest = Manifest.from_dict(values)
+  _verify(path, manifest, manifest.files if files is None else files)
   return manifest
 
 
@@ -248,7 +284,7 @@ def _verify(path, manifest, files):
     file_path = os.path.join(path, name)
     if not os.path.exists(file_path):
       raise CheckpointError(f'checkpoint {path} is missing {name}')
-    if _sha256(file_path) != manifest['files'][name]:
+    if _sha256(file_path) != manifest.files[name]:
       raise CheckpointError(f'checkpoint {path}: {name} does not match its checksum (truncated or corrupt)')
 
 
@@ -266,7 +302,7 @@ def latest_valid(directory):
 def load(path, pieces=None):
   """(manifest, {piece: object}) of a verified checkpoint folder: all its pieces, or those in `pieces`."""
   manifest, files = read_manifest(path, files=()), {}
-  for name in manifest['files']:
+  for name in manifest.files:
     files.setdefault(name.split('.')[0], []).append(name)
   wanted = {piece: names for piece, names in files.items() if pieces is None or piece in pieces}
   _verify(path, manifest, [name for names in wanted.values() for name in names])
