@@ -46,6 +46,31 @@ RESNET50_WEIGHTS=${RESNET50_WEIGHTS-$WEIGHTS_DIR/resnet50.pdparams}  # set but e
 case $RESNET50_WEIGHTS in '' | download) ;; *) RESNET50_WEIGHTS=$(realpath -m -- "$RESNET50_WEIGHTS") ;; esac
 cd "$(dirname "$0")"
 
+# A scheduler's SIGTERM, `timeout` and `docker stop` signal this script alone. Bash runs a trap only once its
+# foreground command has ended, so each python runs in the background while the script waits: the signal is
+# passed on at once (the run saves a checkpoint and exits), and the script then stops with the run's code
+# instead of starting the next run. (A background child of a script ignores Ctrl-C unless given it back.)
+CHILD='' STOPPED_BY=''
+pass_on() {
+  STOPPED_BY=$1
+  [ -z "$CHILD" ] || kill -s "$1" "$CHILD" 2> /dev/null || true
+}
+trap 'pass_on TERM' TERM
+trap 'pass_on INT' INT
+trap 'pass_on HUP' HUP
+python() {
+  local code
+  ( trap - INT; exec python "$@" ) &
+  CHILD=$!
+  wait "$CHILD" && code=0 || code=$?
+  while [ "$code" -gt 128 ] && kill -0 "$CHILD" 2> /dev/null; do  # the wait was cut short by a signal
+    wait "$CHILD" && code=0 || code=$?
+  done
+  CHILD=''
+  [ -z "$STOPPED_BY" ] || exit $((code ? code : 128 + $(kill -l "$STOPPED_BY")))
+  return "$code"
+}
+
 # The launcher looks GPUS up among the ids CUDA_VISIBLE_DEVICES lists (a scheduler may have set 4,5,6,7):
 # stop before any run, saying which ids there are, rather than with its "'0' is not in list".
 check_gpus() {

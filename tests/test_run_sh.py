@@ -1,7 +1,11 @@
-"""`bash run.sh` started from another folder than the project's: where its paths lead and what it says.
-A stand-in `python` on PATH records the command lines instead of training."""
+"""`bash run.sh` started from another folder than the project's: where its paths lead and what it says
+(a stand-in `python` on PATH records the command lines instead of training), and a signal to it alone."""
 import os
+import signal
 import subprocess
+import time
+
+import pytest
 
 from helpers import ROOT, child_env
 
@@ -56,3 +60,30 @@ def test_the_ready_ablations_stop_before_any_run_naming_their_missing_files(tmp_
     proc, calls = _run_sh_elsewhere(folder, ablation, PLAN='1')
     assert proc.returncode == 1 and calls == [], proc.stderr
     assert proc.stderr.startswith(f'run.sh: {folder}/datasets/{missing} does not exist: set ')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_run_sh_alone_stops_its_run_with_a_checkpoint_and_starts_no_other(tmp_path, signum):
+  """`timeout`, `docker stop` and a scheduler's SIGTERM reach the script, not the python it waits for."""
+  env = {key: value for key, value in child_env().items() if key not in ('SEEDS', 'GPUS')}
+  log = open(tmp_path / 'log', 'w')
+  proc = subprocess.Popen(['bash', os.path.join(ROOT, 'run.sh'), 'demo', '--config.train.updates=100000'],
+                          cwd=tmp_path, env={**env, 'RUNS_DIR': 'runs'}, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+  baseline = tmp_path / 'runs' / 'demo' / 'baseline'
+  try:
+    deadline = time.time() + 300
+    while not (baseline / 'config.py').exists():  # written once the first update has succeeded
+      assert proc.poll() is None and time.time() < deadline, (tmp_path / 'log').read_text()
+      time.sleep(0.05)
+    os.kill(proc.pid, signum)
+    assert proc.wait(timeout=120) == 128 + signum, (tmp_path / 'log').read_text()
+    with pytest.raises(ProcessLookupError):  # no python left running in the script's session
+      os.killpg(proc.pid, 0)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  output = (tmp_path / 'log').read_text()
+  assert 'checkpoint saved' in output and list((baseline / 'checkpoints').glob('update_*'))
+  assert not (tmp_path / 'runs' / 'demo' / 'rdrop').exists()
