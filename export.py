@@ -55,8 +55,8 @@ def export(config, checkpoint_path, prefix):
                 'class_names': manifest.labels}
   # YAML (each value in JSON flow style), not .json: paddle.jit.load takes any `<prefix>*.json` in the
   # folder for its program file.
-  with open(prefix + '.preprocess.yml', 'w') as f:
-    f.writelines(f'{key}: {json.dumps(value)}\n' for key, value in preprocess.items())
+  with open(prefix + '.preprocess.yml', 'w', encoding='utf-8') as f:
+    f.writelines(f'{key}: {json.dumps(value, ensure_ascii=False)}\n' for key, value in preprocess.items())
   return sorted(prefix + suffix for suffix in EXPORTED if os.path.exists(prefix + suffix))
 
 

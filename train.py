@@ -328,7 +328,18 @@ def _describe(config, train_config, world_size, start, workdir):
           f'({accum} x {micro} per device on {world_size} device(s){shared}), '
           + (f'R-Drop alpha={rc.alpha} (KL {rc.reduction}, CE {rc.ce_of_passes} of the passes, {rc.form}), '
              if rc.alpha else 'without R-Drop, ')
-          + f'{"from update " + str(start) if start else "from scratch"}; writing to {workdir}')
+          + f'{_origin(config.model, start)}; writing to {workdir}')
+
+
+def _origin(model_config, start):
+  """Where the run's weights start from, as its first log line says it."""
+  if start:
+    return f'from update {start}'
+  if model_config.get('pretrained'):
+    return f'from the weights {model_config.pretrained}'
+  if model_config.get('backbone_weights'):
+    return f'from the backbone weights {model_config.backbone_weights}'
+  return 'from scratch'
 
 
 def _objective_warning(config, train_config, world_size):

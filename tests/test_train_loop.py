@@ -119,3 +119,13 @@ def test_under_o2_a_checkpoint_holds_the_float32_master_weights_not_their_half_p
   # Their half-precision copy differs: the test can tell the two apart.
   assert any(not np.array_equal(value.astype(paddle.bfloat16).astype('float32').numpy(), value.numpy())
              for value in float32.values())
+
+
+def test_the_first_log_line_says_where_the_weights_start_from():
+  from configs import folder, resnet50_cat12_rdrop
+  vit, zoo, resnet = (digits_vit_rdrop.get_config().model, folder.get_config().model,
+                      resnet50_cat12_rdrop.get_config().model)
+  assert [train._origin(vit, 0), train._origin(vit, 40)] == ['from scratch', 'from update 40']
+  zoo.pretrained = 'imagenet'
+  assert train._origin(zoo, 0) == 'from the weights imagenet'
+  assert train._origin(resnet, 0) == 'from the backbone weights weights/resnet50.pdparams'
