@@ -192,6 +192,7 @@ def _wait_for(condition, proc, timeout=120):
     if proc.poll() is not None:
       return bool(condition())
     time.sleep(0.002)
+  proc.kill()  # a stalled process would otherwise outlive the test by its hour of sleep
   raise AssertionError('timed out waiting for the training process')
 
 
