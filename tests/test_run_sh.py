@@ -62,6 +62,12 @@ def test_the_ready_ablations_stop_before_any_run_naming_their_missing_files(tmp_
     assert proc.stderr.startswith(f'run.sh: {folder}/datasets/{missing} does not exist: set ')
 
 
+def _as_from_a_terminal():
+  # A shell started with SIGINT ignored (under nohup, or `cmd &` in a script, as a CI runner may start the
+  # tests) can never trap it, as POSIX has it; a terminal starts one with SIGINT at its default.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_run_sh_alone_stops_its_run_with_a_checkpoint_and_starts_no_other(tmp_path, signum):
@@ -70,7 +76,7 @@ def test_a_signal_to_run_sh_alone_stops_its_run_with_a_checkpoint_and_starts_no_
   log = open(tmp_path / 'log', 'w')
   proc = subprocess.Popen(['bash', os.path.join(ROOT, 'run.sh'), 'demo', '--config.train.updates=100000'],
                           cwd=tmp_path, env={**env, 'RUNS_DIR': 'runs'}, stdout=log, stderr=subprocess.STDOUT,
-                          start_new_session=True)
+                          start_new_session=True, preexec_fn=_as_from_a_terminal)
   baseline = tmp_path / 'runs' / 'demo' / 'baseline'
   try:
     deadline = time.time() + 300
