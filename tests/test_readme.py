@@ -55,11 +55,11 @@ def test_readme_command_runs_as_written_on_the_demo(demo_project, command):
     assert os.path.isfile(folder / output.group(1))
 
 
-def test_readme_inference_snippet_runs_as_written_on_the_demos_export(demo_project):
+def test_the_inference_snippet_runs_as_written_on_the_demos_export(demo_project):
   folder, _ = demo_project
   subprocess.run([sys.executable, 'main.py', '--mode', 'export', '--workdir', 'runs/demo/rdrop'], cwd=folder,
                  check=True, capture_output=True, timeout=600, env=child_env())
-  with open(os.path.join(ROOT, 'README.md')) as f:
+  with open(os.path.join(ROOT, 'docs', 'inference.md')) as f:
     snippets = [block for block in re.findall(r'```python\n(.*?)```', f.read(), re.S)
                 if 'from paddle import inference' in block]
   assert len(snippets) == 1
