@@ -67,7 +67,7 @@ class TrainBatches(paddle.io.BatchSampler):
                        f'of {global_micro_batch} (train.batch_size / train.accum_steps)')
     self.num_samples = num_samples
     self.global_micro_batch = global_micro_batch
-    self.per_rank = global_micro_batch // world_size
+    self.batch_size = global_micro_batch // world_size  # this rank's share of each micro-batch
     self.seed, self.rank = seed, rank
     self.steps_per_epoch = num_samples // global_micro_batch
     self.start_micro_step = start_micro_step
@@ -78,8 +78,8 @@ class TrainBatches(paddle.io.BatchSampler):
       order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
       seeds = np.random.SeedSequence([self.seed, epoch]).generate_state(self.num_samples)  # one per sample
       for s in range(step, self.steps_per_epoch):
-        start = s * self.global_micro_batch + self.rank * self.per_rank
-        yield [(int(i), int(seeds[i])) for i in order[start:start + self.per_rank]]
+        start = s * self.global_micro_batch + self.rank * self.batch_size
+        yield [(int(i), int(seeds[i])) for i in order[start:start + self.batch_size]]
       epoch, step = epoch + 1, 0
 
   def __len__(self):
@@ -115,10 +115,15 @@ def loader(dataset, batch_sampler, num_workers):
     num_workers = threads.cores_per_process()
   prefetch = 4 if num_workers else 2
   if num_workers:
-    remove_stale_shared_memory()
+    _remove_stale_shared_memory_once()
     check_shared_memory(dataset, batch_sampler, num_workers * prefetch)
   return _Loader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, use_shared_memory=num_workers > 0,
                  prefetch_factor=prefetch, worker_init_fn=preemption.in_data_worker)
+
+
+@functools.cache  # at the first loader with workers: every later one (each evaluation's) would find nothing
+def _remove_stale_shared_memory_once():
+  remove_stale_shared_memory()
 
 
 def remove_stale_shared_memory(folder='/dev/shm'):
@@ -156,9 +161,9 @@ def check_shared_memory(dataset, batch_sampler, batches_in_flight, shm='/dev/shm
   flight (paddle/io/dataloader/dataloader_iter.py), per process on this machine; when /dev/shm is full the
   next write is a bus error that kills the run without a word. Docker gives a container 64 MB by default.
   """
-  batch = len(next(iter(batch_sampler), ()))
-  if not batch:
+  if not len(dataset):
     return
+  batch = batch_sampler.batch_size  # the largest batch it yields
   image, _ = dataset[(0, 0)]
   processes = int(os.environ.get('PADDLE_LOCAL_SIZE', '1'))  # the launcher's processes on this machine
   need = batches_in_flight * processes * batch * (image.nbytes + 8)
