@@ -145,13 +145,18 @@ def remove_stale_shared_memory(folder='/dev/shm'):
 
 
 def _process_exists(pid):
+  """Whether process `pid` is alive; a zombie (dead, its parent not yet told) will never delete its files."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
   except PermissionError:  # another user's
     pass
-  return True
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rpartition(')')[2].split()[0] != 'Z'
+  except OSError:  # gone meanwhile, or no /proc
+    return os.path.exists(f'/proc/{pid}') or not os.path.isdir('/proc')
 
 
 def check_shared_memory(dataset, batch_sampler, batches_in_flight, shm='/dev/shm'):

@@ -75,3 +75,14 @@ def test_shared_memory_of_dead_processes_is_removed_and_of_live_ones_kept(tmp_pa
     (tmp_path / name).write_bytes(b'batch')
   pipeline.remove_stale_shared_memory(tmp_path)
   assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
+
+
+def test_shared_memory_of_a_zombie_is_removed(tmp_path):
+  """A worker killed with its trainer stays a zombie until someone reaps it: it will never delete its files."""
+  zombie = subprocess.Popen([sys.executable, '-c', 'pass'])
+  while open(f'/proc/{zombie.pid}/stat').read().rpartition(')')[2].split()[0] != 'Z':
+    pass  # not reaped: Popen waits only when asked
+  (tmp_path / f'paddle_{zombie.pid}_0_1').write_bytes(b'batch')
+  pipeline.remove_stale_shared_memory(tmp_path)
+  assert os.listdir(tmp_path) == []
+  zombie.wait()
